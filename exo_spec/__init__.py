@@ -1,0 +1,3 @@
+"""exo-spec: speculative LLM inference across a handful of Macs, built on MLX."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,86 @@
+"""``exo-spec generate``: one request on this machine."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import mlx.core as mx
+
+from .models.load import ModelLoadError
+from .session import encode_prompt, load_models, make_decoder
+from .spec import Sampling
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("generate", help="generate text from a prompt")
+    p.add_argument("--model", required=True, help="local path or Hugging Face id")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--draft-model", help="drafter sharing the target's tokenizer")
+    spec = p.add_mutually_exclusive_group()
+    spec.add_argument("--mtp", dest="mtp", action="store_true", default=None,
+                      help="draft with the checkpoint's own MTP heads")
+    spec.add_argument("--no-spec", dest="mtp", action="store_false",
+                      help="plain decoding, no speculation")
+    p.add_argument("--num-draft", type=int, help="fixed draft length (default: adaptive)")
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--temp", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--min-p", type=float, default=0.0)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--max-kv-size", type=int, help="rotating KV cache of this many tokens")
+    p.add_argument("--ignore-chat-template", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    p.set_defaults(run=run)
+
+
+def _check(args) -> Sampling:
+    if args.max_tokens <= 0:
+        raise ValueError(f"--max-tokens must be > 0, got {args.max_tokens}")
+    if args.num_draft is not None and args.num_draft < 1:
+        raise ValueError(f"--num-draft must be >= 1, got {args.num_draft}")
+    if args.mtp is False and args.draft_model:
+        raise ValueError("--no-spec and --draft-model contradict each other")
+    if args.mtp is False and args.num_draft:
+        raise ValueError("--no-spec and --num-draft contradict each other")
+    return Sampling(temp=args.temp, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p)
+
+
+def run(args) -> int:
+    try:
+        sampling = _check(args)
+        models = load_models(args.model, args.draft_model, args.mtp)
+        decoder = make_decoder(models, sampling=sampling, num_draft=args.num_draft,
+                               max_kv_size=args.max_kv_size)
+    except (ValueError, ModelLoadError, OSError) as e:
+        print(f"exo-spec generate: error: {e}", file=sys.stderr)
+        return 2
+    if args.seed is not None:
+        mx.random.seed(args.seed)
+    tokenizer = models.target.tokenizer
+    prompt = encode_prompt(tokenizer, args.prompt, not args.ignore_chat_template)
+    tokens: list[int] = []
+    detok = tokenizer.detokenizer
+    detok.reset()
+    for chunk in decoder.generate(prompt, args.max_tokens):
+        tokens.extend(chunk)
+        if not args.json:
+            for t in chunk:
+                detok.add_token(t)
+            sys.stdout.write(detok.last_segment)
+            sys.stdout.flush()
+    stats = decoder.stats
+    if args.json:
+        result = {
+            "text": tokenizer.decode(tokens),
+            "tokens": tokens,
+            "finish_reason": decoder.finish.reason,
+            "stats": stats.to_dict(),
+        }
+        print(json.dumps(result))
+    else:
+        detok.finalize()
+        sys.stdout.write(detok.last_segment + "\n")
+        print(stats.summary(), file=sys.stderr)
+    return 0

@@ -1,0 +1,101 @@
+"""Build a decoder for one request from model paths and flags: the single-node job."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from mlx_lm.tokenizer_utils import TokenizerWrapper
+
+from .models.load import LoadedModel, ModelLoadError, check_same_vocabulary, load
+from .models.mtp import load_mtp, mtp_layer_count
+from .spec import (
+    AdaptiveDraftLength,
+    CachedModel,
+    DraftModel,
+    FixedDraftLength,
+    Mtp,
+    Sampling,
+    SpecDecoder,
+)
+
+
+@dataclass
+class Models:
+    target: LoadedModel
+    drafter: LoadedModel | None
+    mode: str  # "mtp", "draft" or "none"
+
+
+def choose_mode(target_path, draft_model: str | None, mtp: bool | None, has_mtp: bool) -> str:
+    """--mtp forces MTP, --no-spec (mtp=False and no drafter) turns speculation off;
+    otherwise MTP when the checkpoint has MTP weights, else the drafter, else plain."""
+    if mtp is True:
+        if draft_model:
+            raise ModelLoadError("--mtp and --draft-model are exclusive: pick one proposer")
+        if not has_mtp:
+            raise ModelLoadError(f"--mtp: {target_path} has no MTP weights")
+        return "mtp"
+    if mtp is False:
+        return "none"
+    if has_mtp:
+        if draft_model:
+            print(f"note: {target_path} has MTP heads; using them, not --draft-model",
+                  file=sys.stderr)
+        return "mtp"
+    return "draft" if draft_model else "none"
+
+
+def load_models(model: str, draft_model: str | None = None, mtp: bool | None = None) -> Models:
+    target = load(model)
+    mode = choose_mode(target.path, draft_model, mtp, mtp_layer_count(target.path) > 0)
+    drafter = None
+    if mode == "draft":
+        drafter = load(draft_model)
+        check_same_vocabulary(target, drafter)
+    return Models(target, drafter, mode)
+
+
+def make_decoder(
+    models: Models,
+    *,
+    sampling: Sampling,
+    num_draft: int | None = None,
+    max_kv_size: int | None = None,
+) -> SpecDecoder:
+    target = models.target
+    proposer = None
+    cost_prior = 0.1
+    if models.mode == "mtp":
+        proposer = Mtp(load_mtp(target.path, target.model), target.model)
+        cost_prior = 0.1
+    elif models.mode == "draft":
+        proposer = DraftModel(models.drafter.model, max_kv_size=max_kv_size)
+        cost_prior = _parameter_ratio(models.drafter, target)
+    draft_length = (
+        FixedDraftLength(num_draft) if num_draft else AdaptiveDraftLength(cost_prior=cost_prior)
+    )
+    return SpecDecoder(
+        CachedModel(target.model, max_kv_size=max_kv_size),
+        proposer,
+        sampling=sampling,
+        draft_length=draft_length,
+        eos_token_ids=set(target.tokenizer.eos_token_ids),
+    )
+
+
+def _parameter_ratio(drafter: LoadedModel, target: LoadedModel) -> float:
+    from mlx.utils import tree_flatten
+
+    def count(m):
+        return sum(v.size for _, v in tree_flatten(m.model.parameters()))
+
+    return max(count(drafter) / count(target), 0.05)
+
+
+def encode_prompt(tokenizer: TokenizerWrapper, prompt: str, chat_template: bool = True) -> list[int]:
+    """mlx-lm's convention: the chat template when the tokenizer has one."""
+    if chat_template and tokenizer.has_chat_template:
+        messages = [{"role": "user", "content": prompt}]
+        return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+    return tokenizer.encode(prompt)

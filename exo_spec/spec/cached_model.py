@@ -1,0 +1,99 @@
+"""A model with its own cache that can be rewound after speculation.
+
+The target (and a separate drafter) use it the same way: a round feeds ``[last, d1..dk]`` and then keeps only ``[last, d1..dn]``.
+Trimmable caches (KVCache, QuantizedKVCache, RotatingKVCache before it wraps)
+drop the rejected tail. State that cannot be trimmed (GatedDeltaNet/SSM
+``ArraysCache``, a rotating cache that wraps during the round) is snapshotted
+before the round; after a rejection it is restored and the kept tokens are fed
+again, so every cache ends exactly at the accepted position.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.models.cache import ArraysCache, RotatingKVCache, make_prompt_cache
+
+from ..models.heads import body_and_head
+
+
+def _may_lose_trim(cache, width: int) -> bool:
+    if isinstance(cache, RotatingKVCache):
+        return cache.offset + width >= cache.max_size
+    return not cache.is_trimmable()
+
+
+def _copy(x):
+    return mx.array(x) if isinstance(x, mx.array) else x
+
+
+def _snapshot(cache):
+    if isinstance(cache, ArraysCache):
+        return list(cache.cache)
+    return tuple(_copy(x) for x in cache.state), cache.meta_state
+
+
+def _restore(cache, snapshot) -> None:
+    if isinstance(cache, ArraysCache):
+        cache.cache = list(snapshot)
+        return
+    state, meta = snapshot
+    cache.state = state
+    cache.meta_state = meta
+
+
+class CachedModel:
+    def __init__(self, model: nn.Module, *, max_kv_size: int | None = None):
+        self.model = model
+        self.cache = make_prompt_cache(model, max_kv_size=max_kv_size)
+        self._body, self._head = body_and_head(model)
+        self._snapshots: dict[int, object] = {}
+        self.replayed_tokens = 0
+
+    def __call__(self, tokens: mx.array, hidden: bool = False):
+        """Logits (S, V) for ``tokens`` (S,), and the final hidden states (S, H) if asked."""
+        if not hidden:
+            return self.model(tokens[None], cache=self.cache)[0]
+        h = self._body(tokens[None], cache=self.cache)
+        return self._head(h)[0], h[0]
+
+    def prefill(self, tokens: mx.array, *, hidden: bool = False, step: int = 512, on_progress=None):
+        """Feed ``tokens`` in chunks. Returns the last position's logits (V,) and, if
+        asked, the hidden states of every position (S, H)."""
+        total = tokens.shape[0]
+        hiddens = []
+        for start in range(0, total, step):
+            out = self(tokens[start : start + step], hidden=hidden)
+            logits = out[0] if hidden else out
+            if hidden:
+                hiddens.append(out[1])
+            mx.eval(logits[-1], hiddens, [c.state for c in self.cache])
+            if on_progress:
+                on_progress(min(start + step, total), total)
+        return logits[-1], (mx.concatenate(hiddens) if hidden else None)
+
+    def begin_round(self, width: int) -> None:
+        """Call before feeding ``width`` tokens that may be partly rejected."""
+        self._snapshots = {
+            i: _snapshot(c) for i, c in enumerate(self.cache) if _may_lose_trim(c, width)
+        }
+
+    def end_round(self, fed: mx.array, kept: int) -> None:
+        """Keep the first ``kept`` of the ``fed`` tokens of this round."""
+        rejected = fed.shape[0] - kept
+        if rejected == 0:
+            self._snapshots = {}
+            return
+        if not self._snapshots:
+            for c in self.cache:
+                c.trim(rejected)
+            return
+        for i, c in enumerate(self.cache):
+            if i in self._snapshots:
+                _restore(c, self._snapshots[i])
+            else:
+                c.trim(fed.shape[0])
+        self._snapshots = {}
+        self.replayed_tokens += kept
+        if kept:
+            self.model(fed[None, :kept], cache=self.cache)

@@ -1,0 +1,85 @@
+"""How many tokens to draft next round: fixed, or chosen from measured acceptance.
+
+The adaptive policy models each draft as accepted independently with rate a, so
+a round of k drafts yields E(k) = (1 - a^(k+1)) / (1 - a) tokens, and costs
+t(k) = t_plain * (1 + c * k) where c, the extra cost per drafted token relative
+to a plain step, is measured. It picks the k in 0..max_k with the most tokens
+per second; k = 0 is a plain target step. While plain decoding wins, it probes
+with one short round now and then, backing off exponentially, so a useless
+drafter costs almost nothing and a drafter that starts to fit is picked up again.
+"""
+
+from __future__ import annotations
+
+
+class FixedDraftLength:
+    adaptive = False
+
+    def __init__(self, k: int):
+        if k < 1:
+            raise ValueError(f"--num-draft must be >= 1, got {k}")
+        self.k = k
+
+    def next(self) -> int:
+        return self.k
+
+    def observe(self, k: int, accepted: int, seconds: float) -> None:
+        pass
+
+
+class AdaptiveDraftLength:
+    adaptive = True
+    decay = 0.8
+    first_probe = 8
+    max_backoff = 512
+
+    def __init__(self, max_k: int = 4, cost_prior: float = 0.3):
+        self.max_k = max_k
+        self.cost = cost_prior
+        self.accepted = 1.0  # decayed count of kept drafts (Beta-like prior 1:1)
+        self.rejections = 1.0  # decayed count of rounds that ended in a rejection
+        self.t_plain: float | None = None
+        self.warmup = 2  # plain steps before the first decision; the first one compiles
+        self.plain_streak = 0
+        self.backoff = self.first_probe
+        self.k = 0
+
+    @property
+    def rate(self) -> float:
+        return self.accepted / (self.accepted + self.rejections)
+
+    def _best(self) -> int:
+        a = min(self.rate, 0.999)
+
+        def speed(k: int) -> float:
+            return (1 - a ** (k + 1)) / (1 - a) / (1 + self.cost * k)
+
+        return max(range(self.max_k + 1), key=speed)
+
+    def next(self) -> int:
+        if self.warmup:
+            return 0
+        best = self._best()
+        if best:
+            self.backoff = self.first_probe
+            return best
+        if self.plain_streak >= self.backoff:
+            self.backoff = min(2 * self.backoff, self.max_backoff)
+            return 1
+        return 0
+
+    def observe(self, k: int, accepted: int, seconds: float) -> None:
+        if k == 0:
+            self.plain_streak += 1
+            if self.warmup:
+                self.warmup -= 1
+                if self.warmup:
+                    return
+            self.t_plain = seconds if self.t_plain is None else 0.8 * self.t_plain + 0.2 * seconds
+            return
+        self.plain_streak = 0
+        self.accepted = self.decay * self.accepted + accepted
+        self.rejections = self.decay * self.rejections + (accepted < k)
+        if self.t_plain:
+            observed = max(seconds / self.t_plain - 1, 0.0) / k
+            self.cost = 0.7 * self.cost + 0.3 * observed

@@ -1,0 +1,52 @@
+"""Proposer: a separate, smaller model sharing the target's tokenizer."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .cached_model import CachedModel
+from .sampling import Sampling, probs
+
+
+class DraftModel:
+    mode = "draft"
+    needs_hidden = False
+
+    def __init__(self, model: nn.Module, max_kv_size: int | None = None):
+        self.lm = CachedModel(model, max_kv_size=max_kv_size)
+        self._unfed = mx.array([], dtype=mx.uint32)  # committed tokens not yet in the cache
+        self._fed: mx.array | None = None  # what the latest propose() fed
+
+    def prefill(self, tokens: mx.array, hidden: mx.array | None) -> None:
+        if tokens.shape[0] > 1:
+            self.lm.prefill(tokens[:-1])
+        self._unfed = tokens[-1:]
+
+    def propose(self, k: int, sampling: Sampling) -> tuple[mx.array, mx.array | None]:
+        # The last draft is never fed: its logits are not needed.
+        self.lm.begin_round(self._unfed.shape[0] + k - 1)
+        x, drafts, dists = self._unfed, [], []
+        for _ in range(k):
+            logits = self.lm(x)[-1:]
+            if sampling.greedy:
+                x = mx.argmax(logits, axis=-1).astype(mx.uint32)
+            else:
+                q = probs(logits, sampling)
+                x = mx.random.categorical(mx.log(q)).astype(mx.uint32)
+                dists.append(q)
+            drafts.append(x)
+        drafts = mx.concatenate(drafts)
+        self._fed = mx.concatenate([self._unfed, drafts[:-1]])
+        return drafts, (mx.concatenate(dists) if dists else None)
+
+    def commit(self, accepted: int, tokens: mx.array, hidden: mx.array | None) -> None:
+        if self._fed is None:  # a plain target step: nothing was drafted
+            self._unfed = mx.concatenate([self._unfed, tokens])
+            return
+        unfed = self._unfed.shape[0]
+        kept_drafts = min(accepted, self._fed.shape[0] - unfed)
+        self.lm.end_round(self._fed, unfed + kept_drafts)
+        self._unfed = tokens[kept_drafts:]
+        self._fed = None
+

@@ -1,0 +1,131 @@
+"""The round loop: propose k tokens, verify them in one target pass, keep the
+accepted prefix plus one target token, rewind what was rejected.
+
+The only host sync per round is reading the accept decision (and the tokens
+it emits); drafting, verification and cache repair of the previous round are
+queued lazily in between.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import mlx.core as mx
+
+from .cached_model import CachedModel
+from .draft_length import AdaptiveDraftLength, FixedDraftLength
+from .proposer import Proposer
+from .sampling import Sampling, probs, sample
+from .stats import Stats
+from .verify import verify_greedy, verify_sampled
+
+
+@dataclass
+class Finish:
+    reason: str  # "stop" (an end-of-sequence token) or "length" (max_tokens)
+
+
+class SpecDecoder:
+    def __init__(
+        self,
+        target: CachedModel,
+        proposer: Proposer | None = None,
+        *,
+        sampling: Sampling = Sampling(),
+        draft_length: FixedDraftLength | AdaptiveDraftLength | None = None,
+        eos_token_ids: set[int] | frozenset[int] = frozenset(),
+    ):
+        self.target = target
+        self.proposer = proposer
+        self.sampling = sampling
+        self.draft_length = draft_length or AdaptiveDraftLength()
+        self.eos = set(eos_token_ids)
+        self.stats = Stats(
+            mode=proposer.mode if proposer else "none",
+            num_draft=None if proposer is None or self.draft_length.adaptive
+            else self.draft_length.k,
+        )
+        self.finish: Finish | None = None
+        self._hidden = bool(proposer and proposer.needs_hidden)
+
+    def generate(self, prompt: list[int], max_tokens: int) -> Iterator[list[int]]:
+        """Yield the emitted tokens round by round; ``self.finish`` says why it ended."""
+        if max_tokens <= 0:
+            raise ValueError(f"max_tokens must be > 0, got {max_tokens}")
+        if not prompt:
+            raise ValueError("the prompt is empty")
+        stats = self.stats
+        stats.prompt_tokens = len(prompt)
+        start = time.perf_counter()
+        tokens = mx.array(prompt, dtype=mx.uint32)
+        logits, hidden = self.target.prefill(tokens, hidden=self._hidden)
+        first = sample(logits[None], self.sampling)
+        mx.eval(first)
+        stats.ttft_s = time.perf_counter() - start
+        last = first
+        out = self._emit(first.tolist(), max_tokens)
+        if out:
+            yield out
+        if self.finish:
+            return
+        if self.proposer:
+            self.proposer.prefill(mx.concatenate([tokens, first]), hidden)
+        decode_start = time.perf_counter()
+        while not self.finish:
+            t0 = time.perf_counter()
+            remaining = max_tokens - stats.generation_tokens
+            k = min(self.draft_length.next(), remaining - 1) if self.proposer else 0
+            if k > 0:
+                accepted, emitted, next_last = self._round(last, k)
+            else:
+                accepted, emitted, next_last = 0, *self._plain_step(last)
+            stats.rounds += 1
+            self.draft_length.observe(k, accepted, time.perf_counter() - t0)
+            last = next_last
+            out = self._emit(emitted, max_tokens)
+            if out:
+                yield out
+            stats.decode_s = time.perf_counter() - decode_start
+
+    def _plain_step(self, last: mx.array) -> tuple[list[int], mx.array]:
+        out = self.target(last, hidden=self._hidden)
+        logits, hidden = out if self._hidden else (out, None)
+        token = sample(logits[-1:], self.sampling)
+        mx.eval(token)
+        if self.proposer:
+            self.proposer.commit(0, token, hidden)
+        return token.tolist(), token
+
+    def _round(self, last: mx.array, k: int) -> tuple[int, list[int], mx.array]:
+        drafts, draft_probs = self.proposer.propose(k, self.sampling)
+        fed = mx.concatenate([last, drafts])
+        self.target.begin_round(k + 1)
+        out = self.target(fed, hidden=self._hidden)
+        logits, hidden = out if self._hidden else (out, None)
+        if self.sampling.greedy:
+            accepted, tokens = verify_greedy(logits, drafts)
+        else:
+            accepted, tokens = verify_sampled(probs(logits, self.sampling), draft_probs, drafts)
+        mx.eval(accepted, tokens)
+        n = accepted.item()
+        self.target.end_round(fed, n + 1)
+        kept = tokens[: n + 1]
+        self.proposer.commit(n, kept, None if hidden is None else hidden[: n + 1])
+        self.stats.drafted += k
+        self.stats.accepted += n
+        return n, kept.tolist(), kept[-1:]
+
+    def _emit(self, tokens: list[int], max_tokens: int) -> list[int]:
+        out = []
+        for t in tokens:
+            if t in self.eos:
+                self.finish = Finish("stop")
+                break
+            out.append(t)
+            if self.stats.generation_tokens + len(out) == max_tokens:
+                self.finish = Finish("length")
+                break
+        self.stats.generation_tokens += len(out)
+        return out

@@ -1,0 +1,60 @@
+"""Proposer: the checkpoint's own MTP head (see exo_spec.models.mtp for the wiring).
+
+The MTP layer at position j reads (h_j, s_{j+1}) and predicts s_{j+2}; its
+attention keeps its own KV cache over those positions. Committed pairs are
+queued and fed in one pass at the next propose(), so a plain target step costs
+the MTP nothing until it is asked to draft. For k > 1 the head chains on its
+own output hidden state; those speculative positions are trimmed at commit.
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+
+from ..models.heads import body_and_head, embedding
+from ..models.mtp import make_mtp_cache
+from .sampling import Sampling, probs
+
+
+class Mtp:
+    mode = "mtp"
+    needs_hidden = True
+
+    def __init__(self, mtp, target_model):
+        self.mtp = mtp
+        self.embed = embedding(target_model)
+        self.target_head = body_and_head(target_model)[1]
+        self.cache = make_mtp_cache()
+        self._hidden: list[mx.array] = []  # queued h_j ...
+        self._next: list[mx.array] = []  # ... and the s_{j+1} that go with them
+        self._chained = 0
+
+    def prefill(self, tokens: mx.array, hidden: mx.array | None) -> None:
+        self._hidden, self._next = [hidden], [tokens[1:]]
+
+    def propose(self, k: int, sampling: Sampling) -> tuple[mx.array, mx.array | None]:
+        h = self._feed(mx.concatenate(self._next), mx.concatenate(self._hidden))[-1:]
+        self._hidden, self._next = [], []
+        drafts, dists = [], []
+        for i in range(k):
+            if i:
+                h = self._feed(drafts[-1], h)
+            logits = self.mtp.logits(h, self.target_head)
+            if sampling.greedy:
+                drafts.append(mx.argmax(logits, axis=-1).astype(mx.uint32))
+            else:
+                q = probs(logits, sampling)
+                drafts.append(mx.random.categorical(mx.log(q)).astype(mx.uint32))
+                dists.append(q)
+        self._chained = k - 1
+        return mx.concatenate(drafts), (mx.concatenate(dists) if dists else None)
+
+    def commit(self, accepted: int, tokens: mx.array, hidden: mx.array | None) -> None:
+        if self._chained:
+            self.cache[0].trim(self._chained)
+            self._chained = 0
+        self._hidden.append(hidden)
+        self._next.append(tokens)
+
+    def _feed(self, tokens: mx.array, hidden: mx.array) -> mx.array:
+        return self.mtp(self.embed(tokens)[None], hidden[None], self.cache)[0]

@@ -1,0 +1,33 @@
+"""What the round loop asks of a proposer.
+
+Positions: the sequence is s_0..s_T, where s_T is the newest token, known but
+not yet fed to the target; h_j is the target's final hidden state after feeding
+s_j (the input of its lm_head, which predicts s_{j+1}).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import mlx.core as mx
+
+from .sampling import Sampling
+
+
+class Proposer(Protocol):
+    mode: str  # what stats report: "draft", "mtp", "assistant"
+    needs_hidden: bool  # whether commit() and prefill() need the target's hidden states
+
+    def prefill(self, tokens: mx.array, hidden: mx.array | None) -> None:
+        """After the prompt pass: tokens = s_0..s_T (the prompt and the first sampled
+        token), hidden = h_0..h_{T-1}."""
+
+    def propose(self, k: int, sampling: Sampling) -> tuple[mx.array, mx.array | None]:
+        """Draft s_{T+1}..s_{T+k}: tokens (k,) uint32 and, unless greedy, the
+        distributions (k, V) they were drawn from. Lazy: no host sync."""
+
+    def commit(self, accepted: int, tokens: mx.array, hidden: mx.array | None) -> None:
+        """The target moved on by len(tokens) positions: ``tokens`` are the new
+        s_{T+1}..s_{T'} and ``hidden`` the states of the fed positions s_T..s_{T'-1}.
+        ``accepted`` drafts of the latest propose() were kept (0 after a plain step,
+        which proposed nothing)."""

@@ -1,0 +1,80 @@
+"""Sampling settings and the distribution they define over the vocabulary.
+
+Filters follow mlx-lm's ``make_sampler`` order (top-p, then min-p, then top-k),
+each applied to the log-probabilities at temperature 1, then the temperature.
+The speculative verifier needs the distributions themselves, not just a sample,
+so both the target's and the drafter's are computed here the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import mlx.core as mx
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temp: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+
+    def __post_init__(self):
+        if not (self.temp >= 0 and math.isfinite(self.temp)):
+            raise ValueError(f"temperature must be >= 0, got {self.temp}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top-p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top-k must be >= 0, got {self.top_k}")
+        if not 0 <= self.min_p <= 1:
+            raise ValueError(f"min-p must be in [0, 1], got {self.min_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temp == 0
+
+
+def log_probs(logits: mx.array, sampling: Sampling) -> mx.array:
+    """Log-probabilities (rows, V) of the distribution tokens are sampled from."""
+    logits = logits.astype(mx.float32)
+    lp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    if sampling.top_p < 1:
+        lp = _top_p(lp, sampling.top_p)
+    if sampling.min_p > 0:
+        lp = _min_p(lp, sampling.min_p)
+    if 0 < sampling.top_k < lp.shape[-1]:
+        lp = _top_k(lp, sampling.top_k)
+    lp = lp / sampling.temp
+    return lp - mx.logsumexp(lp, axis=-1, keepdims=True)
+
+
+def probs(logits: mx.array, sampling: Sampling) -> mx.array:
+    return mx.exp(log_probs(logits, sampling))
+
+
+def sample(logits: mx.array, sampling: Sampling) -> mx.array:
+    """One token per row: argmax when greedy, else a draw from ``log_probs``."""
+    if sampling.greedy:
+        return mx.argmax(logits, axis=-1).astype(mx.uint32)
+    return mx.random.categorical(log_probs(logits, sampling)).astype(mx.uint32)
+
+
+def _top_p(lp: mx.array, top_p: float) -> mx.array:
+    order = mx.argsort(-lp, axis=-1)
+    sorted_p = mx.exp(mx.take_along_axis(lp, order, axis=-1))
+    before = mx.cumsum(sorted_p, axis=-1) - sorted_p
+    keep_sorted = before < top_p  # the smallest prefix whose mass reaches top_p
+    keep = mx.put_along_axis(mx.zeros_like(keep_sorted), order, keep_sorted, axis=-1)
+    return mx.where(keep, lp, -mx.inf)
+
+
+def _min_p(lp: mx.array, min_p: float) -> mx.array:
+    threshold = mx.max(lp, axis=-1, keepdims=True) + math.log(min_p)
+    return mx.where(lp >= threshold, lp, -mx.inf)
+
+
+def _top_k(lp: mx.array, top_k: int) -> mx.array:
+    kth = mx.sort(lp, axis=-1)[..., -top_k][..., None]
+    return mx.where(lp >= kth, lp, -mx.inf)

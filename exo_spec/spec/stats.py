@@ -1,0 +1,56 @@
+"""Per-request numbers the engine reports."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class Stats:
+    mode: str = "none"
+    num_draft: int | None = None  # the fixed k, or None when adaptive
+    drafted: int = 0
+    accepted: int = 0
+    rounds: int = 0  # target passes after the prompt (speculative rounds and plain steps)
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    ttft_s: float = 0.0
+    decode_s: float = 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def tokens_per_round(self) -> float:
+        # The first token comes from the prompt pass, not from a round.
+        return (self.generation_tokens - 1) / self.rounds if self.rounds else 0.0
+
+    @property
+    def prompt_tps(self) -> float:
+        return self.prompt_tokens / self.ttft_s if self.ttft_s else 0.0
+
+    @property
+    def decode_tps(self) -> float:
+        return (self.generation_tokens - 1) / self.decode_s if self.decode_s else 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        del d["rounds"], d["decode_s"]
+        d.update(
+            acceptance_rate=round(self.acceptance_rate, 4),
+            tokens_per_round=round(self.tokens_per_round, 4),
+            prompt_tps=round(self.prompt_tps, 2),
+            decode_tps=round(self.decode_tps, 2),
+            ttft_s=round(self.ttft_s, 4),
+        )
+        return d
+
+    def summary(self) -> str:
+        return (
+            f"mode={self.mode} accepted={self.accepted}/{self.drafted} "
+            f"({100 * self.acceptance_rate:.0f}%) tokens/round={self.tokens_per_round:.2f} "
+            f"prompt={self.prompt_tokens} tok @ {self.prompt_tps:.1f} tok/s "
+            f"ttft={self.ttft_s:.3f}s decode={self.generation_tokens} tok @ "
+            f"{self.decode_tps:.1f} tok/s"
+        )
