@@ -7,7 +7,16 @@ from dataclasses import dataclass
 
 from mlx_lm.tokenizer_utils import TokenizerWrapper
 
-from .models.load import LoadedModel, ModelLoadError, check_same_vocabulary, load
+from .models import gemma4_assistant
+from .models.cards import default_drafter
+from .models.load import (
+    LoadedModel,
+    ModelLoadError,
+    check_same_vocabulary,
+    load,
+    read_config,
+    resolve,
+)
 from .models.mtp import load_mtp, mtp_layer_count
 from .spec import (
     AdaptiveDraftLength,
@@ -18,13 +27,14 @@ from .spec import (
     Sampling,
     SpecDecoder,
 )
+from .spec.assistant import Gemma4Assistant
 
 
 @dataclass
 class Models:
     target: LoadedModel
     drafter: LoadedModel | None
-    mode: str  # "mtp", "draft" or "none"
+    mode: str  # "mtp", "draft", "assistant" or "none"
 
 
 def choose_mode(target_path, draft_model: str | None, mtp: bool | None, has_mtp: bool) -> str:
@@ -48,9 +58,15 @@ def choose_mode(target_path, draft_model: str | None, mtp: bool | None, has_mtp:
 
 def load_models(model: str, draft_model: str | None = None, mtp: bool | None = None) -> Models:
     target = load(model)
-    mode = choose_mode(target.path, draft_model, mtp, mtp_layer_count(target.path) > 0)
+    has_mtp = mtp_layer_count(target.path) > 0
+    if draft_model is None and mtp is None and not has_mtp:
+        draft_model = default_drafter(model, target.path)
+    mode = choose_mode(target.path, draft_model, mtp, has_mtp)
     drafter = None
     if mode == "draft":
+        path = resolve(draft_model)
+        if gemma4_assistant.is_assistant(read_config(path)):
+            return Models(target, gemma4_assistant.load_for(path, target), "assistant")
         drafter = load(draft_model)
         check_same_vocabulary(target, drafter)
     return Models(target, drafter, mode)
@@ -64,6 +80,7 @@ def make_decoder(
     max_kv_size: int | None = None,
 ) -> SpecDecoder:
     target = models.target
+    cached = CachedModel(target.model, max_kv_size=max_kv_size)
     proposer = None
     cost_prior = 0.1
     if models.mode == "mtp":
@@ -72,11 +89,14 @@ def make_decoder(
     elif models.mode == "draft":
         proposer = DraftModel(models.drafter.model, max_kv_size=max_kv_size)
         cost_prior = _parameter_ratio(models.drafter, target)
+    elif models.mode == "assistant":
+        proposer = Gemma4Assistant(models.drafter.model, cached)
+        cost_prior = _parameter_ratio(models.drafter, target)
     draft_length = (
         FixedDraftLength(num_draft) if num_draft else AdaptiveDraftLength(cost_prior=cost_prior)
     )
     return SpecDecoder(
-        CachedModel(target.model, max_kv_size=max_kv_size),
+        cached,
         proposer,
         sampling=sampling,
         draft_length=draft_length,

@@ -30,7 +30,8 @@ def _copy(x):
 def _snapshot(cache):
     if isinstance(cache, ArraysCache):
         return list(cache.cache)
-    return tuple(_copy(x) for x in cache.state), cache.meta_state
+    # mlx-lm 0.32 keeps a RotatingKVCache's offsets in ``state`` and has no ``meta_state``.
+    return tuple(_copy(x) for x in cache.state), getattr(cache, "meta_state", None)
 
 
 def _restore(cache, snapshot) -> None:
@@ -39,7 +40,8 @@ def _restore(cache, snapshot) -> None:
         return
     state, meta = snapshot
     cache.state = state
-    cache.meta_state = meta
+    if meta is not None:
+        cache.meta_state = meta
 
 
 class CachedModel:
