@@ -113,7 +113,9 @@ def _parameter_ratio(drafter: LoadedModel, target: LoadedModel) -> float:
     return max(count(drafter) / count(target), 0.05)
 
 
-def encode_prompt(tokenizer: TokenizerWrapper, prompt: str, chat_template: bool = True) -> list[int]:
+def encode_prompt(
+    tokenizer: TokenizerWrapper, prompt: str, chat_template: bool = True
+) -> list[int]:
     """mlx-lm's convention: the chat template when the tokenizer has one."""
     if chat_template and tokenizer.has_chat_template:
         messages = [{"role": "user", "content": prompt}]

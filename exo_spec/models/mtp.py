@@ -37,6 +37,8 @@ from mlx_lm.models.cache import KVCache
 from mlx_lm.models.deepseek_v3 import DeepseekV3DecoderLayer
 from mlx_lm.models.qwen3_5 import DecoderLayer as Qwen35DecoderLayer
 
+from .load import ModelLoadError
+
 
 class Qwen35Mtp(nn.Module):
     def __init__(self, args, num_layers: int = 1):
@@ -96,7 +98,7 @@ class DeepseekMtpLayer(DeepseekV3DecoderLayer):
         self.shared_head = SharedHead(h, args.vocab_size, args.rms_norm_eps)
 
 
-class MtpError(ValueError):
+class MtpError(ModelLoadError):
     pass
 
 

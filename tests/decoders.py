@@ -1,0 +1,67 @@
+"""Loading fixtures into decoders for tests."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import mlx.core as mx
+from mlx.utils import tree_map
+
+from exo_spec.models.load import load
+from exo_spec.models.mtp import load_mtp
+from exo_spec.spec import (
+    AdaptiveDraftLength,
+    CachedModel,
+    DraftModel,
+    FixedDraftLength,
+    Mtp,
+    Sampling,
+    SpecDecoder,
+)
+
+PROMPTS = ["def heappush(heap, item):", "class Queue:\n    def __init__(self"]
+
+
+@cache
+def loaded(path: Path):
+    return load(str(path))
+
+
+def perturbed(path: Path, scale: float, seed: int = 7):
+    """A fresh copy of the model at ``path`` with seeded noise on every weight: a
+    drafter that agrees with the target often but not always."""
+    model = load(str(path)).model
+    mx.random.seed(seed)
+    model.update(tree_map(lambda p: p + scale * mx.random.normal(p.shape, p.dtype),
+                          model.parameters()))
+    mx.eval(model.parameters())
+    return model
+
+
+def draft_length(k: int | None):
+    return FixedDraftLength(k) if k else AdaptiveDraftLength()
+
+
+def drafter_decoder(target_path: Path, drafter_model, k: int | None, sampling=Sampling(),
+                    eos=frozenset(), max_kv_size=None) -> SpecDecoder:
+    target = loaded(target_path).model
+    return SpecDecoder(CachedModel(target, max_kv_size=max_kv_size),
+                       DraftModel(drafter_model, max_kv_size=max_kv_size),
+                       sampling=sampling, draft_length=draft_length(k), eos_token_ids=eos)
+
+
+def mtp_decoder(target_path: Path, k: int | None, sampling=Sampling(),
+                eos=frozenset()) -> SpecDecoder:
+    target = loaded(target_path).model
+    proposer = Mtp(load_mtp(target_path, target), target)
+    return SpecDecoder(CachedModel(target), proposer, sampling=sampling,
+                       draft_length=draft_length(k), eos_token_ids=eos)
+
+
+def prompt_ids(path: Path, text: str) -> list[int]:
+    return loaded(path).tokenizer.encode(text)
+
+
+def run(decoder: SpecDecoder, prompt: list[int], max_tokens: int) -> list[int]:
+    return [t for chunk in decoder.generate(prompt, max_tokens) for t in chunk]

@@ -1,0 +1,116 @@
+"""At temperature 0 every proposer, every k, emits exactly mlx-lm's own greedy decode."""
+
+from __future__ import annotations
+
+import pytest
+from mlx_lm.models.cache import QuantizedKVCache
+
+from exo_spec.models.synthetic import write_llama
+
+from decoders import (
+    PROMPTS,
+    drafter_decoder,
+    loaded,
+    mtp_decoder,
+    perturbed,
+    prompt_ids,
+    run,
+)
+from reference import greedy_reference
+
+KS = [1, 2, 3, 4, None]  # None: adaptive
+MAX_TOKENS = 24
+
+
+def _check(decoder, path, prompt_text, max_tokens=MAX_TOKENS):
+    prompt = prompt_ids(path, prompt_text)
+    expected = greedy_reference(loaded(path).model, prompt, max_tokens)
+    got = run(decoder, prompt, max_tokens)
+    assert got == expected
+    assert decoder.finish.reason == "length"
+    assert len(got) == max_tokens
+    return decoder.stats
+
+
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_small_drafter(checkpoints, k, prompt):
+    drafter = loaded(checkpoints.drafter).model
+    _check(drafter_decoder(checkpoints.llama, drafter, k), checkpoints.llama, prompt)
+
+
+@pytest.mark.parametrize("k", KS)
+def test_close_drafter_partial_acceptance(checkpoints, k):
+    drafter = perturbed(checkpoints.llama, scale=0.01)
+    stats = _check(drafter_decoder(checkpoints.llama, drafter, k), checkpoints.llama, PROMPTS[0],
+                   max_tokens=40)
+    if k:  # adaptive may rightly decode plainly: a tiny CPU drafter costs as much as the target
+        assert 0 < stats.accepted < stats.drafted
+
+
+@pytest.mark.parametrize("k", KS)
+def test_hybrid_target_with_close_drafter(checkpoints, k):
+    drafter = perturbed(checkpoints.qwen3_5, scale=0.01)
+    stats = _check(drafter_decoder(checkpoints.qwen3_5, drafter, k), checkpoints.qwen3_5,
+                   PROMPTS[1], max_tokens=40)
+    if k:
+        assert 0 < stats.accepted < stats.drafted
+
+
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_qwen3_5_mtp(checkpoints, k, prompt):
+    stats = _check(mtp_decoder(checkpoints.qwen3_5, k), checkpoints.qwen3_5, prompt)
+    assert stats.mode == "mtp"
+    if k:
+        assert stats.drafted > 0
+
+
+@pytest.mark.parametrize("k", [1, 3, None])
+def test_deepseek_v3_mtp(checkpoints, k):
+    _check(mtp_decoder(checkpoints.deepseek_v3, k), checkpoints.deepseek_v3, PROMPTS[0])
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_identical_drafter_accepts_everything(checkpoints, k):
+    drafter = loaded(checkpoints.llama).model
+    stats = _check(drafter_decoder(checkpoints.llama, drafter, k), checkpoints.llama, PROMPTS[0])
+    assert stats.drafted > 0
+    assert stats.accepted == stats.drafted
+    assert stats.tokens_per_round == pytest.approx(k + 1, abs=1.0)
+
+
+@pytest.mark.parametrize("make", ["drafter", "mtp"])
+def test_eos_is_never_emitted(checkpoints, make):
+    path = checkpoints.llama if make == "drafter" else checkpoints.qwen3_5
+    prompt = prompt_ids(path, PROMPTS[0])
+    reference = greedy_reference(loaded(path).model, prompt, MAX_TOKENS)
+    stop_at = next(i for i in range(3, MAX_TOKENS) if reference[i] not in reference[:i])
+    eos = frozenset({reference[stop_at]})
+    if make == "drafter":
+        decoder = drafter_decoder(path, perturbed(path, scale=0.01), 3, eos=eos)
+    else:
+        decoder = mtp_decoder(path, 3, eos=eos)
+    assert run(decoder, prompt, MAX_TOKENS) == reference[:stop_at]
+    assert decoder.finish.reason == "stop"
+
+
+@pytest.mark.parametrize("k", [2, None])
+def test_rotating_cache_wraps(checkpoints, k):
+    path = checkpoints.llama
+    prompt = prompt_ids(path, PROMPTS[0])
+    expected = greedy_reference(loaded(path).model, prompt, 40, max_kv_size=16)
+    decoder = drafter_decoder(path, perturbed(path, scale=0.01), k, max_kv_size=16)
+    assert run(decoder, prompt, 40) == expected
+
+
+def test_quantized_kv_cache(checkpoints, tmp_path):
+    path = write_llama(tmp_path / "llama-hd32", checkpoints.tokenizer, hidden_size=128, seed=5)
+    model = loaded(path).model
+    prompt = prompt_ids(path, PROMPTS[1])
+    caches = [QuantizedKVCache(group_size=32, bits=8) for _ in model.layers]
+    expected = greedy_reference(model, prompt, MAX_TOKENS, prompt_cache=caches)
+    decoder = drafter_decoder(path, perturbed(path, scale=0.01), 3)
+    decoder.target.cache = [QuantizedKVCache(group_size=32, bits=8) for _ in model.layers]
+    assert run(decoder, prompt, MAX_TOKENS) == expected
+    assert decoder.stats.accepted < decoder.stats.drafted
