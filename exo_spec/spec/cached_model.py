@@ -1,6 +1,7 @@
 """A model with its own cache that can be rewound after speculation.
 
-The target (and a separate drafter) use it the same way: a round feeds ``[last, d1..dk]`` and then keeps only ``[last, d1..dn]``.
+The target (and a separate drafter) use it the same way: a round feeds
+``[last, d1..dk]`` and then keeps only ``[last, d1..dn]``.
 Trimmable caches (KVCache, QuantizedKVCache, RotatingKVCache before it wraps)
 drop the rejected tail. State that cannot be trimmed (GatedDeltaNet/SSM
 ``ArraysCache``, a rotating cache that wraps during the round) is snapshotted
