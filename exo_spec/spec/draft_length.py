@@ -42,7 +42,6 @@ class AdaptiveDraftLength:
         self.warmup = 2  # plain steps before the first decision; the first one compiles
         self.plain_streak = 0
         self.backoff = self.first_probe
-        self.k = 0
 
     @property
     def rate(self) -> float:
@@ -61,12 +60,8 @@ class AdaptiveDraftLength:
             return 0
         best = self._best()
         if best:
-            self.backoff = self.first_probe
             return best
-        if self.plain_streak >= self.backoff:
-            self.backoff = min(2 * self.backoff, self.max_backoff)
-            return 1
-        return 0
+        return 1 if self.plain_streak >= self.backoff else 0
 
     def observe(self, k: int, accepted: int, seconds: float) -> None:
         if k == 0:
@@ -83,3 +78,8 @@ class AdaptiveDraftLength:
         if self.t_plain:
             observed = max(seconds / self.t_plain - 1, 0.0) / k
             self.cost = 0.7 * self.cost + 0.3 * observed
+        # A round after which plain decoding still wins was a failed probe: wait longer.
+        if self._best():
+            self.backoff = self.first_probe
+        else:
+            self.backoff = min(2 * self.backoff, self.max_backoff)

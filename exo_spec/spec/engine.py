@@ -108,14 +108,15 @@ class SpecDecoder:
             accepted, tokens = verify_greedy(logits, drafts)
         else:
             accepted, tokens = verify_sampled(probs(logits, self.sampling), draft_probs, drafts)
-        mx.eval(accepted, tokens)
+        mx.eval(accepted, tokens)  # the round's one host sync
         n = accepted.item()
+        emitted = tokens.tolist()[: n + 1]
         self.target.end_round(fed, n + 1)
         kept = tokens[: n + 1]
         self.proposer.commit(n, kept, None if hidden is None else hidden[: n + 1])
         self.stats.drafted += k
         self.stats.accepted += n
-        return n, kept.tolist(), kept[-1:]
+        return n, emitted, kept[-1:]
 
     def _emit(self, tokens: list[int], max_tokens: int) -> list[int]:
         out = []
