@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models.cache import ArraysCache, RotatingKVCache, make_prompt_cache
+from mlx_lm.models.cache import ArraysCache, KVCache, RotatingKVCache, make_prompt_cache
 
 from ..models.heads import body_and_head
 
@@ -48,7 +48,14 @@ def _restore(cache, snapshot) -> None:
 class CachedModel:
     def __init__(self, model: nn.Module, *, max_kv_size: int | None = None):
         self.model = model
-        self.cache = make_prompt_cache(model, max_kv_size=max_kv_size)
+        self.cache = make_prompt_cache(model)
+        if max_kv_size:
+            # mlx-lm ignores max_kv_size for models that make their own caches; we bound
+            # every full-attention layer, keeping the first tokens as mlx-lm does.
+            self.cache = [
+                RotatingKVCache(max_kv_size, keep=4) if type(c) is KVCache else c
+                for c in self.cache
+            ]
         self._body, self._head = body_and_head(model)
         self._snapshots: dict[int, object] = {}
         self.replayed_tokens = 0
