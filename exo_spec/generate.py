@@ -16,7 +16,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("generate", help="generate text from a prompt")
     p.add_argument("--model", required=True, help="local path or Hugging Face id")
     p.add_argument("--prompt", required=True)
-    p.add_argument("--draft-model", help="drafter sharing the target's tokenizer")
+    p.add_argument("--draft-model",
+                   help="drafter sharing the target's tokenizer, or a Gemma 4 assistant")
     spec = p.add_mutually_exclusive_group()
     spec.add_argument("--mtp", dest="mtp", action="store_true", default=None,
                       help="draft with the checkpoint's own MTP heads")

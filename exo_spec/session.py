@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
+from mlx.utils import tree_flatten
 from mlx_lm.tokenizer_utils import TokenizerWrapper
 
 from .models import gemma4_assistant
@@ -82,10 +83,9 @@ def make_decoder(
     target = models.target
     cached = CachedModel(target.model, max_kv_size=max_kv_size)
     proposer = None
-    cost_prior = 0.1
+    cost_prior = 0.1  # an MTP layer costs a small fraction of the target's pass
     if models.mode == "mtp":
         proposer = Mtp(load_mtp(target.path, target.model), target.model)
-        cost_prior = 0.1
     elif models.mode == "draft":
         proposer = DraftModel(models.drafter.model, max_kv_size=max_kv_size)
         cost_prior = _parameter_ratio(models.drafter, target)
@@ -105,8 +105,6 @@ def make_decoder(
 
 
 def _parameter_ratio(drafter: LoadedModel, target: LoadedModel) -> float:
-    from mlx.utils import tree_flatten
-
     def count(m):
         return sum(v.size for _, v in tree_flatten(m.model.parameters()))
 

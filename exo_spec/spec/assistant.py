@@ -23,7 +23,7 @@ from mlx_lm.models.cache import KVCache, RotatingKVCache
 from ..models.gemma4_assistant import Model, SharedKV
 from ..models.heads import language_model
 from .cached_model import CachedModel
-from .sampling import Sampling, probs
+from .sampling import Sampling, draw
 
 
 def shared_kv_layers(target_args) -> dict[str, int]:
@@ -75,14 +75,10 @@ class Gemma4Assistant:
         drafts, dists = [], []
         for _ in range(k):
             logits, h = self.step(token, h, shared, position)
-            if sampling.greedy:
-                token = mx.argmax(logits, axis=-1).astype(mx.uint32)
-            else:
-                q = probs(logits, sampling)
-                token = mx.random.categorical(mx.log(q)).astype(mx.uint32)
-                dists.append(q)
+            token, q = draw(logits, sampling)
             drafts.append(token)
-        return mx.concatenate(drafts), (mx.concatenate(dists) if dists else None)
+            dists.append(q)
+        return mx.concatenate(drafts), (None if sampling.greedy else mx.concatenate(dists))
 
     def step(self, token: mx.array, hidden: mx.array, shared: SharedKV, position: int):
         """Logits (1, V) for the token after ``token`` (1,), and the next hidden (1, 1, H)."""

@@ -6,7 +6,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .cached_model import CachedModel
-from .sampling import Sampling, probs
+from .sampling import Sampling, draw
 
 
 class DraftModel:
@@ -29,16 +29,12 @@ class DraftModel:
         x, drafts, dists = self._unfed, [], []
         for _ in range(k):
             logits = self.lm(x)[-1:]
-            if sampling.greedy:
-                x = mx.argmax(logits, axis=-1).astype(mx.uint32)
-            else:
-                q = probs(logits, sampling)
-                x = mx.random.categorical(mx.log(q)).astype(mx.uint32)
-                dists.append(q)
+            x, q = draw(logits, sampling)
             drafts.append(x)
+            dists.append(q)
         drafts = mx.concatenate(drafts)
         self._fed = mx.concatenate([self._unfed, drafts[:-1]])
-        return drafts, (mx.concatenate(dists) if dists else None)
+        return drafts, (None if sampling.greedy else mx.concatenate(dists))
 
     def commit(self, accepted: int, tokens: mx.array, hidden: mx.array | None) -> None:
         if self._fed is None:  # a plain target step: nothing was drafted

@@ -13,7 +13,7 @@ import mlx.core as mx
 
 from ..models.heads import body_and_head, embedding
 from ..models.mtp import make_mtp_cache
-from .sampling import Sampling, probs
+from .sampling import Sampling, draw
 
 
 class Mtp:
@@ -40,14 +40,11 @@ class Mtp:
             if i:
                 h = self._feed(drafts[-1], h)
             logits = self.mtp.logits(h, self.target_head)
-            if sampling.greedy:
-                drafts.append(mx.argmax(logits, axis=-1).astype(mx.uint32))
-            else:
-                q = probs(logits, sampling)
-                drafts.append(mx.random.categorical(mx.log(q)).astype(mx.uint32))
-                dists.append(q)
+            token, q = draw(logits, sampling)
+            drafts.append(token)
+            dists.append(q)
         self._chained = k - 1
-        return mx.concatenate(drafts), (mx.concatenate(dists) if dists else None)
+        return mx.concatenate(drafts), (None if sampling.greedy else mx.concatenate(dists))
 
     def commit(self, accepted: int, tokens: mx.array, hidden: mx.array | None) -> None:
         if self._chained:

@@ -78,3 +78,12 @@ def _min_p(lp: mx.array, min_p: float) -> mx.array:
 def _top_k(lp: mx.array, top_k: int) -> mx.array:
     kth = mx.sort(lp, axis=-1)[..., -top_k][..., None]
     return mx.where(lp >= kth, lp, -mx.inf)
+
+
+def draw(logits: mx.array, sampling: Sampling) -> tuple[mx.array, mx.array | None]:
+    """A proposer's draft: the token (rows,) and, unless greedy, the distribution it
+    was drawn from, which the verifier needs."""
+    if sampling.greedy:
+        return mx.argmax(logits, axis=-1).astype(mx.uint32), None
+    q = probs(logits, sampling)
+    return mx.random.categorical(mx.log(q)).astype(mx.uint32), q
