@@ -30,8 +30,8 @@ class FixedDraftLength:
 class AdaptiveDraftLength:
     adaptive = True
     decay = 0.8
-    first_probe = 8
-    max_backoff = 512
+    first_probe = 16
+    max_backoff = 1024
 
     def __init__(self, max_k: int = 4, cost_prior: float = 0.3):
         self.max_k = max_k
