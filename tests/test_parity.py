@@ -6,6 +6,7 @@ import pytest
 from mlx_lm.models.cache import QuantizedKVCache, RotatingKVCache
 
 from exo_spec.models.synthetic import write_llama
+from exo_spec.spec import CachedModel, SpecDecoder
 
 from decoders import (
     PROMPTS,
@@ -118,3 +119,15 @@ def test_quantized_kv_cache(checkpoints, tmp_path):
     decoder.target.cache = [QuantizedKVCache(group_size=32, bits=8) for _ in model.layers]
     assert run(decoder, prompt, MAX_TOKENS) == expected
     assert decoder.stats.accepted < decoder.stats.drafted
+
+
+@pytest.mark.parametrize("stop", [False, True])
+def test_plain_decoding_pipelines_and_stops(checkpoints, stop):
+    path = checkpoints.qwen3_5
+    prompt = prompt_ids(path, PROMPTS[0])
+    reference = greedy_reference(loaded(path).model, prompt, MAX_TOKENS)
+    stop_at = next(i for i in range(3, MAX_TOKENS) if reference[i] not in reference[:i])
+    eos = frozenset({reference[stop_at]}) if stop else frozenset()
+    decoder = SpecDecoder(CachedModel(loaded(path).model), eos_token_ids=eos)
+    assert run(decoder, prompt, MAX_TOKENS) == (reference[:stop_at] if stop else reference)
+    assert decoder.finish.reason == ("stop" if stop else "length")

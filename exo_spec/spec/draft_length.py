@@ -23,7 +23,7 @@ class FixedDraftLength:
     def next(self) -> int:
         return self.k
 
-    def observe(self, k: int, accepted: int, seconds: float) -> None:
+    def observe(self, k: int, accepted: int, seconds: float, timed: bool = True) -> None:
         pass
 
 
@@ -42,6 +42,7 @@ class AdaptiveDraftLength:
         self.warmup = 2  # plain steps before the first decision; the first one compiles
         self.plain_streak = 0
         self.backoff = self.first_probe
+        self.cost_measured = False
 
     @property
     def rate(self) -> float:
@@ -60,10 +61,12 @@ class AdaptiveDraftLength:
             return 0
         best = self._best()
         if best:
-            return best
+            return best if self.cost_measured else 1
         return 1 if self.plain_streak >= self.backoff else 0
 
-    def observe(self, k: int, accepted: int, seconds: float) -> None:
+    def observe(self, k: int, accepted: int, seconds: float, timed: bool = True) -> None:
+        """``timed`` is False for a round whose time includes one-off work (a proposer
+        catching up on tokens decoded plainly): it updates acceptance, not cost."""
         if k == 0:
             self.plain_streak += 1
             if self.warmup:
@@ -75,9 +78,10 @@ class AdaptiveDraftLength:
         self.plain_streak = 0
         self.accepted = self.decay * self.accepted + accepted
         self.rejections = self.decay * self.rejections + (accepted < k)
-        if self.t_plain:
+        if self.t_plain and timed:
             observed = max(seconds / self.t_plain - 1, 0.0) / k
             self.cost = 0.7 * self.cost + 0.3 * observed
+            self.cost_measured = True
         # A round after which plain decoding still wins was a failed probe: wait longer.
         if self._best():
             self.backoff = self.first_probe

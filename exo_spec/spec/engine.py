@@ -62,41 +62,52 @@ class SpecDecoder:
         tokens = mx.array(prompt, dtype=mx.uint32)
         logits, hidden = self.target.prefill(tokens, hidden=self._hidden)
         first = sample(logits[None], self.sampling)
-        mx.eval(first)
+        if self.proposer:
+            # The proposer reads the prompt before the first token, as mlx-lm's
+            # speculative_generate_step does: all prompt work counts as prompt time.
+            self.proposer.prefill(mx.concatenate([tokens, first]), hidden)
+        emitted = first.tolist()
         stats.ttft_s = time.perf_counter() - start
         last = first
-        out = self._emit(first.tolist(), max_tokens)
+        out = self._emit(emitted, max_tokens)
         if out:
             yield out
-        if self.finish:
-            return
-        if self.proposer:
-            self.proposer.prefill(mx.concatenate([tokens, first]), hidden)
         decode_start = time.perf_counter()
+        ahead = None  # a plain step queued before the previous one was read
+        after_plain = True
         while not self.finish:
             t0 = time.perf_counter()
             remaining = max_tokens - stats.generation_tokens
-            k = min(self.draft_length.next(), remaining - 1) if self.proposer else 0
+            k = 0
+            if self.proposer and ahead is None:
+                k = min(self.draft_length.next(), remaining - 1)
             if k > 0:
-                accepted, emitted, next_last = self._round(last, k)
+                accepted, emitted, last = self._round(last, k)
             else:
-                accepted, emitted, next_last = 0, *self._plain_step(last)
+                token, hidden = ahead or self._queue_plain(last)
+                ahead = None
+                # Queue the next plain step before reading this one, as mlx-lm's
+                # generate_step does, so building its graph overlaps this compute.
+                if remaining > 1 and (not self.proposer or self.draft_length.next() == 0):
+                    ahead = self._queue_plain(token)
+                accepted, emitted, last = 0, token.tolist(), token
+                if self.proposer:
+                    self.proposer.commit(0, token, hidden)
             stats.rounds += 1
-            self.draft_length.observe(k, accepted, time.perf_counter() - t0)
-            last = next_last
+            self.draft_length.observe(k, accepted, time.perf_counter() - t0,
+                                      timed=not after_plain)
+            after_plain = k == 0
             out = self._emit(emitted, max_tokens)
             if out:
                 yield out
             stats.decode_s = time.perf_counter() - decode_start
 
-    def _plain_step(self, last: mx.array) -> tuple[list[int], mx.array]:
+    def _queue_plain(self, last: mx.array) -> tuple[mx.array, mx.array | None]:
         out = self.target(last, hidden=self._hidden)
         logits, hidden = out if self._hidden else (out, None)
         token = sample(logits[-1:], self.sampling)
-        mx.eval(token)
-        if self.proposer:
-            self.proposer.commit(0, token, hidden)
-        return token.tolist(), token
+        mx.async_eval(token)
+        return token, hidden
 
     def _round(self, last: mx.array, k: int) -> tuple[int, list[int], mx.array]:
         drafts, draft_probs = self.proposer.propose(k, self.sampling)

@@ -3,7 +3,8 @@
 The MTP layer at position j reads (h_j, s_{j+1}) and predicts s_{j+2}; its
 attention keeps its own KV cache over those positions. Committed pairs are
 queued and fed in one pass at the next propose(), so a plain target step costs
-the MTP nothing until it is asked to draft. For k > 1 the head chains on its
+the MTP nothing until it is asked to draft. The prompt's pairs are fed in
+prefill(), with the rest of the prompt work. For k > 1 the head chains on its
 own output hidden state; those speculative positions are trimmed at commit.
 """
 
@@ -27,14 +28,22 @@ class Mtp:
         self.cache = make_mtp_cache()
         self._hidden: list[mx.array] = []  # queued h_j ...
         self._next: list[mx.array] = []  # ... and the s_{j+1} that go with them
+        self._last: mx.array | None = None  # the head's output for the newest fed pair
         self._chained = 0
 
-    def prefill(self, tokens: mx.array, hidden: mx.array | None) -> None:
-        self._hidden, self._next = [hidden], [tokens[1:]]
+    def prefill(self, tokens: mx.array, hidden: mx.array | None, step: int = 512) -> None:
+        following = tokens[1:]
+        for start in range(0, following.shape[0], step):
+            self._last = self._feed(following[start : start + step],
+                                    hidden[start : start + step])[-1:]
+            mx.eval(self._last, self.cache[0].state)
 
     def propose(self, k: int, sampling: Sampling) -> tuple[mx.array, mx.array | None]:
-        h = self._feed(mx.concatenate(self._next), mx.concatenate(self._hidden))[-1:]
-        self._hidden, self._next = [], []
+        if self._next:
+            h = self._feed(mx.concatenate(self._next), mx.concatenate(self._hidden))[-1:]
+            self._hidden, self._next = [], []
+        else:
+            h = self._last
         drafts, dists = [], []
         for i in range(k):
             if i:
