@@ -67,6 +67,12 @@ class CachedModel:
         h = self._body(tokens[None], cache=self.cache)
         return self._head(h)[0], h[0]
 
+    def last_logits(self, tokens: mx.array) -> mx.array:
+        """Feed ``tokens`` (S,); logits (1, V) of the last position only, so catching
+        up on many tokens does not pay for S rows of the lm_head."""
+        h = self._body(tokens[None], cache=self.cache)
+        return self._head(h[:, -1:])[0]
+
     def prefill(self, tokens: mx.array, *, hidden: bool = False, step: int = 512, on_progress=None):
         """Feed ``tokens`` in chunks. Returns the last position's logits (V,) and, if
         asked, the hidden states of every position (S, H)."""

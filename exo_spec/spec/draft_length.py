@@ -32,6 +32,7 @@ class AdaptiveDraftLength:
     decay = 0.8
     first_probe = 16
     max_backoff = 1024
+    probe_budget = 0.02
 
     def __init__(self, max_k: int = 4, cost_prior: float = 0.3):
         self.max_k = max_k
@@ -62,7 +63,9 @@ class AdaptiveDraftLength:
         best = self._best()
         if best:
             return best if self.cost_measured else 1
-        return 1 if self.plain_streak >= self.backoff else 0
+        # A failed probe costs about ``cost`` plain steps; space probes so that they
+        # take at most probe_budget of the decode time.
+        return 1 if self.plain_streak >= max(self.backoff, self.cost / self.probe_budget) else 0
 
     def observe(self, k: int, accepted: int, seconds: float, timed: bool = True) -> None:
         """``timed`` is False for a round whose time includes one-off work (a proposer

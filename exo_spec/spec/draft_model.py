@@ -6,6 +6,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .cached_model import CachedModel
+from .proposer import MAX_CATCH_UP
 from .sampling import Sampling, draw
 
 
@@ -30,7 +31,7 @@ class DraftModel:
         self.lm.begin_round(unfed.shape[0] + k - 1)
         x, drafts, dists = unfed, [], []
         for _ in range(k):
-            logits = self.lm(x)[-1:]
+            logits = self.lm.last_logits(x)
             x, q = draw(logits, sampling)
             drafts.append(x)
             dists.append(q)
@@ -42,6 +43,8 @@ class DraftModel:
     def commit(self, accepted: int, tokens: mx.array, hidden: mx.array | None) -> None:
         if self._fed is None:  # a plain target step: nothing was drafted
             self._unfed.append(tokens)
+            if len(self._unfed) > 2 * MAX_CATCH_UP:
+                self._unfed = [mx.concatenate(self._unfed)[-MAX_CATCH_UP:]]
             return
         unfed = self._fed_unfed
         kept_drafts = min(accepted, self._fed.shape[0] - unfed)

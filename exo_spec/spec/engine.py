@@ -74,7 +74,7 @@ class SpecDecoder:
             yield out
         decode_start = time.perf_counter()
         ahead = None  # a plain step queued before the previous one was read
-        after_plain = True
+        plain_run = 0  # plain steps since the last round: the proposer's backlog
         while not self.finish:
             t0 = time.perf_counter()
             remaining = max_tokens - stats.generation_tokens
@@ -95,8 +95,8 @@ class SpecDecoder:
                     self.proposer.commit(0, token, hidden)
             stats.rounds += 1
             self.draft_length.observe(k, accepted, time.perf_counter() - t0,
-                                      timed=not after_plain)
-            after_plain = k == 0
+                                      timed=plain_run <= 4)
+            plain_run = plain_run + 1 if k == 0 else 0
             out = self._emit(emitted, max_tokens)
             if out:
                 yield out
