@@ -6,10 +6,12 @@ import json
 import sys
 
 import mlx.core as mx
+from mlx_lm.tokenizer_utils import TokenizerWrapper
 
+from .dist.launch import launch_local
 from .models.load import ModelLoadError
 from .session import encode_prompt, load_models, make_decoder
-from .spec import Sampling
+from .spec import Sampling, SpecDecoder
 
 
 def add_parser(sub) -> None:
@@ -33,6 +35,9 @@ def add_parser(sub) -> None:
     p.add_argument("--max-kv-size", type=int, help="rotating KV cache of this many tokens")
     p.add_argument("--ignore-chat-template", action="store_true")
     p.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    p.add_argument("--local-ranks", type=int,
+                   help="pipeline the target over this many local processes (ring backend)")
+    p.add_argument("--split", help="layers per rank, rank 0 first, e.g. 3,1 (default: even)")
     p.set_defaults(run=run)
 
 
@@ -51,15 +56,22 @@ def _check(args) -> Sampling:
 def run(args) -> int:
     try:
         sampling = _check(args)
+        if args.local_ranks is not None or args.split:
+            return launch_local(args)
         models = load_models(args.model, args.draft_model, args.mtp)
         decoder = make_decoder(models, sampling=sampling, num_draft=args.num_draft,
                                max_kv_size=args.max_kv_size)
     except (ValueError, ModelLoadError, OSError) as e:
         print(f"exo-spec generate: error: {e}", file=sys.stderr)
         return 2
+    return decode(args, decoder, models.target.tokenizer)
+
+
+def decode(args, decoder: SpecDecoder, tokenizer: TokenizerWrapper,
+           extra_stats: dict | None = None) -> int:
+    """Run ``decoder`` on the prompt and print text (or JSON) and stats."""
     if args.seed is not None:
         mx.random.seed(args.seed)
-    tokenizer = models.target.tokenizer
     prompt = encode_prompt(tokenizer, args.prompt, not args.ignore_chat_template)
     tokens: list[int] = []
     detok = tokenizer.detokenizer
@@ -77,7 +89,7 @@ def run(args) -> int:
             "text": tokenizer.decode(tokens),
             "tokens": tokens,
             "finish_reason": decoder.finish.reason,
-            "stats": stats.to_dict(),
+            "stats": {**stats.to_dict(), **(extra_stats or {})},
         }
         print(json.dumps(result))
     else:

@@ -64,13 +64,14 @@ def _classes_without_mtp(config: dict):
     return WithoutMtp, args_class
 
 
-def load(path_or_id: str) -> LoadedModel:
+def load(path_or_id: str, *, lazy: bool = False) -> LoadedModel:
+    """``lazy`` leaves the weights unread until evaluated (pipeline ranks keep a share)."""
     path = resolve(path_or_id)
     config = read_config(path)
     if "model_type" not in config:
         raise ModelLoadError(f"{path / 'config.json'} has no model_type")
     try:
-        model, config = load_model(path, get_model_classes=_classes_without_mtp)
+        model, config = load_model(path, lazy=lazy, get_model_classes=_classes_without_mtp)
         tokenizer = load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))
     except (ValueError, FileNotFoundError) as e:
         raise ModelLoadError(f"cannot load {path}: {e}") from e

@@ -1,0 +1,1 @@
+"""One model over an mx.distributed group: pipeline stages, rank 0's target, the followers."""

@@ -1,0 +1,92 @@
+"""``--local-ranks N``: run one job as N local processes joined by the ring backend.
+
+Each rank is ``python -m exo_spec.dist.runner`` with MLX_RANK and a hostfile of
+loopback ports. Rank 0 prints what the single-node path prints. If any rank
+exits non-zero, or the group outlives its time limit, every rank is killed and
+the command fails with one line, so a dead rank never leaves the others waiting
+on a receive forever.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ..models.load import read_config, resolve
+from .pipeline import layer_ranges, parse_split
+
+TIME_LIMIT_S = 3600.0
+EXIT_GRACE_S = 10.0  # how long followers may take to leave once rank 0 is done
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _check(args) -> None:
+    if args.local_ranks is None or args.local_ranks < 2:
+        raise ValueError("--local-ranks must be >= 2 (and --split needs it)")
+    if args.mtp is True:
+        raise ValueError("--mtp is not supported with --local-ranks yet: "
+                         "use --draft-model or --no-spec")
+    if args.split:
+        config = read_config(resolve(args.model))
+        layers = config.get("text_config", config)["num_hidden_layers"]
+        layer_ranges(layers, args.local_ranks, parse_split(args.split))
+
+
+def launch_local(args) -> int:
+    _check(args)
+    job = json.dumps({k: v for k, v in vars(args).items() if k != "run"})
+    with tempfile.TemporaryDirectory(prefix="exo-spec-ring-") as tmp:
+        hostfile = Path(tmp) / "hosts.json"
+        ports = _free_ports(args.local_ranks)
+        hostfile.write_text(json.dumps([[f"127.0.0.1:{p}"] for p in ports]))
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "exo_spec.dist.runner", job],
+                env={**os.environ, "MLX_RANK": str(rank), "MLX_HOSTFILE": str(hostfile)},
+                stdout=None if rank == 0 else subprocess.DEVNULL,
+            )
+            for rank in range(args.local_ranks)
+        ]
+        try:
+            return _watch(procs)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+
+
+def _watch(procs: list[subprocess.Popen]) -> int:
+    deadline = time.monotonic() + TIME_LIMIT_S
+    while True:
+        codes = [p.poll() for p in procs]
+        for rank, code in enumerate(codes):
+            if code:
+                print(f"exo-spec generate: error: rank {rank} exited with status {code}; "
+                      "stopped the group", file=sys.stderr)
+                return code if code > 0 else 1
+        if all(code == 0 for code in codes):
+            return 0
+        if codes[0] == 0:
+            deadline = min(deadline, time.monotonic() + EXIT_GRACE_S)
+        if time.monotonic() > deadline:
+            print("exo-spec generate: error: the group did not finish in time; stopped it",
+                  file=sys.stderr)
+            return 1
+        time.sleep(0.05)

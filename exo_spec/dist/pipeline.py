@@ -1,0 +1,103 @@
+"""Cut an mlx-lm model into pipeline stages: contiguous layer ranges, one per rank.
+
+Rank 0 keeps the embeddings, its layers and the head (final norm + lm_head);
+every other rank keeps only its layers. The last rank sends its raw hidden rows
+back to rank 0, which applies the head. The head sits on rank 0 (not on the last
+rank, as DESIGN.md prefers) so that the existing round loop runs there unchanged:
+it needs the logits to verify, and one round moves the same k+1 rows of hidden
+size back to rank 0 as it moves on every other hop, instead of k+1 rows of
+vocabulary size. Tied embeddings make the head rank 0's anyway.
+
+Weights are loaded lazily and the other ranks' arrays dropped before anything is
+evaluated, so each rank's memory is its own share. Models whose body takes
+``input_embeddings`` and iterates ``body.layers`` (llama, qwen3_5 hybrids, ...)
+are supported; per-layer-type mask indices are recomputed for the kept layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from ..models.heads import body_and_head, language_model
+
+
+def layer_count(model: nn.Module) -> int:
+    return len(language_model(model).model.layers)
+
+
+def parse_split(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--split must be layer counts like 3,1, got {text!r}") from None
+
+
+def layer_ranges(num_layers: int, ranks: int, split: Sequence[int] | None = None) -> list[range]:
+    """Contiguous layer ranges, rank 0 first; even by default (earlier ranks take the extra)."""
+    if split is None:
+        base, extra = divmod(num_layers, ranks)
+        split = [base + (r < extra) for r in range(ranks)]
+    if len(split) != ranks:
+        raise ValueError(f"--split has {len(split)} entries for {ranks} ranks")
+    if any(s <= 0 for s in split) or sum(split) != num_layers:
+        raise ValueError(f"--split {','.join(map(str, split))} must be positive layer counts "
+                         f"summing to the model's {num_layers} layers")
+    starts = [sum(split[:r]) for r in range(ranks)]
+    return [range(s, s + n) for s, n in zip(starts, split)]
+
+
+def _first(layers: list[nn.Module], pred: Callable[[nn.Module], bool]) -> int | None:
+    return next((i for i, layer in enumerate(layers) if pred(layer)), None)
+
+
+def _reindex_masks(body: nn.Module) -> None:
+    """Bodies build each mask from the cache of the first layer of its type."""
+    layers = body.layers
+    if hasattr(body, "ssm_idx"):  # qwen3_5 / qwen3_next hybrids
+        body.ssm_idx = _first(layers, lambda layer: layer.is_linear)
+        body.fa_idx = _first(layers, lambda layer: not layer.is_linear)
+    elif hasattr(body, "swa_idx"):  # llama-style sliding-window interleaving
+        body.swa_idx = _first(layers, lambda layer: layer.use_sliding)
+        body.fa_idx = _first(layers, lambda layer: not layer.use_sliding) or 0
+
+
+class Stage:
+    """One rank's share of the model: ``forward(x)`` runs its layers on its cache.
+
+    Rank 0's input is token ids (1, S); the others' input is hidden rows (1, S, H).
+    The output is the raw residual stream (1, S, H), before the final norm.
+    """
+
+    def __init__(self, model: nn.Module, layers: range, rank: int):
+        lm = language_model(model)
+        body = lm.model
+        self.model = model
+        self.is_first = rank == 0
+        probe = body.embed_tokens(mx.array([[0]]))  # lazy: reads no weights
+        self.wire_dtype, self.hidden_size = probe.dtype, probe.shape[-1]
+        _, self.project = body_and_head(model)
+        self.norm = body.norm
+        body.layers = body.layers[layers.start : layers.stop]
+        _reindex_masks(body)
+        body.norm = nn.Identity()
+        if not self.is_first:
+            body.embed_tokens = nn.Identity()
+            if "lm_head" in lm:
+                lm.lm_head = nn.Identity()
+            self.project = self.norm = None
+        self._body = body
+        mx.eval(model.parameters())
+
+    def head(self, h: mx.array) -> mx.array:
+        """Logits of the last rank's raw hidden rows; rank 0 only."""
+        return self.project(self.norm(h))
+
+    def forward(self, x: mx.array, cache: list) -> mx.array:
+        if self.is_first:
+            h = self._body(x, cache=cache)
+        else:
+            h = self._body(x, cache=cache, input_embeddings=x)
+        return h.astype(self.wire_dtype)

@@ -1,0 +1,34 @@
+"""The per-call command rank 0 sends every other rank, as one all_sum of int32s.
+
+A forward carries the row count (so followers can post their receives), the
+width of the speculative round it opens (0: none) and how many rows the
+previous round kept (-1: no round to close). Closing a round is deferred to the
+next command, so a speculative round costs one command, not three.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlx.core as mx
+
+FORWARD = 1
+STOP = 2
+
+
+@dataclass(frozen=True)
+class Command:
+    op: int
+    rows: int = 0
+    begin_width: int = 0
+    end_kept: int = -1
+
+    def encode(self) -> mx.array:
+        return mx.array([self.op, self.rows, self.begin_width, self.end_kept + 1], dtype=mx.int32)
+
+
+def exchange(command: Command | None, group: mx.distributed.Group) -> Command:
+    """Rank 0 passes its command, the others ``None``; every rank gets rank 0's."""
+    mine = command.encode() if command else mx.zeros(4, dtype=mx.int32)
+    op, rows, begin_width, end_kept = mx.distributed.all_sum(mine, group=group).tolist()
+    return Command(op, rows, begin_width, end_kept - 1)

@@ -1,0 +1,131 @@
+"""One target pipelined over real ring-backend processes, run through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlx.core as mx
+import pytest
+from mlx.utils import tree_flatten
+
+from exo_spec.dist.pipeline import Stage
+from exo_spec.models import synthetic
+from exo_spec.models.load import load
+from exo_spec.session import encode_prompt
+
+from decoders import loaded
+from reference import greedy_reference
+
+PROMPT = "def heappush(heap, item):"
+MAX_TOKENS = 12
+
+
+def perturbed_checkpoint(src: Path, dst: Path, scale: float, seed: int) -> Path:
+    """A copy of ``src`` with seeded noise on every weight: a drafter that agrees
+    with it often but not always."""
+    shutil.copytree(src, dst)
+    weights = mx.load(str(dst / "model.safetensors"))
+    mx.random.seed(seed)
+    noisy = {k: v + scale * mx.random.normal(v.shape, v.dtype) for k, v in weights.items()}
+    mx.save_safetensors(str(dst / "model.safetensors"), noisy)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def models(checkpoints, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("pipeline")
+    llama4 = synthetic.write_llama(root / "llama4", checkpoints.tokenizer,
+                                   num_hidden_layers=4, seed=5)
+    return {
+        "llama4": llama4,
+        "qwen3_5": checkpoints.qwen3_5,
+        "drafter": checkpoints.drafter,
+        "llama4-noisy": perturbed_checkpoint(llama4, root / "llama4-noisy", 0.02, seed=8),
+        "qwen3_5-noisy": perturbed_checkpoint(checkpoints.qwen3_5, root / "qwen3_5-noisy",
+                                              0.02, seed=9),
+    }
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "exo_spec.cli", "generate", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize(
+    "target, ranks, split, drafter",
+    [
+        ("llama4", "2", "3,1", None),
+        ("llama4", "3", "1,2,1", "llama4-noisy"),
+        ("qwen3_5", "2", "3,1", "qwen3_5-noisy"),
+        ("qwen3_5", "3", "2,1,1", "drafter"),
+    ],
+)
+def test_pipeline_matches_greedy_reference(models, target, ranks, split, drafter):
+    path = models[target]
+    spec = ["--draft-model", str(models[drafter]), "--num-draft", "2"] if drafter \
+        else ["--no-spec"]
+    proc = cli("--json", "--prompt", PROMPT, "--model", str(path), "--max-tokens",
+               str(MAX_TOKENS), "--local-ranks", ranks, "--split", split, *spec)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    prompt = encode_prompt(loaded(path).tokenizer, PROMPT)
+    assert out["tokens"] == greedy_reference(loaded(path).model, prompt, MAX_TOKENS)
+    stats = out["stats"]
+    assert (stats["ranks"], stats["parallel"]) == (int(ranks), "pipeline")
+    assert stats["mode"] == ("draft" if drafter else "none")
+    if drafter and drafter.endswith("noisy"):
+        # Both paths of a round are exercised: some drafts kept, some rejected.
+        assert 0 < stats["accepted"] < stats["drafted"]
+
+
+def test_a_follower_keeps_only_its_layers(models):
+    model = load(str(models["llama4"]), lazy=True).model
+    Stage(model, range(1, 3), rank=1)
+    names = [k for k, _ in tree_flatten(model.parameters())]
+    assert names and all(k.startswith("model.layers.") for k in names)
+    assert {k.split(".")[2] for k in names} == {"0", "1"}  # layers 1 and 2, renumbered
+
+
+def test_bad_split_is_one_line(models):
+    proc = cli("--prompt", PROMPT, "--model", str(models["llama4"]),
+               "--local-ranks", "2", "--split", "4,1")
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "--split 4,1" in proc.stderr
+
+
+def _child_with_rank(parent: int, rank: int) -> int:
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    for pid in map(int, children):
+        if f"MLX_RANK={rank}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+            return pid
+    raise AssertionError(f"no rank {rank} among {children}")
+
+
+def test_dead_rank_fails_the_job(models):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exo_spec.cli", "generate", "--prompt", PROMPT, "--model",
+         str(models["llama4"]), "--no-spec", "--max-tokens", "100000", "--local-ranks", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        # Decoding has started once rank 0 streams text.
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        assert ready and os.read(proc.stdout.fileno(), 1), "no output from rank 0"
+        os.kill(_child_with_rank(proc.pid, 1), signal.SIGKILL)
+        start = time.monotonic()
+        _, err = proc.communicate(timeout=30)
+        assert time.monotonic() - start < 30
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0
+    assert "exited with status" in err.decode()
