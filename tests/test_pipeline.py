@@ -86,6 +86,16 @@ def test_pipeline_matches_greedy_reference(models, target, ranks, split, drafter
         assert 0 < stats["accepted"] < stats["drafted"]
 
 
+def test_sampling_matches_one_process(checkpoints):
+    """Rank 0 samples from the same logits as a single process: same seed, same tokens."""
+    args = ["--json", "--prompt", PROMPT, "--model", str(checkpoints.llama), "--draft-model",
+            str(checkpoints.drafter), "--num-draft", "3", "--temp", "0.9", "--seed", "3",
+            "--max-tokens", str(MAX_TOKENS)]
+    one, group = cli(*args), cli(*args, "--local-ranks", "2")
+    assert one.returncode == 0 and group.returncode == 0, one.stderr + group.stderr
+    assert json.loads(group.stdout)["tokens"] == json.loads(one.stdout)["tokens"]
+
+
 def test_a_follower_keeps_only_its_layers(models):
     model = load(str(models["llama4"]), lazy=True).model
     Stage(model, range(1, 3), rank=1)

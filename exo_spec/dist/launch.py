@@ -42,6 +42,8 @@ def _check(args) -> None:
     if args.mtp is True:
         raise ValueError("--mtp is not supported with --local-ranks yet: "
                          "use --draft-model or --no-spec")
+    if args.max_kv_size:
+        raise ValueError("--max-kv-size is not supported with --local-ranks yet")
     if args.split:
         config = read_config(resolve(args.model))
         layers = config.get("text_config", config)["num_hidden_layers"]
