@@ -79,9 +79,11 @@ def make_decoder(
     sampling: Sampling,
     num_draft: int | None = None,
     max_kv_size: int | None = None,
+    cached: CachedModel | None = None,
 ) -> SpecDecoder:
+    """``cached``: the target to verify with (a group's), by default ``models.target`` here."""
     target = models.target
-    cached = CachedModel(target.model, max_kv_size=max_kv_size)
+    cached = cached or CachedModel(target.model, max_kv_size=max_kv_size)
     proposer = None
     cost_prior = 0.1  # an MTP layer costs a small fraction of the target's pass
     if models.mode == "mtp":

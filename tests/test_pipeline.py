@@ -86,6 +86,25 @@ def test_pipeline_matches_greedy_reference(models, target, ranks, split, drafter
         assert 0 < stats["accepted"] < stats["drafted"]
 
 
+@pytest.mark.parametrize("num_draft", [["--num-draft", "2"], []])
+def test_mtp_on_rank_0_matches_greedy_reference(models, num_draft):
+    path = models["qwen3_5"]
+    proc = cli("--json", "--prompt", PROMPT, "--model", str(path), "--max-tokens",
+               str(MAX_TOKENS), "--local-ranks", "2", "--split", "3,1", "--mtp", *num_draft)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    prompt = encode_prompt(loaded(path).tokenizer, PROMPT)
+    assert out["tokens"] == greedy_reference(loaded(path).model, prompt, MAX_TOKENS)
+    assert out["stats"]["mode"] == "mtp" and out["stats"]["drafted"] > 0
+
+
+def test_mtp_without_mtp_weights_is_one_line(models):
+    proc = cli("--prompt", PROMPT, "--model", str(models["llama4"]), "--mtp",
+               "--local-ranks", "2")
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "no MTP weights" in proc.stderr
+
+
 def test_sampling_matches_one_process(checkpoints):
     """Rank 0 samples from the same logits as a single process: same seed, same tokens."""
     args = ["--json", "--prompt", PROMPT, "--model", str(checkpoints.llama), "--draft-model",

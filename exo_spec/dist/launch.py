@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..models.load import read_config, resolve
 from .pipeline import layer_ranges, parse_split
+from .proposal import group_mode
 
 TIME_LIMIT_S = 3600.0
 EXIT_GRACE_S = 10.0  # how long followers may take to leave once rank 0 is done
@@ -39,13 +40,12 @@ def _free_ports(n: int) -> list[int]:
 def _check(args) -> None:
     if args.local_ranks is None or args.local_ranks < 2:
         raise ValueError("--local-ranks must be >= 2 (and --split needs it)")
-    if args.mtp is True:
-        raise ValueError("--mtp is not supported with --local-ranks yet: "
-                         "use --draft-model or --no-spec")
     if args.max_kv_size:
         raise ValueError("--max-kv-size is not supported with --local-ranks yet")
+    path = resolve(args.model)
+    group_mode(args.model, path, args.draft_model, args.mtp)  # refuse a bad proposer here
     if args.split:
-        config = read_config(resolve(args.model))
+        config = read_config(path)
         layers = config.get("text_config", config)["num_hidden_layers"]
         layer_ranges(layers, args.local_ranks, parse_split(args.split))
 
