@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 
 import mlx.core as mx
 from mlx_lm.tokenizer_utils import TokenizerWrapper
@@ -68,8 +69,9 @@ def run(args) -> int:
 
 
 def decode(args, decoder: SpecDecoder, tokenizer: TokenizerWrapper,
-           extra_stats: dict | None = None) -> int:
-    """Run ``decoder`` on the prompt and print text (or JSON) and stats."""
+           extra_stats: Callable[[], dict] | None = None) -> int:
+    """Run ``decoder`` on the prompt and print text (or JSON) and stats, with
+    ``extra_stats()`` asked for once generation is done."""
     if args.seed is not None:
         mx.random.seed(args.seed)
     prompt = encode_prompt(tokenizer, args.prompt, not args.ignore_chat_template)
@@ -89,7 +91,7 @@ def decode(args, decoder: SpecDecoder, tokenizer: TokenizerWrapper,
             "text": tokenizer.decode(tokens),
             "tokens": tokens,
             "finish_reason": decoder.finish.reason,
-            "stats": {**stats.to_dict(), **(extra_stats or {})},
+            "stats": {**stats.to_dict(), **(extra_stats() if extra_stats else {})},
         }
         print(json.dumps(result))
     else:

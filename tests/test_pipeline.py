@@ -17,6 +17,7 @@ import pytest
 from mlx.utils import tree_flatten
 
 from exo_spec.dist.pipeline import Stage
+from exo_spec.dist.protocol import FORWARD, Command
 from exo_spec.models import synthetic
 from exo_spec.models.load import load
 from exo_spec.session import encode_prompt
@@ -103,6 +104,24 @@ def test_mtp_without_mtp_weights_is_one_line(models):
                "--local-ranks", "2")
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "no MTP weights" in proc.stderr
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_a_round_moves_k_plus_1_rows_per_hop(models, ranks):
+    """The target drafting for itself accepts every draft: 4 rounds of k=2, each
+    one command and k+1 hidden rows on each of the ``ranks`` hops."""
+    path, k = models["llama4"], 2
+    proc = cli("--json", "--prompt", PROMPT, "--model", str(path), "--draft-model", str(path),
+               "--num-draft", str(k), "--max-tokens", str(1 + 4 * (k + 1)),
+               "--local-ranks", str(ranks))
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads(proc.stdout)["stats"]
+    assert stats["accepted"] == stats["drafted"] == 4 * k
+    embed = loaded(path).model.model.embed_tokens.weight
+    hidden_row = embed.shape[1] * embed.dtype.size
+    command = Command(FORWARD).encode().nbytes
+    assert stats["bytes_per_round"] == (k + 1) * hidden_row * ranks + command
+    assert stats["messages_per_round"] == 1 + ranks
 
 
 def test_sampling_matches_one_process(checkpoints):

@@ -1,7 +1,8 @@
-"""Rank 0's view of a pipeline group: a target with CachedModel's interface.
+"""Rank 0's view of a group: a target with CachedModel's interface.
 
-Per call: one command (``protocol.exchange``), then the hidden rows go
-0 -> 1 -> ... -> n-1 -> 0 with send/recv, and rank 0 applies the head.
+Per call: one command (``protocol.exchange``), then the forward runs across the
+group (``forward.PipelineForward`` or ``forward.TensorForward``) and rank 0 gets
+the logits. Opening and closing speculative rounds ride on the next command.
 """
 
 from __future__ import annotations
@@ -9,46 +10,38 @@ from __future__ import annotations
 import mlx.core as mx
 
 from ..spec.cached_model import CachedModel
-from .protocol import FORWARD, STOP, Command, exchange
+from .forward import PipelineForward, TensorForward
+from .protocol import FORWARD, STOP, TRAFFIC, Command, exchange
 from .stage_cache import StageCache
+from .traffic import Traffic
 
 
 class GroupTarget:
-    prefill = CachedModel.prefill
-
-    def __init__(self, local: StageCache, group: mx.distributed.Group):
+    def __init__(self, local: StageCache | CachedModel, group: mx.distributed.Group,
+                 forward: PipelineForward | TensorForward, traffic: Traffic):
         self._local = local
-        self._stage = local.stage
         self._group = group
-        self.model = local.stage.model
+        self._forward = forward
+        self._traffic = traffic
         self.cache = local.cache
         self._begin_width = 0
         self._end_kept = -1
+        self._prompt_traffic = Traffic()
 
     @property
     def replayed_tokens(self) -> int:
         return self._local.replayed_tokens
 
-    def _last_hidden(self, tokens: mx.array) -> mx.array:
-        """The last rank's raw hidden rows (1, S, H) for ``tokens`` (S,)."""
-        exchange(Command(FORWARD, tokens.shape[0], self._begin_width, self._end_kept),
-                 self._group)
-        self._begin_width, self._end_kept = 0, -1
-        size = self._group.size()
-        h = self._local.model(tokens[None], self.cache)
-        sent = mx.distributed.send(h, 1, group=self._group)
-        back = mx.depends(mx.distributed.recv_like(h, size - 1, group=self._group), sent)
-        # Post the transfer now: a later command must not overtake it on the wire.
-        mx.async_eval(back)
-        return back
-
     def __call__(self, tokens: mx.array, hidden: bool = False):
-        h = self._stage.norm(self._last_hidden(tokens))
-        logits = self._stage.project(h)[0]
-        return (logits, h[0]) if hidden else logits
+        exchange(Command(FORWARD, tokens.shape[0], self._begin_width, self._end_kept),
+                 self._group, self._traffic)
+        self._begin_width, self._end_kept = 0, -1
+        return self._forward.lead(tokens, hidden)
 
-    def last_logits(self, tokens: mx.array) -> mx.array:
-        return self._stage.head(self._last_hidden(tokens)[:, -1:])[0]
+    def prefill(self, tokens: mx.array, **kwargs):
+        out = CachedModel.prefill(self, tokens, **kwargs)
+        self._prompt_traffic = self._total_traffic()
+        return out
 
     def begin_round(self, width: int) -> None:
         self._local.begin_round(width)
@@ -57,6 +50,16 @@ class GroupTarget:
     def end_round(self, fed: mx.array, kept: int) -> None:
         self._local.end_round(fed, kept)
         self._end_kept = kept
+
+    def traffic_per_round(self, rounds: int) -> dict:
+        """Bytes and messages every rank sent per round after the prompt."""
+        decode = self._total_traffic() - self._prompt_traffic
+        return {"bytes_per_round": round(decode.bytes / max(rounds, 1), 2),
+                "messages_per_round": round(decode.messages / max(rounds, 1), 2)}
+
+    def _total_traffic(self) -> Traffic:
+        exchange(Command(TRAFFIC), self._group)
+        return self._traffic.total(self._group)
 
     def close(self) -> None:
         """Release the followers."""

@@ -3,7 +3,8 @@
 A forward carries the row count (so followers can post their receives), the
 width of the speculative round it opens (0: none) and how many rows the
 previous round kept (-1: no round to close). Closing a round is deferred to the
-next command, so a speculative round costs one command, not three.
+next command, so a speculative round costs one command, not three. A traffic
+command asks every rank to add up what it has sent (``Traffic.total``).
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
+from .traffic import Traffic
+
 FORWARD = 1
 STOP = 2
+TRAFFIC = 3
 
 
 @dataclass(frozen=True)
@@ -27,8 +31,11 @@ class Command:
         return mx.array([self.op, self.rows, self.begin_width, self.end_kept + 1], dtype=mx.int32)
 
 
-def exchange(command: Command | None, group: mx.distributed.Group) -> Command:
-    """Rank 0 passes its command, the others ``None``; every rank gets rank 0's."""
+def exchange(command: Command | None, group: mx.distributed.Group,
+             traffic: Traffic | None = None) -> Command:
+    """Rank 0 passes its command (and counts it), the others ``None``; every rank gets rank 0's."""
     mine = command.encode() if command else mx.zeros(4, dtype=mx.int32)
+    if command and traffic:
+        traffic.count(mine)
     op, rows, begin_width, end_kept = mx.distributed.all_sum(mine, group=group).tolist()
     return Command(op, rows, begin_width, end_kept - 1)

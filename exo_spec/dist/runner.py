@@ -21,10 +21,12 @@ from ..models.load import LoadedModel, ModelLoadError, check_same_vocabulary, lo
 from ..session import Models, make_decoder
 from ..spec import Sampling
 from .follower import follow
+from .forward import PipelineForward
 from .group_target import GroupTarget
 from .pipeline import Stage, layer_count, layer_ranges, parse_split
 from .proposal import group_mode
 from .stage_cache import StageCache
+from .traffic import Traffic
 
 
 def _models(args, target: LoadedModel) -> Models:
@@ -48,16 +50,20 @@ def main(job: str) -> int:
         print(f"exo-spec generate: error: {e}", file=sys.stderr)
         return 2
     local = StageCache(Stage(target.model, layers, rank))
+    traffic = Traffic()
+    forward = PipelineForward(local, group, traffic)
     try:
         if rank:
-            follow(local, group)
+            follow(local, group, forward, traffic)
             return 0
-        group_target = GroupTarget(local, group)
+        group_target = GroupTarget(local, group, forward, traffic)
         sampling = Sampling(temp=args.temp, top_p=args.top_p, top_k=args.top_k,
                             min_p=args.min_p)
         decoder = make_decoder(models, sampling=sampling, num_draft=args.num_draft,
                                cached=group_target)
-        code = decode(args, decoder, target.tokenizer, {"ranks": size, "parallel": "pipeline"})
+        code = decode(args, decoder, target.tokenizer, lambda: {
+            "ranks": size, "parallel": "pipeline",
+            **group_target.traffic_per_round(decoder.stats.rounds)})
         group_target.close()
         return code
     except RuntimeError as e:  # the ring backend's "connection to a peer was lost"
