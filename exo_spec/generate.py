@@ -39,6 +39,8 @@ def add_parser(sub) -> None:
     p.add_argument("--local-ranks", type=int,
                    help="pipeline the target over this many local processes (ring backend)")
     p.add_argument("--split", help="layers per rank, rank 0 first, e.g. 3,1 (default: even)")
+    p.add_argument("--parallel", choices=("pipeline", "tensor"), default="pipeline",
+                   help="with --local-ranks: layer ranges per rank, or mlx-lm's tensor sharding")
     p.set_defaults(run=run)
 
 
@@ -57,7 +59,7 @@ def _check(args) -> Sampling:
 def run(args) -> int:
     try:
         sampling = _check(args)
-        if args.local_ranks is not None or args.split:
+        if args.local_ranks is not None or args.split or args.parallel != "pipeline":
             return launch_local(args)
         models = load_models(args.model, args.draft_model, args.mtp)
         decoder = make_decoder(models, sampling=sampling, num_draft=args.num_draft,

@@ -1,4 +1,5 @@
-"""One target pipelined over real ring-backend processes, run through the CLI."""
+"""One target over real ring-backend processes, pipelined or tensor-parallel, run
+through the CLI."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from mlx.utils import tree_flatten
 
 from exo_spec.dist.pipeline import Stage
 from exo_spec.dist.protocol import FORWARD, Command
+from exo_spec.dist.tensor import check_shardable
 from exo_spec.models import synthetic
 from exo_spec.models.load import load
 from exo_spec.session import encode_prompt
@@ -122,6 +124,46 @@ def test_a_round_moves_k_plus_1_rows_per_hop(models, ranks):
     command = Command(FORWARD).encode().nbytes
     assert stats["bytes_per_round"] == (k + 1) * hidden_row * ranks + command
     assert stats["messages_per_round"] == 1 + ranks
+
+
+@pytest.mark.parametrize(
+    "target, drafter",
+    [("llama4", None), ("llama4", "llama4-noisy"), ("qwen3_5", "qwen3_5-noisy")],
+)
+def test_tensor_parallel_matches_greedy_reference(models, target, drafter):
+    path = models[target]
+    spec = ["--draft-model", str(models[drafter]), "--num-draft", "2"] if drafter \
+        else ["--no-spec"]
+    proc = cli("--json", "--prompt", PROMPT, "--model", str(path), "--max-tokens",
+               str(MAX_TOKENS), "--local-ranks", "2", "--parallel", "tensor", *spec)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    prompt = encode_prompt(loaded(path).tokenizer, PROMPT)
+    assert out["tokens"] == greedy_reference(loaded(path).model, prompt, MAX_TOKENS)
+    stats = out["stats"]
+    assert (stats["ranks"], stats["parallel"]) == (2, "tensor")
+    if drafter:
+        assert 0 < stats["accepted"] < stats["drafted"]
+
+
+@pytest.mark.parametrize(
+    "target, args, message",
+    [
+        ("llama4", ["--local-ranks", "3", "--no-spec"], "num_attention_heads 4 does not divide"),
+        ("qwen3_5", ["--local-ranks", "2"], "--parallel tensor has no MTP yet"),
+        ("llama4", ["--local-ranks", "2", "--split", "3,1"], "--split is for --parallel pipeline"),
+    ],
+)
+def test_tensor_parallel_refusals_are_one_line(models, target, args, message):
+    proc = cli("--prompt", PROMPT, "--model", str(models[target]), "--parallel", "tensor",
+               *args)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and message in proc.stderr
+
+
+def test_models_mlx_lm_cannot_shard_are_refused():
+    with pytest.raises(ValueError, match="mlx-lm cannot shard model_type gemma4_text"):
+        check_shardable({"model_type": "gemma4_text"}, 2)
 
 
 def test_sampling_matches_one_process(checkpoints):

@@ -1,4 +1,6 @@
-"""``--local-ranks N``: run one job as N local processes joined by the ring backend.
+"""``--local-ranks N``: run one job as N local processes joined by the ring backend,
+the target pipelined over them (``--parallel pipeline``, with ``--split``) or
+sharded across them (``--parallel tensor``).
 
 Each rank is ``python -m exo_spec.dist.runner`` with MLX_RANK and a hostfile of
 loopback ports. Rank 0 prints what the single-node path prints. If any rank
@@ -21,6 +23,7 @@ from pathlib import Path
 from ..models.load import read_config, resolve
 from .pipeline import layer_ranges, parse_split
 from .proposal import group_mode
+from .tensor import check_shardable
 
 TIME_LIMIT_S = 3600.0
 EXIT_GRACE_S = 10.0  # how long followers may take to leave once rank 0 is done
@@ -43,8 +46,15 @@ def _check(args) -> None:
     if args.max_kv_size:
         raise ValueError("--max-kv-size is not supported with --local-ranks yet")
     path = resolve(args.model)
-    group_mode(args.model, path, args.draft_model, args.mtp)  # refuse a bad proposer here
-    if args.split:
+    mode, _ = group_mode(args.model, path, args.draft_model, args.mtp)  # refuse it here
+    if args.parallel == "tensor":
+        if args.split:
+            raise ValueError("--split is for --parallel pipeline")
+        if mode == "mtp":
+            raise ValueError("--parallel tensor has no MTP yet: use --draft-model, "
+                             "--no-spec or --parallel pipeline")
+        check_shardable(read_config(path), args.local_ranks)
+    elif args.split:
         config = read_config(path)
         layers = config.get("text_config", config)["num_hidden_layers"]
         layer_ranges(layers, args.local_ranks, parse_split(args.split))

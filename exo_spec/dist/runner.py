@@ -1,11 +1,13 @@
-"""One rank of a ``--local-ranks`` job: load this rank's share of the target, then
-lead the round loop (rank 0, with the proposer) or follow it (ranks > 0).
+"""One rank of a ``--local-ranks`` job: load this rank's share of the target (a
+pipeline stage, or tensor-parallel slices), then lead the round loop (rank 0,
+with the proposer) or follow it (ranks > 0).
 
 The proposer lives on rank 0, a drafter model or the checkpoint's own MTP head.
 DESIGN.md puts MTP "where the final hidden state is"; in this pipeline the last
 stage sends its hidden rows back to rank 0, which applies the head, so that is
 rank 0: only it loads the MTP weights, and the round loop feeds the head the
-normed hidden rows it already gets back, with no extra transfer.
+normed hidden rows it already gets back, with no extra transfer. (Tensor-parallel
+groups refuse MTP for now: see ``launch``.)
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ import mlx.core as mx
 from ..generate import decode
 from ..models.load import LoadedModel, ModelLoadError, check_same_vocabulary, load
 from ..session import Models, make_decoder
-from ..spec import Sampling
+from ..spec import CachedModel, Sampling
 from .follower import follow
-from .forward import PipelineForward
+from .forward import PipelineForward, TensorForward
 from .group_target import GroupTarget
 from .pipeline import Stage, layer_count, layer_ranges, parse_split
 from .proposal import group_mode
+from .tensor import shard
 from .stage_cache import StageCache
 from .traffic import Traffic
 
@@ -37,21 +40,30 @@ def _models(args, target: LoadedModel) -> Models:
     return Models(target, drafter, mode)
 
 
+def _placement(args, target: LoadedModel, group: mx.distributed.Group, traffic: Traffic):
+    """This rank's share of the target and how a forward pass crosses the group."""
+    if args.parallel == "tensor":
+        shard(target.model, group)
+        cached = CachedModel(target.model)
+        return cached, TensorForward(cached, group, traffic)
+    split = parse_split(args.split) if args.split else None
+    layers = layer_ranges(layer_count(target.model), group.size(), split)[group.rank()]
+    local = StageCache(Stage(target.model, layers, group.rank()))
+    return local, PipelineForward(local, group, traffic)
+
+
 def main(job: str) -> int:
     args = argparse.Namespace(**json.loads(job))
     group = mx.distributed.init(backend="ring", strict=True)
     rank, size = group.rank(), group.size()
+    traffic = Traffic()
     try:
         target = load(args.model, lazy=True)
         models = _models(args, target) if rank == 0 else None
-        split = parse_split(args.split) if args.split else None
-        layers = layer_ranges(layer_count(target.model), size, split)[rank]
+        local, forward = _placement(args, target, group, traffic)
     except (ValueError, ModelLoadError, OSError) as e:
         print(f"exo-spec generate: error: {e}", file=sys.stderr)
         return 2
-    local = StageCache(Stage(target.model, layers, rank))
-    traffic = Traffic()
-    forward = PipelineForward(local, group, traffic)
     try:
         if rank:
             follow(local, group, forward, traffic)
@@ -62,7 +74,7 @@ def main(job: str) -> int:
         decoder = make_decoder(models, sampling=sampling, num_draft=args.num_draft,
                                cached=group_target)
         code = decode(args, decoder, target.tokenizer, lambda: {
-            "ranks": size, "parallel": "pipeline",
+            "ranks": size, "parallel": args.parallel,
             **group_target.traffic_per_round(decoder.stats.rounds)})
         group_target.close()
         return code
