@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 from mlx.utils import tree_flatten
@@ -39,8 +38,8 @@ class Models:
 
 
 def choose_mode(target_path, draft_model: str | None, mtp: bool | None, has_mtp: bool) -> str:
-    """--mtp forces MTP, --no-spec (mtp=False and no drafter) turns speculation off;
-    otherwise MTP when the checkpoint has MTP weights, else the drafter, else plain."""
+    """--mtp forces MTP and --no-spec (mtp=False) turns speculation off; a drafter the
+    user names is used; otherwise the checkpoint's MTP heads when it has them, else plain."""
     if mtp is True:
         if draft_model:
             raise ModelLoadError("--mtp and --draft-model are exclusive: pick one proposer")
@@ -49,12 +48,9 @@ def choose_mode(target_path, draft_model: str | None, mtp: bool | None, has_mtp:
         return "mtp"
     if mtp is False:
         return "none"
-    if has_mtp:
-        if draft_model:
-            print(f"note: {target_path} has MTP heads; using them, not --draft-model",
-                  file=sys.stderr)
-        return "mtp"
-    return "draft" if draft_model else "none"
+    if draft_model:
+        return "draft"
+    return "mtp" if has_mtp else "none"
 
 
 def load_models(model: str, draft_model: str | None = None, mtp: bool | None = None) -> Models:

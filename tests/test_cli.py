@@ -37,6 +37,7 @@ def generate_json(*args: str) -> dict:
         ("qwen3_5", [], "mtp"),
         ("qwen3_5", ["--mtp", "--num-draft", "2"], "mtp"),
         ("qwen3_5", ["--no-spec"], "none"),
+        ("qwen3_5", ["--draft-model", "drafter", "--num-draft", "2"], "draft"),
     ],
 )
 def test_json_matches_greedy_reference(checkpoints, target, extra, mode):

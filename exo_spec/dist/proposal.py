@@ -1,8 +1,7 @@
 """Which proposer rank 0 of a group runs, decided before any rank starts.
 
-As on one machine, the checkpoint's MTP head is the default when it has one,
-except that an explicit ``--draft-model`` wins here: across ranks a drafter is
-a choice the user made for the group, not a fallback.
+The same choice as on one machine (``session.choose_mode``), made by the
+launcher so that a refused combination fails before any rank starts.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ def group_mode(model: str, path: Path, draft_model: str | None,
     has_mtp = mtp_layer_count(path) > 0
     if draft_model is None and mtp is None and not has_mtp:
         draft_model = default_drafter(model, path)
-    mode = choose_mode(path, draft_model, mtp, has_mtp and not draft_model)
+    mode = choose_mode(path, draft_model, mtp, has_mtp)
     if mode != "draft":
         return mode, None
     if gemma4_assistant.is_assistant(read_config(resolve(draft_model))):
