@@ -53,18 +53,29 @@ def choose_mode(target_path, draft_model: str | None, mtp: bool | None, has_mtp:
     return "mtp" if has_mtp else "none"
 
 
+def plan(model: str, path, draft_model: str | None, mtp: bool | None) -> tuple[str, str | None]:
+    """``(mode, drafter)`` before anything heavy loads: mode is "mtp", "draft",
+    "assistant" or "none", drafter the draft model to load (the model card's when
+    the user names none and the checkpoint has no MTP heads)."""
+    has_mtp = mtp_layer_count(path) > 0
+    if draft_model is None and mtp is None and not has_mtp:
+        draft_model = default_drafter(model, path)
+    mode = choose_mode(path, draft_model, mtp, has_mtp)
+    if mode != "draft":
+        return mode, None
+    if gemma4_assistant.is_assistant(read_config(resolve(draft_model))):
+        return "assistant", draft_model
+    return mode, draft_model
+
+
 def load_models(model: str, draft_model: str | None = None, mtp: bool | None = None) -> Models:
     target = load(model)
-    has_mtp = mtp_layer_count(target.path) > 0
-    if draft_model is None and mtp is None and not has_mtp:
-        draft_model = default_drafter(model, target.path)
-    mode = choose_mode(target.path, draft_model, mtp, has_mtp)
+    mode, drafter_id = plan(model, target.path, draft_model, mtp)
+    if mode == "assistant":
+        return Models(target, gemma4_assistant.load_for(resolve(drafter_id), target), mode)
     drafter = None
     if mode == "draft":
-        path = resolve(draft_model)
-        if gemma4_assistant.is_assistant(read_config(path)):
-            return Models(target, gemma4_assistant.load_for(path, target), "assistant")
-        drafter = load(draft_model)
+        drafter = load(drafter_id)
         check_same_vocabulary(target, drafter)
     return Models(target, drafter, mode)
 

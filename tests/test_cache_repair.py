@@ -41,7 +41,7 @@ def test_hybrid_state_after_rejection(checkpoints, kept):
         for a, b in zip(_state(got), _state(want), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     next_token = mx.array([7], dtype=mx.uint32)
-    np.testing.assert_allclose(np.array(spec(next_token)), np.array(fresh(next_token)),
+    np.testing.assert_allclose(np.array(spec(next_token)[0]), np.array(fresh(next_token)[0]),
                                rtol=1e-4, atol=1e-4)
 
 

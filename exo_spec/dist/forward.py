@@ -32,7 +32,7 @@ class PipelineForward:
         mx.async_eval(back)
         h = self._stage.norm(back)
         logits = self._stage.project(h)[0]
-        return (logits, h[0]) if hidden else logits
+        return logits, (h[0] if hidden else None)
 
     def follow(self, rows: int) -> mx.array:
         rank, size = self._group.rank(), self._group.size()
@@ -69,5 +69,5 @@ class TensorForward:
         ids = mx.distributed.all_sum(mx.zeros(rows, dtype=mx.int32), group=self._group)
         tokens = ids.astype(mx.uint32)
         mx.eval(tokens)
-        mx.eval(self._local(tokens))
+        mx.eval(self._local(tokens)[0])
         return tokens

@@ -61,9 +61,10 @@ class CachedModel:
         self.replayed_tokens = 0
 
     def __call__(self, tokens: mx.array, hidden: bool = False):
-        """Logits (S, V) for ``tokens`` (S,), and the final hidden states (S, H) if asked."""
+        """Logits (S, V) for ``tokens`` (S,), and the final hidden states (S, H) if
+        asked, else None."""
         if not hidden:
-            return self.model(tokens[None], cache=self.cache)[0]
+            return self.model(tokens[None], cache=self.cache)[0], None
         h = self._body(tokens[None], cache=self.cache)
         return self._head(h)[0], h[0]
 
@@ -79,10 +80,9 @@ class CachedModel:
         total = tokens.shape[0]
         hiddens = []
         for start in range(0, total, step):
-            out = self(tokens[start : start + step], hidden=hidden)
-            logits = out[0] if hidden else out
+            logits, h = self(tokens[start : start + step], hidden=hidden)
             if hidden:
-                hiddens.append(out[1])
+                hiddens.append(h)
             mx.eval(logits[-1], hiddens, [c.state for c in self.cache])
             if on_progress:
                 on_progress(min(start + step, total), total)

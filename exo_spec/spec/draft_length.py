@@ -23,7 +23,7 @@ class FixedDraftLength:
     def next(self) -> int:
         return self.k
 
-    def observe(self, k: int, accepted: int, seconds: float, timed: bool = True) -> None:
+    def observe(self, k: int, accepted: int, seconds: float) -> None:
         pass
 
 
@@ -33,6 +33,7 @@ class AdaptiveDraftLength:
     first_probe = 16
     max_backoff = 1024
     probe_budget = 0.02
+    catch_up_untimed = 4  # plain steps after which a round's time is not a cost sample
 
     def __init__(self, max_k: int = 4, cost_prior: float = 0.3):
         self.max_k = max_k
@@ -67,9 +68,7 @@ class AdaptiveDraftLength:
         # take at most probe_budget of the decode time.
         return 1 if self.plain_streak >= max(self.backoff, self.cost / self.probe_budget) else 0
 
-    def observe(self, k: int, accepted: int, seconds: float, timed: bool = True) -> None:
-        """``timed`` is False for a round whose time includes one-off work (a proposer
-        catching up on tokens decoded plainly): it updates acceptance, not cost."""
+    def observe(self, k: int, accepted: int, seconds: float) -> None:
         if k == 0:
             self.plain_streak += 1
             if self.warmup:
@@ -78,6 +77,9 @@ class AdaptiveDraftLength:
                     return
             self.t_plain = seconds if self.t_plain is None else 0.8 * self.t_plain + 0.2 * seconds
             return
+        # After a long plain run the round's time includes the proposer catching up on
+        # those tokens: one-off work that says nothing about the cost of drafting.
+        timed = self.plain_streak <= self.catch_up_untimed
         self.plain_streak = 0
         self.accepted = self.decay * self.accepted + accepted
         self.rejections = self.decay * self.rejections + (accepted < k)

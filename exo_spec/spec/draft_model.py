@@ -6,7 +6,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .cached_model import CachedModel
-from .proposer import MAX_CATCH_UP
+from .proposer import bounded
 from .sampling import Sampling, draw
 
 
@@ -43,8 +43,7 @@ class DraftModel:
     def commit(self, accepted: int, tokens: mx.array, hidden: mx.array | None) -> None:
         if self._fed is None:  # a plain target step: nothing was drafted
             self._unfed.append(tokens)
-            if len(self._unfed) > 2 * MAX_CATCH_UP:
-                self._unfed = [mx.concatenate(self._unfed)[-MAX_CATCH_UP:]]
+            self._unfed = bounded(self._unfed)
             return
         unfed = self._fed_unfed
         kept_drafts = min(accepted, self._fed.shape[0] - unfed)

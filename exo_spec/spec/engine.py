@@ -74,7 +74,6 @@ class SpecDecoder:
             yield out
         decode_start = time.perf_counter()
         ahead = None  # a plain step queued before the previous one was read
-        plain_run = 0  # plain steps since the last round: the proposer's backlog
         while not self.finish:
             t0 = time.perf_counter()
             remaining = max_tokens - stats.generation_tokens
@@ -94,17 +93,14 @@ class SpecDecoder:
                 if self.proposer:
                     self.proposer.commit(0, token, hidden)
             stats.rounds += 1
-            self.draft_length.observe(k, accepted, time.perf_counter() - t0,
-                                      timed=plain_run <= 4)
-            plain_run = plain_run + 1 if k == 0 else 0
+            self.draft_length.observe(k, accepted, time.perf_counter() - t0)
             out = self._emit(emitted, max_tokens)
             if out:
                 yield out
             stats.decode_s = time.perf_counter() - decode_start
 
     def _queue_plain(self, last: mx.array) -> tuple[mx.array, mx.array | None]:
-        out = self.target(last, hidden=self._hidden)
-        logits, hidden = out if self._hidden else (out, None)
+        logits, hidden = self.target(last, hidden=self._hidden)
         token = sample(logits[-1:], self.sampling)
         mx.async_eval(token)
         return token, hidden
@@ -113,8 +109,7 @@ class SpecDecoder:
         drafts, draft_probs = self.proposer.propose(k, self.sampling)
         fed = mx.concatenate([last, drafts])
         self.target.begin_round(k + 1)
-        out = self.target(fed, hidden=self._hidden)
-        logits, hidden = out if self._hidden else (out, None)
+        logits, hidden = self.target(fed, hidden=self._hidden)
         if self.sampling.greedy:
             accepted, tokens = verify_greedy(logits, drafts)
         else:

@@ -14,7 +14,7 @@ import mlx.core as mx
 
 from ..models.heads import body_and_head, embedding
 from ..models.mtp import make_mtp_cache
-from .proposer import MAX_CATCH_UP
+from .proposer import bounded
 from .sampling import Sampling, draw
 
 
@@ -62,9 +62,7 @@ class Mtp:
             self._chained = 0
         self._hidden.append(hidden)
         self._next.append(tokens)
-        if len(self._next) > 2 * MAX_CATCH_UP:
-            self._hidden = [mx.concatenate(self._hidden)[-MAX_CATCH_UP:]]
-            self._next = [mx.concatenate(self._next)[-MAX_CATCH_UP:]]
+        self._hidden, self._next = bounded(self._hidden), bounded(self._next)
 
     def _feed(self, tokens: mx.array, hidden: mx.array) -> mx.array:
         return self.mtp(self.embed(tokens)[None], hidden[None], self.cache)[0]

@@ -20,6 +20,14 @@ from .sampling import Sampling
 MAX_CATCH_UP = 32
 
 
+def bounded(backlog: list[mx.array]) -> list[mx.array]:
+    """``backlog`` (pieces in order) cut to its newest MAX_CATCH_UP rows once it grows
+    past twice that, so the cut is paid once every MAX_CATCH_UP steps."""
+    if len(backlog) <= 2 * MAX_CATCH_UP:
+        return backlog
+    return [mx.concatenate(backlog)[-MAX_CATCH_UP:]]
+
+
 class Proposer(Protocol):
     mode: str  # what stats report: "draft", "mtp", "assistant"
     needs_hidden: bool  # whether commit() and prefill() need the target's hidden states

@@ -54,13 +54,6 @@ def probs(logits: mx.array, sampling: Sampling) -> mx.array:
     return mx.exp(log_probs(logits, sampling))
 
 
-def sample(logits: mx.array, sampling: Sampling) -> mx.array:
-    """One token per row: argmax when greedy, else a draw from ``log_probs``."""
-    if sampling.greedy:
-        return mx.argmax(logits, axis=-1).astype(mx.uint32)
-    return mx.random.categorical(log_probs(logits, sampling)).astype(mx.uint32)
-
-
 def _top_p(lp: mx.array, top_p: float) -> mx.array:
     order = mx.argsort(-lp, axis=-1)
     sorted_p = mx.exp(mx.take_along_axis(lp, order, axis=-1))
@@ -81,9 +74,14 @@ def _top_k(lp: mx.array, top_k: int) -> mx.array:
 
 
 def draw(logits: mx.array, sampling: Sampling) -> tuple[mx.array, mx.array | None]:
-    """A proposer's draft: the token (rows,) and, unless greedy, the distribution it
-    was drawn from, which the verifier needs."""
+    """One token per row (argmax when greedy) and, unless greedy, the distribution it
+    was drawn from, which the verifier needs from a proposer."""
     if sampling.greedy:
         return mx.argmax(logits, axis=-1).astype(mx.uint32), None
-    q = probs(logits, sampling)
-    return mx.random.categorical(mx.log(q)).astype(mx.uint32), q
+    lp = log_probs(logits, sampling)
+    return mx.random.categorical(lp).astype(mx.uint32), mx.exp(lp)
+
+
+def sample(logits: mx.array, sampling: Sampling) -> mx.array:
+    """One token per row; the distribution stays unevaluated."""
+    return draw(logits, sampling)[0]
