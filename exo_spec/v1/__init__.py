@@ -1,0 +1,1 @@
+"""Generated gRPC stubs of proto/exo_spec/v1 (python proto/generate.py)."""
