@@ -6,14 +6,12 @@ from __future__ import annotations
 import json
 import os
 import select
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import mlx.core as mx
 import pytest
 from mlx.utils import tree_flatten
 
@@ -31,17 +29,6 @@ PROMPT = "def heappush(heap, item):"
 MAX_TOKENS = 12
 
 
-def perturbed_checkpoint(src: Path, dst: Path, scale: float, seed: int) -> Path:
-    """A copy of ``src`` with seeded noise on every weight: a drafter that agrees
-    with it often but not always."""
-    shutil.copytree(src, dst)
-    weights = mx.load(str(dst / "model.safetensors"))
-    mx.random.seed(seed)
-    noisy = {k: v + scale * mx.random.normal(v.shape, v.dtype) for k, v in weights.items()}
-    mx.save_safetensors(str(dst / "model.safetensors"), noisy)
-    return dst
-
-
 @pytest.fixture(scope="module")
 def models(checkpoints, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("pipeline")
@@ -51,8 +38,8 @@ def models(checkpoints, tmp_path_factory) -> dict[str, Path]:
         "llama4": llama4,
         "qwen3_5": checkpoints.qwen3_5,
         "drafter": checkpoints.drafter,
-        "llama4-noisy": perturbed_checkpoint(llama4, root / "llama4-noisy", 0.02, seed=8),
-        "qwen3_5-noisy": perturbed_checkpoint(checkpoints.qwen3_5, root / "qwen3_5-noisy",
+        "llama4-noisy": synthetic.write_perturbed(llama4, root / "llama4-noisy", 0.02, seed=8),
+        "qwen3_5-noisy": synthetic.write_perturbed(checkpoints.qwen3_5, root / "qwen3_5-noisy",
                                               0.02, seed=9),
     }
 

@@ -14,6 +14,7 @@ its MTP block as ``model.layers.{num_hidden_layers}.*``.
 from __future__ import annotations
 
 import json
+import shutil
 import sysconfig
 from pathlib import Path
 
@@ -277,3 +278,14 @@ def _unstack_deepseek_experts(weights: dict, args) -> dict:
         else:
             out[name] = value
     return out
+
+
+def write_perturbed(src: Path, dst: Path, scale: float, seed: int) -> Path:
+    """A copy of the checkpoint ``src`` with seeded noise on every weight: a drafter
+    that agrees with it often but not always."""
+    shutil.copytree(src, dst)
+    weights = mx.load(str(dst / "model.safetensors"))
+    mx.random.seed(seed)
+    noisy = {k: v + scale * mx.random.normal(v.shape, v.dtype) for k, v in weights.items()}
+    mx.save_safetensors(str(dst / "model.safetensors"), noisy, metadata={"format": "mlx"})
+    return dst
