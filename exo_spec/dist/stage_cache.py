@@ -13,6 +13,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
 
 from ..spec.cached_model import CachedModel
+from ..spec.stable_kv import stable
 from .pipeline import Stage
 
 
@@ -22,7 +23,7 @@ class StageCache:
 
     def __init__(self, stage: Stage):
         self.stage = stage
-        self.cache = make_prompt_cache(stage.model)
+        self.cache = stable(make_prompt_cache(stage.model))
         self._snapshots: dict[int, object] = {}
         self.replayed_tokens = 0
 

@@ -16,6 +16,7 @@ import mlx.nn as nn
 from mlx_lm.models.cache import ArraysCache, KVCache, RotatingKVCache, make_prompt_cache
 
 from ..models.heads import body_and_head
+from .stable_kv import stable
 
 
 def _may_lose_trim(cache, width: int) -> bool:
@@ -56,6 +57,7 @@ class CachedModel:
                 RotatingKVCache(max_kv_size, keep=4) if type(c) is KVCache else c
                 for c in self.cache
             ]
+        self.cache = stable(self.cache)  # CUDA: verify passes reuse cuDNN graphs
         self._body, self._head = body_and_head(model)
         self._snapshots: dict[int, object] = {}
         self.replayed_tokens = 0
