@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from . import generate
+from .worker import main as worker
 
 
 class _Parser(argparse.ArgumentParser):
@@ -17,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="exo-spec", description="Speculative LLM inference on MLX.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     generate.add_parser(sub)
+    worker.add_parser(sub)
     return parser
 
 

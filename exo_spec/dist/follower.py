@@ -6,7 +6,7 @@ import mlx.core as mx
 
 from ..spec.cached_model import CachedModel
 from .forward import PipelineForward, TensorForward
-from .protocol import STOP, TRAFFIC, exchange
+from .protocol import RESET, STOP, TRAFFIC, exchange
 from .stage_cache import StageCache
 from .traffic import Traffic
 
@@ -22,6 +22,10 @@ def follow(local: StageCache | CachedModel, group: mx.distributed.Group,
             return
         if command.op == TRAFFIC:
             traffic.total(group)
+            continue
+        if command.op == RESET:
+            local.reset()
+            fed = None
             continue
         if command.begin_width:
             local.begin_round(command.begin_width)

@@ -3,6 +3,7 @@
 Per call: one command (``protocol.exchange``), then the forward runs across the
 group (``forward.PipelineForward`` or ``forward.TensorForward``) and rank 0 gets
 the logits. Opening and closing speculative rounds ride on the next command.
+A long-lived group resets between jobs instead of closing.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import mlx.core as mx
 
 from ..spec.cached_model import CachedModel
 from .forward import PipelineForward, TensorForward
-from .protocol import FORWARD, STOP, TRAFFIC, Command, exchange
+from .protocol import FORWARD, RESET, STOP, TRAFFIC, Command, exchange
 from .stage_cache import StageCache
 from .traffic import Traffic
 
@@ -27,12 +28,14 @@ class GroupTarget:
         self._begin_width = 0
         self._end_kept = -1
         self._prompt_traffic = Traffic()
+        self.forwards = 0  # forwards started: what a watchdog reads as progress
 
     @property
     def replayed_tokens(self) -> int:
         return self._local.replayed_tokens
 
     def __call__(self, tokens: mx.array, hidden: bool = False):
+        self.forwards += 1
         exchange(Command(FORWARD, tokens.shape[0], self._begin_width, self._end_kept),
                  self._group, self._traffic)
         self._begin_width, self._end_kept = 0, -1
@@ -60,6 +63,14 @@ class GroupTarget:
     def _total_traffic(self) -> Traffic:
         exchange(Command(TRAFFIC), self._group)
         return self._traffic.total(self._group)
+
+    def reset(self) -> None:
+        """Fresh caches on every rank for the next job; a round left open by the last
+        job (one cancelled between rounds) is dropped, not closed."""
+        exchange(Command(RESET), self._group)
+        self._local.reset()
+        self.cache = self._local.cache
+        self._begin_width, self._end_kept = 0, -1
 
     def close(self) -> None:
         """Release the followers."""

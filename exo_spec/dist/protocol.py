@@ -4,7 +4,9 @@ A forward carries the row count (so followers can post their receives), the
 width of the speculative round it opens (0: none) and how many rows the
 previous round kept (-1: no round to close). Closing a round is deferred to the
 next command, so a speculative round costs one command, not three. A traffic
-command asks every rank to add up what it has sent (``Traffic.total``).
+command asks every rank to add up what it has sent (``Traffic.total``). A reset
+gives every rank fresh caches for the next job of a long-lived group; stop ends
+the group's loop.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from .traffic import Traffic
 FORWARD = 1
 STOP = 2
 TRAFFIC = 3
+RESET = 4
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,11 @@ class StageCache:
 
     def __init__(self, stage: Stage):
         self.stage = stage
-        self.cache = stable(make_prompt_cache(stage.model))
+        self.reset()
+
+    def reset(self) -> None:
+        """Empty caches, as for a new job."""
+        self.cache = stable(make_prompt_cache(self.stage.model))
         self._snapshots: dict[int, object] = {}
         self.replayed_tokens = 0
 

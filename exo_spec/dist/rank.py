@@ -1,0 +1,87 @@
+"""Load one rank of a group: this rank's share of the target (a pipeline stage, or
+tensor-parallel slices) and, on rank 0, the proposer's models.
+
+The one-shot ``--local-ranks`` runner and the worker's long-lived runner both
+start here. The proposer lives on rank 0, a drafter model or the checkpoint's
+own MTP head. DESIGN.md puts MTP "where the final hidden state is"; in this
+pipeline the last stage sends its hidden rows back to rank 0, which applies the
+head, so that is rank 0: only it loads the MTP weights, and the round loop feeds
+the head the normed hidden rows it already gets back, with no extra transfer.
+(Tensor-parallel groups refuse MTP for now: see ``launch``.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import mlx.core as mx
+
+from ..models.load import LoadedModel, check_same_vocabulary, load
+from ..session import Models
+from ..spec import CachedModel
+from .follower import follow
+from .forward import PipelineForward, TensorForward
+from .group_target import GroupTarget
+from .pipeline import Stage, layer_count, layer_ranges
+from .proposal import group_mode
+from .stage_cache import StageCache
+from .tensor import shard
+from .traffic import Traffic
+
+
+@dataclass
+class Rank:
+    group: mx.distributed.Group
+    target: LoadedModel
+    models: Models | None  # rank 0 only: the target and the proposer's models
+    local: StageCache | CachedModel
+    forward: PipelineForward | TensorForward
+    traffic: Traffic
+    parallel: str  # "pipeline" or "tensor"
+
+    def lead(self) -> GroupTarget:
+        """Rank 0's target: the round loop verifies with it."""
+        return GroupTarget(self.local, self.group, self.forward, self.traffic)
+
+    def follow(self) -> None:
+        """Ranks > 0: serve rank 0's commands until it says stop."""
+        follow(self.local, self.group, self.forward, self.traffic)
+
+
+def load_rank(
+    group: mx.distributed.Group,
+    model: str,
+    draft_model: str | None = None,
+    mtp: bool | None = None,
+    *,
+    parallel: str = "pipeline",
+    split: Sequence[int] | None = None,
+    progress: Callable[[str], None] = lambda message: None,
+) -> Rank:
+    """Refusals (ModelLoadError, or ValueError for a bad split) come before any weight
+    is read; ``progress`` hears "loading target" and "loading drafter"."""
+    target = load(model, lazy=True)
+    rank = group.rank()
+    mode, drafter_id = group_mode(model, target.path, draft_model, mtp) if rank == 0 \
+        else (None, None)
+    traffic = Traffic()
+    if parallel == "tensor":
+        progress("loading target")
+        shard(target.model, group)
+        local = CachedModel(target.model)
+        forward = TensorForward(local, group, traffic)
+    else:
+        layers = layer_ranges(layer_count(target.model), group.size(), split)[rank]
+        progress("loading target")
+        local = StageCache(Stage(target.model, layers, rank))
+        forward = PipelineForward(local, group, traffic)
+    models = None
+    if rank == 0:
+        drafter = None
+        if drafter_id:
+            progress("loading drafter")
+            drafter = load(drafter_id)
+            check_same_vocabulary(target, drafter)
+        models = Models(target, drafter, mode)
+    return Rank(group, target, models, local, forward, traffic, parallel)

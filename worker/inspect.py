@@ -1,0 +1,116 @@
+"""InspectModel: what placing a model needs, read from its config, tokenizer and
+weight file sizes. Weights are only ever loaded lazily here (no tensor is read).
+
+Statuses: NOT_FOUND when the model or a drafter is neither a local path nor a
+Hugging Face id this node can fetch, INVALID_ARGUMENT for a checkpoint that
+cannot be used (a drafter whose vocabulary differs, an unreadable config, a
+proposer request that contradicts itself), FAILED_PRECONDITION for a proposer
+the model or placement cannot run (MTP without MTP heads, a Gemma 4 assistant
+across nodes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..models.cards import default_drafter
+from ..models.load import ModelLoadError, check_same_vocabulary, load, read_config, resolve
+from ..models.mtp import mtp_layer_count
+from ..session import plan
+from ..v1 import common_pb2, worker_pb2
+from .refusal import Refusal
+
+MTP_FLAG = {  # session.plan's ``mtp`` argument for each SpecMode
+    common_pb2.SPEC_MODE_AUTO: None,
+    common_pb2.SPEC_MODE_MTP: True,
+    common_pb2.SPEC_MODE_NONE: False,
+}
+
+
+def mtp_flag(spec: int) -> bool | None:
+    if spec not in MTP_FLAG:
+        raise Refusal("INVALID_ARGUMENT", f"unknown spec mode {spec}")
+    return MTP_FLAG[spec]
+
+
+def find(model: str, node_id: str) -> Path:
+    """The local directory of ``model``; NOT_FOUND naming it and this node."""
+    try:
+        return resolve(model)
+    except ModelLoadError as e:
+        if Path(model).expanduser().exists():  # there, but not a checkpoint
+            raise Refusal("INVALID_ARGUMENT", f"{e} (node {node_id})") from None
+        reason = str(e).splitlines()[0]  # the hub's errors run over several lines
+        raise Refusal("NOT_FOUND", f"model {model} not found on node {node_id}: {reason}") \
+            from None
+
+
+def weight_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.glob("*.safetensors"))
+
+
+@dataclass(frozen=True)
+class Inspection:
+    path: Path
+    mode: str  # "mtp", "draft", "assistant" or "none"
+    draft_model: str | None
+    num_layers: int
+    weight_bytes: int
+    draft_bytes: int
+    context_length: int  # 0 when the config does not say
+
+    def to_proto(self) -> worker_pb2.ModelInfo:
+        return worker_pb2.ModelInfo(
+            mode=self.mode, draft_model=self.draft_model or "", num_layers=self.num_layers,
+            weight_bytes=self.weight_bytes, draft_bytes=self.draft_bytes,
+            context_length=self.context_length)
+
+
+def inspect_model(model: str, draft_model: str | None, mtp: bool | None, node_id: str,
+                  *, ranks: int = 1) -> Inspection:
+    """``ranks`` > 1: the placement spans that many nodes (no assistants there yet)."""
+    if not model:
+        raise Refusal("INVALID_ARGUMENT", "no model given")
+    path = find(model, node_id)
+    try:
+        config = read_config(path)
+    except ModelLoadError as e:
+        raise Refusal("INVALID_ARGUMENT", str(e)) from None
+    text = config.get("text_config", config)
+    if mtp is True and draft_model:
+        raise Refusal("INVALID_ARGUMENT", "SPEC_MODE_MTP and a draft model are exclusive")
+    if mtp is False and draft_model:
+        raise Refusal("INVALID_ARGUMENT", "SPEC_MODE_NONE and a draft model contradict")
+    if mtp is True and mtp_layer_count(path) == 0:
+        raise Refusal("FAILED_PRECONDITION",
+                      f"SPEC_MODE_MTP: {model} has no MTP heads (model_type "
+                      f"{config.get('model_type')})")
+    draft_path = find(draft_model, node_id) if draft_model else None
+    try:
+        mode, drafter = plan(model, path, draft_model, mtp)
+    except ModelLoadError as e:
+        card_drafter = None if draft_model else default_drafter(model, path)
+        if card_drafter:
+            find(card_drafter, node_id)  # NOT_FOUND when the card's drafter is what failed
+        raise Refusal("INVALID_ARGUMENT", str(e)) from None
+    if drafter and draft_path is None:
+        draft_path = find(drafter, node_id)
+    if mode == "assistant" and ranks > 1:
+        raise Refusal("FAILED_PRECONDITION",
+                      f"Gemma 4 assistant {drafter} reads the target's K/V: "
+                      "not supported across nodes yet")
+    if mode == "draft":
+        try:
+            check_same_vocabulary(load(str(path), lazy=True), load(str(draft_path), lazy=True))
+        except ModelLoadError as e:
+            raise Refusal("INVALID_ARGUMENT", str(e)) from None
+    return Inspection(
+        path=path,
+        mode=mode,
+        draft_model=drafter,
+        num_layers=int(text.get("num_hidden_layers", 0)),
+        weight_bytes=weight_bytes(path),
+        draft_bytes=weight_bytes(draft_path) if draft_path else 0,
+        context_length=int(text.get("max_position_embeddings", 0)),
+    )

@@ -1,0 +1,200 @@
+"""One rank of one placement: ``python -m exo_spec.worker.runner SPEC_JSON``.
+
+Talks to its worker in frames (``exo_spec.frames``) over stdin and stdout; the
+real stdout is kept for frames and fd 1 is pointed at stderr, so nothing any
+library prints can corrupt them. It loads its weights once ("progress" frames,
+then "ready" with the proposer mode, or an "error"), then serves jobs one after
+the other until stdin closes, which is how the worker releases it, or dies.
+
+SPEC_JSON: ``model``, ``draft_model``, ``mtp`` (``session.plan``'s flag),
+``split`` (layers per rank or null), ``ranks`` and ``group_timeout_s`` (see
+``watchdog``). With more than one rank the
+worker also sets MLX_RANK and MLX_HOSTFILE, and the runner joins the ring:
+rank 0 drafts and leads every job (each opens with a reset that gives every rank
+fresh caches), the others follow it for as long as the group lives.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import os
+import queue
+import signal
+import sys
+import threading
+from contextlib import nullcontext
+from functools import partial
+from typing import BinaryIO
+
+import mlx.core as mx
+
+from .. import frames
+from ..dist.rank import Rank, load_rank
+from ..models.load import ModelLoadError
+from ..session import Models, load_models, make_decoder
+from ..spec import Sampling, SpecDecoder
+from .job import run_job
+from .watchdog import Watchdog
+
+
+def _context_length(config: dict) -> int:
+    return int(config.get("text_config", config).get("max_position_embeddings", 0))
+
+
+class Local:
+    """One machine: weights loaded once, a fresh decoder (and caches) per job."""
+
+    def __init__(self, models: Models):
+        self.models = models
+        self.tokenizer = models.target.tokenizer
+        self.context_length = _context_length(models.target.config)
+        self.mode = models.mode
+
+    def decoder(self, sampling: Sampling, num_draft: int | None) -> SpecDecoder:
+        return make_decoder(self.models, sampling=sampling, num_draft=num_draft)
+
+    def extra_stats(self, decoder: SpecDecoder) -> dict:
+        return {"ranks": 1}
+
+
+class GroupLeader:
+    """Rank 0 of a group: every job starts by resetting the whole group."""
+
+    def __init__(self, rank: Rank):
+        self.rank = rank
+        self.target = rank.lead()
+        self.tokenizer = rank.target.tokenizer
+        self.context_length = _context_length(rank.target.config)
+        self.mode = rank.models.mode
+
+    def decoder(self, sampling: Sampling, num_draft: int | None) -> SpecDecoder:
+        self.target.reset()
+        return make_decoder(self.rank.models, sampling=sampling, num_draft=num_draft,
+                            cached=self.target)
+
+    def extra_stats(self, decoder: SpecDecoder) -> dict:
+        return {"ranks": self.rank.group.size(), "parallel": self.rank.parallel,
+                **self.target.traffic_per_round(decoder.stats.rounds)}
+
+
+class Commands:
+    """Reads the worker's frames on a thread: jobs queue up, cancels mark a job id.
+    When stdin closes the worker is gone or released us, so the process exits at
+    once, even from inside a blocked collective."""
+
+    def __init__(self, stream: BinaryIO):
+        self.jobs: queue.Queue[dict] = queue.Queue()
+        self.cancelled: set[str] = set()
+        self._stream = stream
+        threading.Thread(target=self._read, daemon=True, name="commands").start()
+
+    def is_cancelled(self, job_id: str) -> bool:
+        return job_id in self.cancelled
+
+    def _read(self) -> None:
+        try:
+            while (frame := frames.read(self._stream)) is not None:
+                if frame["type"] == "job":
+                    self.jobs.put(frame)
+                elif frame["type"] == "cancel":
+                    self.cancelled.add(frame["job_id"])
+        except Exception as e:
+            print(f"exo-spec runner: bad frame from the worker: {e}", file=sys.stderr)
+            os._exit(1)
+        os._exit(0)
+
+
+def _frame_stream() -> BinaryIO:
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return out
+
+
+def load(spec: dict, send) -> Local | GroupLeader | Rank:
+    def progress(message: str) -> None:
+        send({"type": "progress", "message": message})
+
+    mtp = spec["mtp"]
+    if spec["ranks"] == 1:
+        progress("loading target and drafter" if spec["draft_model"] else "loading target")
+        return Local(load_models(spec["model"], spec["draft_model"], mtp))
+    progress(f"joining a group of {spec['ranks']}")
+    group = mx.distributed.init(backend="ring", strict=True)
+    rank = load_rank(group, spec["model"], spec["draft_model"], mtp, split=spec["split"],
+                     progress=progress)
+    # Ready means the whole group is: rank 0 takes no job before every rank holds its
+    # share (a job's first command would wait on a rank still loading).
+    progress("waiting for the other ranks")
+    mx.eval(mx.distributed.all_sum(mx.zeros(1), group=group))
+    return GroupLeader(rank) if group.rank() == 0 else rank
+
+
+def serve(target: Local | GroupLeader, commands: Commands, send, timeout_s: float) -> int:
+    watchdog = None
+    if isinstance(target, GroupLeader):
+        def stalled(job_id: str) -> None:
+            send({"type": "error", "job_id": job_id, "code": "UNAVAILABLE",
+                  "message": f"the group made no progress for {timeout_s:g}s: "
+                             "a rank is gone or stuck"})
+            os._exit(1)
+
+        watchdog = Watchdog(lambda: target.target.forwards, timeout_s, stalled)
+    while True:
+        job = commands.jobs.get()
+        job_id = job["job_id"]
+        try:
+            with watchdog.guarding(job_id) if watchdog else nullcontext():
+                run_job(job, target, send, partial(commands.is_cancelled, job_id))
+        except Exception as e:
+            if isinstance(target, Local):  # fresh caches next job: nothing is left broken
+                send({"type": "error", "job_id": job_id, "code": "INTERNAL",
+                      "message": f"{type(e).__name__}: {e}"})
+                continue
+            # The group's ranks may now disagree on where they are: it serves no more jobs.
+            lost = isinstance(e, RuntimeError)  # the ring backend's "peer was lost"
+            send({"type": "error", "job_id": job_id, "code": "UNAVAILABLE" if lost else "INTERNAL",
+                  "message": f"a rank of the group is gone: {e}" if lost else
+                  f"{type(e).__name__}: {e} (the group is stopped)"})
+            return 1
+        commands.cancelled.discard(job_id)
+
+
+def main(spec_json: str) -> int:
+    out = _frame_stream()
+    lock = threading.Lock()  # the watchdog's thread may send too
+
+    def send(message: dict) -> None:
+        with lock:
+            frames.write(out, message)
+
+    faulthandler.register(signal.SIGUSR1)  # kill -USR1 prints where a runner is stuck
+    spec = json.loads(spec_json)
+    commands = Commands(sys.stdin.buffer)
+    try:
+        target = load(spec, send)
+    except (ModelLoadError, ValueError, OSError) as e:
+        send({"type": "error", "code": "INVALID_ARGUMENT", "message": str(e)})
+        return 2
+    except RuntimeError as e:  # a peer left while the group formed or loaded
+        send({"type": "error", "code": "UNAVAILABLE", "message": str(e)})
+        return 1
+    except Exception as e:
+        send({"type": "error", "code": "INTERNAL", "message": f"{type(e).__name__}: {e}"})
+        return 1
+    send({"type": "ready", "mode": getattr(target, "mode", "")})
+    if isinstance(target, Rank):
+        try:
+            target.follow()
+        except RuntimeError as e:
+            send({"type": "error", "code": "UNAVAILABLE", "message": f"rank 0 is gone: {e}"})
+            return 1
+        return 0
+    return serve(target, commands, send, spec["group_timeout_s"])
+
+
+if __name__ == "__main__":
+    code = main(sys.argv[1])
+    sys.stderr.flush()
+    os._exit(code)  # not sys.exit: the command thread may be blocked reading stdin
