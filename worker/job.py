@@ -10,27 +10,14 @@ frame sets; the loop reads it between rounds, a Python check with no host sync.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
 
 import mlx.core as mx
 from mlx_lm.tokenizer_utils import TokenizerWrapper
 
 from ..session import encode_prompt
-from ..spec import Sampling, SpecDecoder
+from ..spec import Sampling
 from .refusal import Refusal
-
-
-class Target(Protocol):
-    """What a runner decodes with: one machine's models, or rank 0 of a group."""
-
-    tokenizer: TokenizerWrapper
-    context_length: int  # 0 when unknown
-
-    def decoder(self, sampling: Sampling, num_draft: int | None) -> SpecDecoder:
-        """A decoder with empty caches, ready for one job."""
-
-    def extra_stats(self, decoder: SpecDecoder) -> dict:
-        """Stats beyond the decoder's own (ranks, traffic), asked once it is done."""
+from .targets import Target
 
 
 def prepare(job: dict, target: Target) -> tuple[list[int], Sampling]:

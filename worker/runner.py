@@ -8,10 +8,10 @@ the other until stdin closes, which is how the worker releases it, or dies.
 
 SPEC_JSON: ``model``, ``draft_model``, ``mtp`` (``session.plan``'s flag),
 ``split`` (layers per rank or null), ``ranks`` and ``group_timeout_s`` (see
-``watchdog``). With more than one rank the
-worker also sets MLX_RANK and MLX_HOSTFILE, and the runner joins the ring:
-rank 0 drafts and leads every job (each opens with a reset that gives every rank
-fresh caches), the others follow it for as long as the group lives.
+``watchdog``). With more than one rank the worker also sets MLX_RANK and
+MLX_HOSTFILE, and the runner joins the ring: rank 0 drafts and leads every job
+(each opens with a reset that gives every rank fresh caches), the others follow
+it for as long as the group lives.
 """
 
 from __future__ import annotations
@@ -32,50 +32,10 @@ import mlx.core as mx
 from .. import frames
 from ..dist.rank import Rank, load_rank
 from ..models.load import ModelLoadError
-from ..session import Models, load_models, make_decoder
-from ..spec import Sampling, SpecDecoder
+from ..session import load_models
 from .job import run_job
+from .targets import GroupLeader, Local
 from .watchdog import Watchdog
-
-
-def _context_length(config: dict) -> int:
-    return int(config.get("text_config", config).get("max_position_embeddings", 0))
-
-
-class Local:
-    """One machine: weights loaded once, a fresh decoder (and caches) per job."""
-
-    def __init__(self, models: Models):
-        self.models = models
-        self.tokenizer = models.target.tokenizer
-        self.context_length = _context_length(models.target.config)
-        self.mode = models.mode
-
-    def decoder(self, sampling: Sampling, num_draft: int | None) -> SpecDecoder:
-        return make_decoder(self.models, sampling=sampling, num_draft=num_draft)
-
-    def extra_stats(self, decoder: SpecDecoder) -> dict:
-        return {"ranks": 1}
-
-
-class GroupLeader:
-    """Rank 0 of a group: every job starts by resetting the whole group."""
-
-    def __init__(self, rank: Rank):
-        self.rank = rank
-        self.target = rank.lead()
-        self.tokenizer = rank.target.tokenizer
-        self.context_length = _context_length(rank.target.config)
-        self.mode = rank.models.mode
-
-    def decoder(self, sampling: Sampling, num_draft: int | None) -> SpecDecoder:
-        self.target.reset()
-        return make_decoder(self.rank.models, sampling=sampling, num_draft=num_draft,
-                            cached=self.target)
-
-    def extra_stats(self, decoder: SpecDecoder) -> dict:
-        return {"ranks": self.rank.group.size(), "parallel": self.rank.parallel,
-                **self.target.traffic_per_round(decoder.stats.rounds)}
 
 
 class Commands:

@@ -1,0 +1,66 @@
+"""What a runner decodes with: one machine's models, or rank 0 of a group."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from mlx_lm.tokenizer_utils import TokenizerWrapper
+
+from ..dist.rank import Rank
+from ..session import Models, make_decoder
+from ..spec import Sampling, SpecDecoder
+
+
+class Target(Protocol):
+    """What ``job.run_job`` needs."""
+
+    tokenizer: TokenizerWrapper
+    context_length: int  # 0 when unknown
+
+    def decoder(self, sampling: Sampling, num_draft: int | None) -> SpecDecoder:
+        """A decoder with empty caches, ready for one job."""
+
+    def extra_stats(self, decoder: SpecDecoder) -> dict:
+        """Stats beyond the decoder's own (ranks, traffic), asked once it is done."""
+
+
+def _context_length(config: dict) -> int:
+    return int(config.get("text_config", config).get("max_position_embeddings", 0))
+
+
+class Local:
+    """One machine: weights loaded once, a fresh decoder (and caches) per job."""
+
+    def __init__(self, models: Models):
+        self.models = models
+        self.tokenizer = models.target.tokenizer
+        self.context_length = _context_length(models.target.config)
+        self.mode = models.mode
+
+    def decoder(self, sampling: Sampling, num_draft: int | None) -> SpecDecoder:
+        return make_decoder(self.models, sampling=sampling, num_draft=num_draft)
+
+    def extra_stats(self, decoder: SpecDecoder) -> dict:
+        return {"ranks": 1}
+
+
+class GroupLeader:
+    """Rank 0 of a group: every job starts by resetting the whole group."""
+
+    def __init__(self, rank: Rank):
+        self.rank = rank
+        self.target = rank.lead()
+        self.tokenizer = rank.target.tokenizer
+        self.context_length = _context_length(rank.target.config)
+        self.mode = rank.models.mode
+
+    def decoder(self, sampling: Sampling, num_draft: int | None) -> SpecDecoder:
+        self.target.reset()
+        return make_decoder(self.rank.models, sampling=sampling, num_draft=num_draft,
+                            cached=self.target)
+
+    def extra_stats(self, decoder: SpecDecoder) -> dict:
+        return {"ranks": self.rank.group.size(), "parallel": self.rank.parallel,
+                **self.target.traffic_per_round(decoder.stats.rounds)}
+
+
