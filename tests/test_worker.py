@@ -5,6 +5,7 @@ over a real ring group of two."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import signal
 import subprocess
@@ -19,7 +20,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from exo_spec import __version__
+from exo_spec import __version__, frames
 from exo_spec.session import encode_prompt
 from exo_spec.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
@@ -243,6 +244,32 @@ def test_unknown_placements(workers):
     code, _ = status_of(lambda: run(workers[0], "nowhere", decode()))
     assert code == grpc.StatusCode.NOT_FOUND
     release(workers, "nowhere")  # releasing is idempotent
+
+
+def test_the_runner_finishes_a_cancelled_job_and_exits_when_stdin_closes(checkpoints):
+    """The runner's own protocol, under the worker: frames in, frames out."""
+    spec = {"model": str(checkpoints.llama), "draft_model": None, "mtp": None, "split": None,
+            "ranks": 1, "group_timeout_s": 60}
+    runner = subprocess.Popen([sys.executable, "-m", "exo_spec.worker.runner", json.dumps(spec)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert [frames.read(runner.stdout)["type"] for _ in range(2)] == ["progress", "ready"]
+        job = {"type": "job", "job_id": "j", "prompt": PROMPT, "max_tokens": LONG,
+               "sampling": {"temp": 0.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0},
+               "seed": None, "num_draft": None, "ignore_chat_template": False}
+        frames.write(runner.stdin, job)
+        assert frames.read(runner.stdout)["type"] == "tokens"
+        frames.write(runner.stdin, {"type": "cancel", "job_id": "j"})
+        while (frame := frames.read(runner.stdout))["type"] == "tokens":
+            pass
+        assert (frame["type"], frame["finish_reason"]) == ("finished", "cancelled")
+        assert 0 < len(frame["token_ids"]) < LONG
+        runner.stdin.close()
+        assert runner.wait(10) == 0
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait()
 
 
 # -- a group of two workers ------------------------------------------------------
