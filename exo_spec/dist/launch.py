@@ -46,13 +46,10 @@ def _check(args) -> None:
     if args.max_kv_size:
         raise ValueError("--max-kv-size is not supported with --local-ranks yet")
     path = resolve(args.model)
-    mode, _ = group_mode(args.model, path, args.draft_model, args.mtp)  # refuse it here
+    group_mode(args.model, path, args.draft_model, args.mtp)  # refuse it here
     if args.parallel == "tensor":
         if args.split:
             raise ValueError("--split is for --parallel pipeline")
-        if mode == "mtp":
-            raise ValueError("--parallel tensor has no MTP yet: use --draft-model, "
-                             "--no-spec or --parallel pipeline")
         check_shardable(read_config(path), args.local_ranks)
     elif args.split:
         config = read_config(path)

@@ -46,7 +46,7 @@ def layer_ranges(num_layers: int, ranks: int, split: Sequence[int] | None = None
         raise ValueError(f"--split {','.join(map(str, split))} must be positive layer counts "
                          f"summing to the model's {num_layers} layers")
     starts = [sum(split[:r]) for r in range(ranks)]
-    return [range(s, s + n) for s, n in zip(starts, split)]
+    return [range(s, s + n) for s, n in zip(starts, split, strict=True)]
 
 
 def _first(layers: list[nn.Module], pred: Callable[[nn.Module], bool]) -> int | None:

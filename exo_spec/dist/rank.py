@@ -7,7 +7,10 @@ own MTP head. DESIGN.md puts MTP "where the final hidden state is"; in this
 pipeline the last stage sends its hidden rows back to rank 0, which applies the
 head, so that is rank 0: only it loads the MTP weights, and the round loop feeds
 the head the normed hidden rows it already gets back, with no extra transfer.
-(Tensor-parallel groups refuse MTP for now: see ``launch``.)
+In a tensor-parallel group every rank ends the pass with the whole hidden state,
+so rank 0 drafts alone there too; mlx-lm's ``shard`` may split the lm_head over
+the vocabulary, so rank 0's MTP reads the embedding and head from an unsharded,
+lazily loaded copy of the target (only those weights are ever read from it).
 """
 
 from __future__ import annotations
@@ -78,6 +81,8 @@ def load_rank(
         forward = PipelineForward(local, group, traffic)
     models = None
     if rank == 0:
+        if parallel == "tensor" and mode == "mtp":
+            target = load(model, lazy=True)
         drafter = None
         if drafter_id:
             progress("loading drafter")
