@@ -76,6 +76,22 @@ def test_pipeline_matches_greedy_reference(models, target, ranks, split, drafter
         assert 0 < stats["accepted"] < stats["drafted"]
 
 
+@pytest.mark.parametrize("parallel", ["pipeline", "tensor"])
+def test_rotating_kv_cache_across_ranks(models, parallel):
+    """A 16-token window wraps during decoding on every rank; drafts are partly
+    rejected, so the rotating caches are rewound across the group."""
+    path = models["llama4"]
+    proc = cli("--json", "--prompt", PROMPT, "--model", str(path), "--draft-model",
+               str(models["llama4-noisy"]), "--num-draft", "3", "--max-tokens", "20",
+               "--max-kv-size", "16", "--local-ranks", "2", "--parallel", parallel)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    prompt = encode_prompt(loaded(path).tokenizer, PROMPT)
+    assert len(prompt) + 20 > 16
+    assert out["tokens"] == greedy_reference(loaded(path).model, prompt, 20, max_kv_size=16)
+    assert 0 < out["stats"]["accepted"] < out["stats"]["drafted"]
+
+
 @pytest.mark.parametrize("num_draft", [["--num-draft", "2"], []])
 def test_mtp_on_rank_0_matches_greedy_reference(models, num_draft):
     path = models["qwen3_5"]

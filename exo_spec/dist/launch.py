@@ -43,8 +43,6 @@ def _free_ports(n: int) -> list[int]:
 def _check(args) -> None:
     if args.local_ranks is None or args.local_ranks < 2:
         raise ValueError("--local-ranks must be >= 2 (and --split needs it)")
-    if args.max_kv_size:
-        raise ValueError("--max-kv-size is not supported with --local-ranks yet")
     path = resolve(args.model)
     group_mode(args.model, path, args.draft_model, args.mtp)  # refuse it here
     if args.parallel == "tensor":

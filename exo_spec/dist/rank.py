@@ -60,6 +60,7 @@ def load_rank(
     *,
     parallel: str = "pipeline",
     split: Sequence[int] | None = None,
+    max_kv_size: int | None = None,
     progress: Callable[[str], None] = lambda message: None,
 ) -> Rank:
     """Refusals (ModelLoadError, or ValueError for a bad split) come before any weight
@@ -72,12 +73,12 @@ def load_rank(
     if parallel == "tensor":
         progress("loading target")
         shard(target.model, group)
-        local = CachedModel(target.model)
+        local = CachedModel(target.model, max_kv_size=max_kv_size)
         forward = TensorForward(local, group, traffic)
     else:
         layers = layer_ranges(layer_count(target.model), group.size(), split)[rank]
         progress("loading target")
-        local = StageCache(Stage(target.model, layers, rank))
+        local = StageCache(Stage(target.model, layers, rank), max_kv_size)
         forward = PipelineForward(local, group, traffic)
     models = None
     if rank == 0:

@@ -23,7 +23,8 @@ def main(job: str) -> int:
     group = mx.distributed.init(backend="ring", strict=True)
     try:
         rank = load_rank(group, args.model, args.draft_model, args.mtp, parallel=args.parallel,
-                         split=parse_split(args.split) if args.split else None)
+                         split=parse_split(args.split) if args.split else None,
+                         max_kv_size=args.max_kv_size)
     except (ValueError, ModelLoadError, OSError) as e:
         print(f"exo-spec generate: error: {e}", file=sys.stderr)
         return 2
@@ -35,7 +36,7 @@ def main(job: str) -> int:
         sampling = Sampling(temp=args.temp, top_p=args.top_p, top_k=args.top_k,
                             min_p=args.min_p)
         decoder = make_decoder(rank.models, sampling=sampling, num_draft=args.num_draft,
-                               cached=group_target)
+                               max_kv_size=args.max_kv_size, cached=group_target)
         code = decode(args, decoder, rank.target.tokenizer, lambda: {
             "ranks": group.size(), "parallel": args.parallel,
             **group_target.traffic_per_round(decoder.stats.rounds)})

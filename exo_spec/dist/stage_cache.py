@@ -10,10 +10,8 @@ hidden rows elsewhere), so no rank needs another rank to repair its state.
 from __future__ import annotations
 
 import mlx.core as mx
-from mlx_lm.models.cache import make_prompt_cache
 
-from ..spec.cached_model import CachedModel
-from ..spec.stable_kv import stable
+from ..spec.cached_model import CachedModel, make_cache
 from .pipeline import Stage
 
 
@@ -21,13 +19,14 @@ class StageCache:
     begin_round = CachedModel.begin_round
     end_round = CachedModel.end_round
 
-    def __init__(self, stage: Stage):
+    def __init__(self, stage: Stage, max_kv_size: int | None = None):
         self.stage = stage
+        self._max_kv_size = max_kv_size
         self.reset()
 
     def reset(self) -> None:
         """Empty caches, as for a new job."""
-        self.cache = stable(make_prompt_cache(self.stage.model))
+        self.cache = make_cache(self.stage.model, self._max_kv_size)
         self._snapshots: dict[int, object] = {}
         self.replayed_tokens = 0
 

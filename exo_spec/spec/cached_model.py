@@ -46,18 +46,21 @@ def _restore(cache, snapshot) -> None:
         cache.meta_state = meta
 
 
+def make_cache(model: nn.Module, max_kv_size: int | None = None) -> list:
+    """mlx-lm's cache for ``model`` (any object whose ``layers`` make their own).
+    mlx-lm ignores max_kv_size for models that make their own caches; we bound every
+    full-attention layer, keeping the first tokens as mlx-lm does."""
+    cache = make_prompt_cache(model)
+    if max_kv_size:
+        cache = [RotatingKVCache(max_kv_size, keep=4) if type(c) is KVCache else c
+                 for c in cache]
+    return stable(cache)  # CUDA: verify passes reuse cuDNN graphs
+
+
 class CachedModel:
     def __init__(self, model: nn.Module, *, max_kv_size: int | None = None):
         self.model = model
-        self.cache = make_prompt_cache(model)
-        if max_kv_size:
-            # mlx-lm ignores max_kv_size for models that make their own caches; we bound
-            # every full-attention layer, keeping the first tokens as mlx-lm does.
-            self.cache = [
-                RotatingKVCache(max_kv_size, keep=4) if type(c) is KVCache else c
-                for c in self.cache
-            ]
-        self.cache = stable(self.cache)  # CUDA: verify passes reuse cuDNN graphs
+        self.cache = make_cache(model, max_kv_size)
         self._body, self._head = body_and_head(model)
         self._snapshots: dict[int, object] = {}
         self.replayed_tokens = 0
