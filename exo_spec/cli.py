@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import generate
+from . import generate, remote
+from .coordinator import main as coordinator
 from .worker import main as worker
 
 
@@ -18,6 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="exo-spec", description="Speculative LLM inference on MLX.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     generate.add_parser(sub)
+    coordinator.add_parser(sub)
+    remote.add_parsers(sub)
     worker.add_parser(sub)
     return parser
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import mlx.core as mx
 from mlx_lm.tokenizer_utils import TokenizerWrapper
 
+from . import remote
 from .dist.launch import launch_local
 from .models.load import ModelLoadError
 from .session import encode_prompt, load_models, make_decoder
@@ -41,6 +42,12 @@ def add_parser(sub) -> None:
     p.add_argument("--split", help="layers per rank, rank 0 first, e.g. 3,1 (default: even)")
     p.add_argument("--parallel", choices=("pipeline", "tensor"), default="pipeline",
                    help="with --local-ranks: layer ranges per rank, or mlx-lm's tensor sharding")
+    p.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="run the job on a cluster's coordinator instead of this machine")
+    p.add_argument("--nodes", type=int,
+                   help="with --coordinator: run across exactly N nodes (default: the fewest)")
+    p.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="with --coordinator: give up (and cancel the job) after this long")
     p.set_defaults(run=run)
 
 
@@ -59,6 +66,10 @@ def _check(args) -> Sampling:
 def run(args) -> int:
     try:
         sampling = _check(args)
+        if args.coordinator:
+            return remote.generate(args)
+        if args.nodes is not None or args.timeout is not None:
+            raise ValueError("--nodes and --timeout need --coordinator")
         if args.local_ranks is not None or args.split or args.parallel != "pipeline":
             return launch_local(args)
         models = load_models(args.model, args.draft_model, args.mtp)

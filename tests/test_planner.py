@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from exo_spec.coordinator.planner import (
     RANK_OVERHEAD,
     ModelFacts,

@@ -1,0 +1,205 @@
+"""The nodes a coordinator knows and whether they are alive.
+
+Discovery (mDNS or ``--peer``) hands the registry addresses; each address gets a
+heartbeat task calling the worker's ``GetInfo`` every ``interval`` seconds with
+a ``deadline``. The first answer makes the address a node, READY, keyed by the
+node id it reports. ``misses`` heartbeats failed in a row make a READY node
+LOST: it leaves the ready set and ``on_lost`` is called so jobs on it can fail.
+A LOST node that answers again becomes READY again (``on_ready``). Addresses
+found by mDNS that stay unreachable for ``forget_after`` seconds are dropped;
+``--peer`` addresses are kept for as long as the coordinator runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+
+from ..v1 import worker_pb2, worker_pb2_grpc
+from .planner import size
+
+log = logging.getLogger(__name__)
+
+PENDING, READY, LOST = "pending", "ready", "lost"
+# Reconnect to a worker that went away within seconds of it coming back, not after
+# gRPC's default backoff of up to two minutes.
+CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 500),
+                   ("grpc.min_reconnect_backoff_ms", 500),
+                   ("grpc.max_reconnect_backoff_ms", 2000)]
+
+
+@dataclass(eq=False)
+class NodeRecord:
+    address: str  # the host:port the coordinator dials
+    source: str  # "peer" or "mdns"
+    channel: grpc.aio.Channel
+    stub: worker_pb2_grpc.WorkerControlStub
+    state: str = PENDING
+    info: worker_pb2.WorkerInfo | None = None
+    last_seen: float = 0.0  # time.time() of the last answer
+    asked_at: float = 0.0  # time.monotonic() when the last answered heartbeat was sent
+    misses: int = 0
+    error: str = ""  # why the last heartbeat failed
+    lost_since: float = 0.0  # time.monotonic()
+    task: asyncio.Task | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def node_id(self) -> str:
+        return self.info.node_id if self.info else ""
+
+    @property
+    def host(self) -> str:
+        """The address the worker's ring ranks bind to: the one it reports, unless
+        that is a wildcard, then the one the coordinator reaches it at."""
+        reported = self.info.host if self.info else ""
+        if reported and reported not in ("0.0.0.0", "::"):
+            return reported
+        return self.address.rsplit(":", 1)[0].strip("[]")
+
+
+class Registry:
+    def __init__(self, *, interval: float = 1.0, deadline: float = 2.0, misses: int = 3,
+                 forget_after: float = 600.0,
+                 on_ready: Callable[[NodeRecord, bool], None] | None = None,
+                 on_lost: Callable[[NodeRecord, str], None] | None = None,
+                 on_info: Callable[[NodeRecord], None] | None = None):
+        """``on_ready(node, rejoined)`` when a node becomes READY (``rejoined``: it
+        was known before), ``on_lost(node, reason)`` when it is LOST, ``on_info(node)``
+        after every answered heartbeat."""
+        self.interval = interval
+        self.deadline = deadline
+        self.misses = misses
+        self.forget_after = forget_after
+        self.on_ready = on_ready
+        self.on_lost = on_lost
+        self.on_info = on_info
+        self._by_address: dict[str, NodeRecord] = {}
+        self._closed = False
+
+    # -- what the rest of the coordinator reads ---------------------------------------
+
+    def nodes(self) -> list[NodeRecord]:
+        """Every node that ever answered, READY or LOST, by id: one record per id,
+        the READY one when it answers at more than one address."""
+        best: dict[str, NodeRecord] = {}
+        for n in self._by_address.values():
+            if n.info is None:
+                continue
+            other = best.get(n.node_id)
+            if other is None or (n.state == READY, n.last_seen) > \
+                    (other.state == READY, other.last_seen):
+                best[n.node_id] = n
+        return [best[k] for k in sorted(best)]
+
+    def ready(self) -> list[NodeRecord]:
+        return [n for n in self.nodes() if n.state == READY]
+
+    def get(self, node_id: str) -> NodeRecord | None:
+        """The READY node with this id, else a LOST one, else None."""
+        matches = [n for n in self.nodes() if n.node_id == node_id]
+        return next((n for n in matches if n.state == READY), matches[0] if matches else None)
+
+    def is_ready(self, node_id: str) -> bool:
+        node = self.get(node_id)
+        return node is not None and node.state == READY
+
+    # -- what discovery calls ------------------------------------------------------------
+
+    def add(self, address: str, source: str) -> NodeRecord:
+        """Start watching ``address`` (idempotent); a known one is checked now."""
+        node = self._by_address.get(address)
+        if node is not None:
+            self.check_now(address)
+            return node
+        channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        node = NodeRecord(address, source, channel, worker_pb2_grpc.WorkerControlStub(channel))
+        self._by_address[address] = node
+        node.task = asyncio.create_task(self._heartbeat(node), name=f"heartbeat {address}")
+        return node
+
+    def check_now(self, address: str) -> None:
+        """Heartbeat ``address`` at once (mDNS saw it change or leave)."""
+        node = self._by_address.get(address)
+        if node is not None:
+            node.wake.set()
+
+    async def close(self) -> None:
+        self._closed = True
+        nodes = list(self._by_address.values())
+        for node in nodes:
+            node.task.cancel()
+        await asyncio.gather(*(n.task for n in nodes), return_exceptions=True)
+        await asyncio.gather(*(n.channel.close() for n in nodes), return_exceptions=True)
+
+    # -- heartbeats ----------------------------------------------------------------------
+
+    async def _heartbeat(self, node: NodeRecord) -> None:
+        while not self._closed:
+            node.wake.clear()
+            asked = time.monotonic()
+            try:
+                info = await node.stub.GetInfo(worker_pb2.GetInfoRequest(),
+                                               timeout=self.deadline)
+            except grpc.aio.AioRpcError as e:
+                if self._missed(node, e):
+                    return
+            else:
+                node.asked_at = asked
+                self._answered(node, info)
+            try:
+                await asyncio.wait_for(node.wake.wait(), self.interval)
+            except TimeoutError:
+                pass
+
+    def _answered(self, node: NodeRecord, info: worker_pb2.WorkerInfo) -> None:
+        twin = next((n for n in self.nodes() if n is not node and
+                     n.node_id == info.node_id and n.state == READY), None)
+        if twin is not None:  # one node id at two addresses: the first one wins
+            duplicate = f"node {info.node_id} is already known at {twin.address}"
+            if node.error != duplicate:
+                log.warning("ignoring %s: %s", node.address, duplicate)
+            node.error = duplicate
+            return
+        node.last_seen, node.misses, node.error = time.time(), 0, ""
+        rejoined = any(n.node_id == info.node_id for n in self.nodes())
+        node.info = info
+        if node.state != READY:
+            node.state = READY
+            node.lost_since = 0.0
+            log.info("node %s %s at %s (%s, %s, %s)", info.node_id,
+                     "ready again" if rejoined else "found", node.address, info.backend,
+                     info.chip, size(info.memory_bytes))
+            if self.on_ready:
+                self.on_ready(node, rejoined)
+        if self.on_info:
+            self.on_info(node)
+
+    def _missed(self, node: NodeRecord, e: grpc.aio.AioRpcError) -> bool:
+        """Count a failed heartbeat; True when the address should be forgotten."""
+        node.misses += 1
+        details = (e.details() or "").splitlines()
+        node.error = e.code().name + (f": {details[0]}" if details else "")
+        if node.state == READY and node.misses >= self.misses:
+            node.state, node.lost_since = LOST, time.monotonic()
+            reason = (f"no heartbeat for {time.time() - node.last_seen:.1f}s "
+                      f"({node.error})")
+            log.info("node %s lost at %s: %s", node.node_id, node.address, reason)
+            if self.on_lost:
+                self.on_lost(node, reason)
+        elif node.state == PENDING and node.misses == 1:
+            log.info("%s %s does not answer yet (%s); retrying", node.source, node.address,
+                     node.error)
+        if (node.source == "mdns" and node.state != READY
+                and node.misses * self.interval >= self.forget_after):
+            log.info("forgetting %s (%s): unreachable for %.0fs", node.address,
+                     node.node_id or "never answered", node.misses * self.interval)
+            del self._by_address[node.address]
+            asyncio.get_running_loop().create_task(node.channel.close())
+            return True
+        return False

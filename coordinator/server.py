@@ -1,0 +1,63 @@
+"""One coordinator: the registry, discovery, the scheduler and the gRPC server
+(Inference, plus the standard health service and server reflection), started and
+stopped together."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ..v1 import inference_pb2, inference_pb2_grpc
+from .api import Inference
+from .discovery import MdnsDiscovery, add_peers, address
+from .registry import Registry
+from .scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+SERVICE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
+DEFAULT_PORT = 50151
+
+
+class Coordinator:
+    def __init__(self, host: str = "0.0.0.0", port: int = DEFAULT_PORT, *,
+                 peers: list[str] = (), mdns: bool = True, heartbeat_s: float = 1.0,
+                 lost_after: int = 3):
+        self.host = host
+        self.port = port
+        self.peers = list(peers)
+        self.registry = Registry(interval=heartbeat_s, deadline=max(2 * heartbeat_s, 1.0),
+                                 misses=lost_after)
+        self.scheduler = Scheduler(self.registry)
+        self.discovery = MdnsDiscovery(self.registry, host) if mdns else None
+        self.server = grpc.aio.server()
+        self.health = health.aio.HealthServicer()
+
+    async def start(self) -> int:
+        """Bind and serve; the port it serves on (``port`` 0 picks a free one).
+        RuntimeError when the address cannot be bound."""
+        inference_pb2_grpc.add_InferenceServicer_to_server(
+            Inference(self.registry, self.scheduler), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME), self.server)
+        self.port = self.server.add_insecure_port(address(self.host, self.port))
+        await self.server.start()
+        for service in ("", SERVICE):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        add_peers(self.registry, self.peers)
+        if self.discovery:
+            await self.discovery.start()
+        return self.port
+
+    async def stop(self) -> None:
+        await self.health.enter_graceful_shutdown()
+        if self.discovery:
+            await self.discovery.stop()
+        await self.scheduler.close()
+        await self.server.stop(grace=1.0)
+        await self.registry.close()

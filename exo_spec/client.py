@@ -1,0 +1,225 @@
+"""A typed client for a coordinator's ``exo_spec.v1.Inference`` API, blocking
+(``Client``) and asyncio (``AsyncClient``).
+
+    with Client("head.local:50151") as c:
+        for event in c.generate("mlx-community/...", "Write a haiku", max_tokens=64):
+            if event.HasField("tokens"):
+                print(event.tokens.text, end="", flush=True)
+        print(c.nodes())
+
+Messages are the generated protobuf classes (``exo_spec.v1``). Every error is
+an ``ExoSpecError`` carrying the gRPC status code and the coordinator's message.
+Leaving a ``generate`` loop early (break, an exception, closing the iterator)
+cancels the call, and with it the job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import TypedDict, Unpack
+
+import grpc
+
+from .v1 import common_pb2, inference_pb2, inference_pb2_grpc
+
+DEFAULT_PORT = 50151
+UNARY_TIMEOUT_S = 30.0
+SPEC_MODES = {"auto": common_pb2.SPEC_MODE_AUTO, "mtp": common_pb2.SPEC_MODE_MTP,
+              "none": common_pb2.SPEC_MODE_NONE}
+
+
+class ExoSpecError(Exception):
+    """A call the coordinator refused or could not complete."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+
+def _error(e: grpc.RpcError) -> ExoSpecError:
+    details = e.details() or ""
+    return ExoSpecError(e.code(), details.splitlines()[0] if details else e.code().name)
+
+
+class GenerateOptions(TypedDict, total=False):
+    draft_model: str
+    spec: str  # "auto", "mtp" or "none"
+    max_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    min_p: float
+    seed: int | None
+    num_draft: int  # 0 is adaptive
+    ignore_chat_template: bool
+    nodes: int  # 0 lets the coordinator choose
+
+
+def generate_request(model: str, prompt: str, *, draft_model: str = "", spec: str = "auto",
+                     max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
+                     top_k: int = 0, min_p: float = 0.0, seed: int | None = None,
+                     num_draft: int = 0, ignore_chat_template: bool = False,
+                     nodes: int = 0) -> inference_pb2.GenerateRequest:
+    if spec not in SPEC_MODES:
+        raise ValueError(f"spec must be one of {', '.join(SPEC_MODES)}, got {spec!r}")
+    return inference_pb2.GenerateRequest(
+        model=model, draft_model=draft_model or "", spec=SPEC_MODES[spec], nodes=nodes,
+        decode=common_pb2.Decode(
+            prompt=prompt, max_tokens=max_tokens, num_draft=num_draft or 0,
+            ignore_chat_template=ignore_chat_template,
+            sampling=common_pb2.Sampling(temperature=temperature, top_p=top_p, top_k=top_k,
+                                         min_p=min_p, seed=seed)))
+
+
+def address(target: str) -> str:
+    """"host" gets the default port; "host:port" and "[v6]:port" stay as they are."""
+    if target.startswith("[") or target.count(":") == 1:
+        return target
+    return f"[{target}]:{DEFAULT_PORT}" if ":" in target else f"{target}:{DEFAULT_PORT}"
+
+
+def _finished(events: Iterable[inference_pb2.GenerateEvent]) -> common_pb2.Finished:
+    for event in events:
+        if event.HasField("finished"):
+            return event.finished
+    raise ExoSpecError(grpc.StatusCode.UNKNOWN, "the stream ended without a result")
+
+
+class Client:
+    def __init__(self, target: str, *, timeout: float | None = UNARY_TIMEOUT_S):
+        """``target``: the coordinator's "host:port"; ``timeout``: seconds for each
+        call other than ``generate`` (which has its own)."""
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(address(target))
+        self._stub = inference_pb2_grpc.InferenceStub(self._channel)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def generate(self, model: str, prompt: str, *, timeout: float | None = None,
+                 **options: Unpack[GenerateOptions]) -> Iterator[inference_pb2.GenerateEvent]:
+        """The job's events: ``accepted``, ``progress``, ``tokens``..., ``finished``.
+        ``timeout``: a deadline for the whole job (DEADLINE_EXCEEDED cancels it)."""
+        return self.stream(generate_request(model, prompt, **options), timeout=timeout)
+
+    def complete(self, model: str, prompt: str, *, timeout: float | None = None,
+                 **options: Unpack[GenerateOptions]) -> common_pb2.Finished:
+        """Run a job to its end and return its result."""
+        return _finished(self.generate(model, prompt, timeout=timeout, **options))
+
+    def stream(self, request: inference_pb2.GenerateRequest, *,
+               timeout: float | None = None) -> Iterator[inference_pb2.GenerateEvent]:
+        call = self._stub.Generate(request, timeout=timeout)
+        try:
+            yield from call
+        except grpc.RpcError as e:
+            raise _error(e) from None
+        finally:
+            call.cancel()
+
+    def _unary(self, method, request):
+        try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise _error(e) from None
+
+    def get_job(self, job_id: str) -> inference_pb2.Job:
+        return self._unary(self._stub.GetJob, inference_pb2.GetJobRequest(job_id=job_id))
+
+    def list_jobs(self, states: Iterable[int] = ()) -> list[inference_pb2.Job]:
+        """``states``: ``inference_pb2.JOB_STATE_*`` values; all jobs when empty."""
+        return list(self._unary(self._stub.ListJobs,
+                                inference_pb2.ListJobsRequest(states=states)).jobs)
+
+    def cancel_job(self, job_id: str) -> inference_pb2.Job:
+        return self._unary(self._stub.CancelJob, inference_pb2.CancelJobRequest(job_id=job_id))
+
+    def nodes(self) -> list[inference_pb2.Node]:
+        return list(self._unary(self._stub.ListNodes, inference_pb2.ListNodesRequest()).nodes)
+
+    def placements(self) -> list[inference_pb2.Placement]:
+        return list(self._unary(self._stub.ListPlacements,
+                                inference_pb2.ListPlacementsRequest()).placements)
+
+    def status(self) -> inference_pb2.ClusterStatus:
+        return self._unary(self._stub.GetClusterStatus, inference_pb2.GetClusterStatusRequest())
+
+
+class AsyncClient:
+    """``Client`` for asyncio: the same methods, awaited (``generate`` is an async
+    iterator)."""
+
+    def __init__(self, target: str, *, timeout: float | None = UNARY_TIMEOUT_S):
+        self.timeout = timeout
+        self._channel = grpc.aio.insecure_channel(address(target))
+        self._stub = inference_pb2_grpc.InferenceStub(self._channel)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    def generate(self, model: str, prompt: str, *, timeout: float | None = None,
+                 **options: Unpack[GenerateOptions]
+                 ) -> AsyncIterator[inference_pb2.GenerateEvent]:
+        return self.stream(generate_request(model, prompt, **options), timeout=timeout)
+
+    async def complete(self, model: str, prompt: str, *, timeout: float | None = None,
+                       **options: Unpack[GenerateOptions]) -> common_pb2.Finished:
+        async for event in self.generate(model, prompt, timeout=timeout, **options):
+            if event.HasField("finished"):
+                return event.finished
+        raise ExoSpecError(grpc.StatusCode.UNKNOWN, "the stream ended without a result")
+
+    async def stream(self, request: inference_pb2.GenerateRequest, *,
+                     timeout: float | None = None
+                     ) -> AsyncIterator[inference_pb2.GenerateEvent]:
+        call = self._stub.Generate(request, timeout=timeout)
+        try:
+            async for event in call:
+                yield event
+        except grpc.aio.AioRpcError as e:
+            raise _error(e) from None
+        finally:
+            call.cancel()
+
+    async def _unary(self, method, request):
+        try:
+            return await method(request, timeout=self.timeout)
+        except grpc.aio.AioRpcError as e:
+            raise _error(e) from None
+
+    async def get_job(self, job_id: str) -> inference_pb2.Job:
+        return await self._unary(self._stub.GetJob, inference_pb2.GetJobRequest(job_id=job_id))
+
+    async def list_jobs(self, states: Iterable[int] = ()) -> list[inference_pb2.Job]:
+        response = await self._unary(self._stub.ListJobs,
+                                     inference_pb2.ListJobsRequest(states=states))
+        return list(response.jobs)
+
+    async def cancel_job(self, job_id: str) -> inference_pb2.Job:
+        return await self._unary(self._stub.CancelJob,
+                                 inference_pb2.CancelJobRequest(job_id=job_id))
+
+    async def nodes(self) -> list[inference_pb2.Node]:
+        return list((await self._unary(self._stub.ListNodes,
+                                       inference_pb2.ListNodesRequest())).nodes)
+
+    async def placements(self) -> list[inference_pb2.Placement]:
+        return list((await self._unary(self._stub.ListPlacements,
+                                       inference_pb2.ListPlacementsRequest())).placements)
+
+    async def status(self) -> inference_pb2.ClusterStatus:
+        return await self._unary(self._stub.GetClusterStatus,
+                                 inference_pb2.GetClusterStatusRequest())

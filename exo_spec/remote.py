@@ -1,0 +1,235 @@
+"""The commands that talk to a coordinator: ``exo-spec generate --coordinator``,
+``exo-spec nodes`` and ``exo-spec jobs``.
+
+An error from the coordinator prints one line, ``exo-spec CMD: error: STATUS:
+message``, and exits 2 when the request was refused as asked (INVALID_ARGUMENT,
+NOT_FOUND, FAILED_PRECONDITION, RESOURCE_EXHAUSTED, ...) or 1 when it was not
+carried through (UNAVAILABLE: the coordinator or a node is unreachable or was
+lost; CANCELLED; DEADLINE_EXCEEDED): trying again later may work.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sys
+
+import grpc
+
+from .client import Client, ExoSpecError, generate_request
+from .v1 import common_pb2, inference_pb2
+
+TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
+             grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED)
+DEFAULT_COORDINATOR = "127.0.0.1:50151"
+STATS = ("mode", "num_draft", "drafted", "accepted", "prompt_tokens", "generation_tokens",
+         "ttft_s", "acceptance_rate", "tokens_per_round", "prompt_tps", "decode_tps")
+GROUP_STATS = ("ranks", "parallel", "bytes_per_round", "messages_per_round")
+
+
+def exit_code(e: ExoSpecError) -> int:
+    return 1 if e.code in TRANSIENT else 2
+
+
+def _fail(command: str, e: ExoSpecError) -> int:
+    print(f"exo-spec {command}: error: {e}", file=sys.stderr)
+    return exit_code(e)
+
+
+# -- generate ----------------------------------------------------------------------------
+
+
+def generate(args) -> int:
+    """``exo-spec generate --coordinator``: ValueError for flags that do not apply."""
+    for flag, given in (("--local-ranks", args.local_ranks is not None),
+                        ("--split", bool(args.split)),
+                        ("--parallel", args.parallel != "pipeline"),
+                        ("--max-kv-size", args.max_kv_size is not None)):
+        if given:
+            raise ValueError(f"{flag} does not apply with --coordinator "
+                             "(the coordinator places the model; --nodes N asks for N nodes)")
+    if args.nodes is not None and args.nodes < 0:
+        raise ValueError(f"--nodes must be >= 0, got {args.nodes}")
+    if args.timeout is not None and args.timeout <= 0:
+        raise ValueError(f"--timeout must be > 0, got {args.timeout}")
+    request = generate_request(
+        args.model, args.prompt, draft_model=args.draft_model or "",
+        spec={True: "mtp", False: "none", None: "auto"}[args.mtp], max_tokens=args.max_tokens,
+        temperature=args.temp, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
+        seed=args.seed, num_draft=args.num_draft or 0,
+        ignore_chat_template=args.ignore_chat_template, nodes=args.nodes or 0)
+    streamed = False
+    finished = None
+    try:
+        with Client(args.coordinator) as client:
+            for event in client.stream(request, timeout=args.timeout):
+                if event.HasField("tokens") and not args.json:
+                    sys.stdout.write(event.tokens.text)
+                    sys.stdout.flush()
+                    streamed = True
+                elif event.HasField("finished"):
+                    finished = event.finished
+    except ExoSpecError as e:
+        if streamed:
+            sys.stdout.write("\n")
+        return _fail("generate", e)
+    except KeyboardInterrupt:  # leaving the stream cancelled the job
+        if streamed:
+            sys.stdout.write("\n")
+        print("exo-spec generate: cancelled", file=sys.stderr)
+        return 130
+    if finished is None:
+        return _fail("generate", ExoSpecError(grpc.StatusCode.UNKNOWN,
+                                              "the stream ended without a result"))
+    stats = stats_dict(finished.stats)
+    if args.json:
+        print(json.dumps({"text": finished.text, "tokens": list(finished.token_ids),
+                          "finish_reason": finished.finish_reason, "stats": stats}))
+    else:
+        sys.stdout.write("\n")
+        print(summary(stats), file=sys.stderr)
+    return 0
+
+
+def stats_dict(stats: common_pb2.Stats) -> dict:
+    """The ``stats`` object of ``exo-spec generate --json``, as a local run prints it."""
+    d = {name: getattr(stats, name) for name in STATS}
+    d["num_draft"] = d["num_draft"] or None
+    if stats.ranks > 1:
+        d.update({name: getattr(stats, name) for name in GROUP_STATS})
+    return d
+
+
+def summary(s: dict) -> str:
+    """The stderr line of a text-mode ``exo-spec generate`` (``Stats.summary``)."""
+    return (f"mode={s['mode']} accepted={s['accepted']}/{s['drafted']} "
+            f"({100 * s['acceptance_rate']:.0f}%) tokens/round={s['tokens_per_round']:.2f} "
+            f"prompt={s['prompt_tokens']} tok @ {s['prompt_tps']:.1f} tok/s "
+            f"ttft={s['ttft_s']:.3f}s decode={s['generation_tokens']} tok @ "
+            f"{s['decode_tps']:.1f} tok/s")
+
+
+# -- nodes and jobs ------------------------------------------------------------------------
+
+
+def _coordinator_flag(p) -> None:
+    p.add_argument("--coordinator", metavar="HOST:PORT",
+                   default=os.environ.get("EXO_SPEC_COORDINATOR", DEFAULT_COORDINATOR),
+                   help="the coordinator (default: $EXO_SPEC_COORDINATOR or "
+                        f"{DEFAULT_COORDINATOR})")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("nodes", help="list a cluster's nodes")
+    _coordinator_flag(p)
+    p.set_defaults(run=nodes)
+    p = sub.add_parser("jobs", help="list, show or cancel a cluster's jobs",
+                       description="exo-spec jobs [list | show ID | cancel ID]")
+    p.add_argument("action", nargs="?", choices=("list", "show", "cancel"), default="list")
+    p.add_argument("job_id", nargs="?", metavar="ID")
+    p.add_argument("--state", action="append", default=[],
+                   choices=[state_name(s) for s in inference_pb2.JobState.values() if s],
+                   help="with list: only jobs in this state (repeatable)")
+    _coordinator_flag(p)
+    p.set_defaults(run=jobs)
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f}"
+
+
+def _time(ts) -> str | None:
+    if not ts.seconds and not ts.nanos:
+        return None
+    return datetime.datetime.fromtimestamp(ts.ToNanoseconds() / 1e9).isoformat(
+        timespec="seconds")
+
+
+def state_name(state: int) -> str:
+    return inference_pb2.JobState.Name(state).removeprefix("JOB_STATE_").lower()
+
+
+def node_dict(n: inference_pb2.Node) -> dict:
+    return {"id": n.id, "host": n.host, "port": n.port,
+            "state": inference_pb2.NodeState.Name(n.state).removeprefix("NODE_STATE_").lower(),
+            "backend": n.backend, "chip": n.chip, "version": n.version,
+            "memory_bytes": n.memory_bytes, "used_bytes": n.used_bytes,
+            "placements": list(n.placement_ids), "last_seen": _time(n.last_seen)}
+
+
+def job_dict(j: inference_pb2.Job) -> dict:
+    d = {"id": j.id, "state": state_name(j.state), "model": j.model,
+         "draft_model": j.draft_model, "placement": j.placement_id, "nodes": list(j.node_ids),
+         "created": _time(j.created), "finished": _time(j.finished_at),
+         "generated_tokens": j.generated_tokens, "error": j.error}
+    if j.HasField("result"):
+        d["result"] = {"text": j.result.text, "tokens": list(j.result.token_ids),
+                       "finish_reason": j.result.finish_reason,
+                       "stats": stats_dict(j.result.stats)}
+    return d
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True))
+                     .rstrip() for row in [header, *rows])
+
+
+def nodes(args) -> int:
+    try:
+        with Client(args.coordinator) as client:
+            found = client.nodes()
+    except ExoSpecError as e:
+        return _fail("nodes", e)
+    if args.json:
+        print(json.dumps({"nodes": [node_dict(n) for n in found]}))
+        return 0
+    print(table(["ID", "ADDRESS", "STATE", "BACKEND", "CHIP", "MEMORY GiB", "PLACEMENTS"],
+                [[n["id"], f"{n['host']}:{n['port']}", n["state"].upper(), n["backend"],
+                  n["chip"], f"{_gib(n['used_bytes'])}/{_gib(n['memory_bytes'])}",
+                  ",".join(n["placements"]) or "-"] for n in map(node_dict, found)]))
+    return 0
+
+
+def jobs(args) -> int:
+    if args.action in ("show", "cancel") and not args.job_id:
+        print(f"exo-spec jobs: error: jobs {args.action} needs a job ID", file=sys.stderr)
+        return 2
+    if args.action == "list" and args.job_id:
+        print(f"exo-spec jobs: error: unexpected {args.job_id!r} (jobs show ID?)",
+              file=sys.stderr)
+        return 2
+    try:
+        with Client(args.coordinator) as client:
+            if args.action == "list":
+                states = [inference_pb2.JobState.Value(f"JOB_STATE_{s.upper()}")
+                          for s in args.state]
+                found = [job_dict(j) for j in client.list_jobs(states)]
+            elif args.action == "show":
+                found = [job_dict(client.get_job(args.job_id))]
+            else:
+                found = [job_dict(client.cancel_job(args.job_id))]
+    except ExoSpecError as e:
+        return _fail("jobs", e)
+    if args.json:
+        print(json.dumps({"jobs": found} if args.action == "list" else found[0]))
+        return 0
+    if args.action == "show":
+        job = found[0]
+        for key in ("id", "state", "model", "draft_model", "placement", "nodes", "created",
+                    "finished", "generated_tokens", "error"):
+            value = ",".join(job[key]) if isinstance(job[key], list) else job[key]
+            if value not in ("", None):
+                print(f"{key}: {value}")
+        if "result" in job:
+            print(f"finish_reason: {job['result']['finish_reason']}")
+            print(f"stats: {summary(job['result']['stats'])}")
+            print(f"text: {job['result']['text']}")
+        return 0
+    print(table(["ID", "STATE", "MODEL", "NODES", "TOKENS", "CREATED", "ERROR"],
+                [[j["id"], j["state"].upper(), j["model"], ",".join(j["nodes"]) or "-",
+                  str(j["generated_tokens"]), j["created"] or "-", j["error"] or ""]
+                 for j in found]))
+    return 0
