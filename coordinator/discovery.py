@@ -74,7 +74,7 @@ class MdnsDiscovery:
                    state_change: ServiceStateChange) -> None:
         if state_change is ServiceStateChange.Removed:
             if name in self._addresses:
-                self.registry.check_now(self._addresses[name])
+                self.registry.check_now(self._addresses[name], goodbye=True)
             return
         task = asyncio.get_running_loop().create_task(self._resolve(name))
         self._tasks.add(task)

@@ -34,6 +34,8 @@ Rules:
    N above the ready nodes is FAILED_PRECONDITION, N above the model's layer
    count INVALID_ARGUMENT.
 4. Nothing fits: RESOURCE_EXHAUSTED, saying what was needed and what was free.
+   (``plan_evicting`` first tries again as if the least recently used idle
+   placements were released, one more at a time.)
    A Gemma 4 assistant reads the target's own K/V, so it never spans nodes:
    FAILED_PRECONDITION when target and assistant do not fit on one node.
 """
@@ -41,7 +43,8 @@ Rules:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 KV_MARGIN = 0.20
@@ -159,7 +162,10 @@ def plan(model: ModelFacts, nodes: Sequence[NodeSpace], nodes_wanted: int = 0) -
     chosen = ordered[:n]
     one_layer = need(model.layer_bytes(1))
     small = [node for node in chosen[1:] if node.free_bytes < one_layer]
-    if _max_layers(model, chosen[0].free_bytes, model.draft_bytes) < 1:
+    if _max_layers(model, chosen[0].free_bytes, 0) < 1:
+        why = (f"a single layer needs {size(one_layer)} but the most free memory on a node "
+               f"is {size(chosen[0].free_bytes)}")
+    elif _max_layers(model, chosen[0].free_bytes, model.draft_bytes) < 1:
         why = (f"rank 0 holds the drafter ({size(model.draft_bytes)}) and at least one layer, "
                f"which needs {size(need(model.draft_bytes + model.layer_bytes(1)))}, but the "
                f"most free memory on a node is {size(chosen[0].free_bytes)}")
@@ -174,6 +180,29 @@ def plan(model: ModelFacts, nodes: Sequence[NodeSpace], nodes_wanted: int = 0) -
         "RESOURCE_EXHAUSTED",
         f"{model.name} does not fit on {n} nodes: it needs about {size(total)} "
         f"({_parts(model)}) and {why}")
+
+
+def plan_evicting(model: ModelFacts, nodes: Sequence[NodeSpace], nodes_wanted: int,
+                  idle: Sequence[Mapping[str, int]]) -> tuple[Plan, int]:
+    """``plan``, letting go of idle placements when that is what makes it fit:
+    ``idle`` holds each idle placement's memory per node, least recently used first;
+    returns the plan and how many of them (from the front) must be released.
+    Raises what ``plan`` raises on the nodes as they are when nothing helps."""
+    try:
+        return plan(model, nodes, nodes_wanted), 0
+    except PlacementError as e:
+        if e.code != "RESOURCE_EXHAUSTED" or not idle:
+            raise
+        first = e
+    freed: Counter[str] = Counter()
+    for k, held in enumerate(idle, start=1):
+        freed.update(held)
+        try:
+            return plan(model, [NodeSpace(n.node_id, n.free_bytes + freed[n.node_id])
+                                for n in nodes], nodes_wanted), k
+        except PlacementError:
+            continue
+    raise first
 
 
 def _parts(model: ModelFacts) -> str:

@@ -46,6 +46,9 @@ class NodeRecord:
     misses: int = 0
     error: str = ""  # why the last heartbeat failed
     lost_since: float = 0.0  # time.monotonic()
+    # mDNS said it left (until it is advertised again): the next failed heartbeat makes
+    # it LOST at once (a worker says goodbye before its server stops answering)
+    goodbye: bool = False
     task: asyncio.Task | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -115,6 +118,7 @@ class Registry:
         """Start watching ``address`` (idempotent); a known one is checked now."""
         node = self._by_address.get(address)
         if node is not None:
+            node.goodbye = False
             self.check_now(address)
             return node
         channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
@@ -123,10 +127,12 @@ class Registry:
         node.task = asyncio.create_task(self._heartbeat(node), name=f"heartbeat {address}")
         return node
 
-    def check_now(self, address: str) -> None:
-        """Heartbeat ``address`` at once (mDNS saw it change or leave)."""
+    def check_now(self, address: str, *, goodbye: bool = False) -> None:
+        """Heartbeat ``address`` at once (mDNS saw it change, or leave: ``goodbye``,
+        and then one failed heartbeat is enough to make it LOST)."""
         node = self._by_address.get(address)
         if node is not None:
+            node.goodbye = node.goodbye or goodbye
             node.wake.set()
 
     async def close(self) -> None:
@@ -185,10 +191,11 @@ class Registry:
         node.misses += 1
         details = (e.details() or "").splitlines()
         node.error = e.code().name + (f": {details[0]}" if details else "")
-        if node.state == READY and node.misses >= self.misses:
+        if node.state == READY and (node.misses >= self.misses or node.goodbye):
             node.state, node.lost_since = LOST, time.monotonic()
-            reason = (f"no heartbeat for {time.time() - node.last_seen:.1f}s "
-                      f"({node.error})")
+            reason = (f"it left (mDNS goodbye) and does not answer ({node.error})"
+                      if node.goodbye else
+                      f"no heartbeat for {time.time() - node.last_seen:.1f}s ({node.error})")
             log.info("node %s lost at %s: %s", node.node_id, node.address, reason)
             if self.on_lost:
                 self.on_lost(node, reason)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Sequence
 
 import grpc
@@ -37,7 +37,7 @@ from . import placement as placements
 from .discovery import address
 from .job import End, Job, JobError
 from .placement import Placement
-from .planner import ModelFacts, NodeSpace, PlacementError, Plan, plan
+from .planner import ModelFacts, NodeSpace, PlacementError, Plan, plan_evicting
 from .registry import READY, NodeRecord, Registry
 
 log = logging.getLogger(__name__)
@@ -272,25 +272,11 @@ class Scheduler:
               wanted: int) -> tuple[Plan, list[Placement]]:
         """A plan, and the idle placements (least recently used first) that must go
         to make room for it."""
-        try:
-            return plan(facts, spaces, wanted), []
-        except PlacementError as e:
-            if e.code != "RESOURCE_EXHAUSTED":
-                raise
-            first = e
         idle = sorted((p for p in self.placements.values() if p.idle),
                       key=lambda p: p.last_used)
-        for k in range(1, len(idle) + 1):
-            freed = Counter()
-            for p in idle[:k]:
-                for r in p.plan.ranks:
-                    freed[r.node_id] += r.memory_bytes
-            more = [NodeSpace(s.node_id, s.free_bytes + freed[s.node_id]) for s in spaces]
-            try:
-                return plan(facts, more, wanted), idle[:k]
-            except PlacementError:
-                continue
-        raise first
+        chosen, k = plan_evicting(facts, spaces, wanted,
+                                  [{n: p.memory_on(n) for n in p.node_ids} for p in idle])
+        return chosen, idle[:k]
 
     async def _inspect(self, nodes: Sequence[NodeRecord], request: inference_pb2.GenerateRequest
                        ) -> tuple[list[tuple[NodeRecord, worker_pb2.ModelInfo]],

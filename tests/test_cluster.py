@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import grpc
@@ -20,9 +21,11 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from exo_spec.cli import main
 from exo_spec.client import AsyncClient, Client, ExoSpecError
-from exo_spec.coordinator.discovery import SERVICE_TYPE
+from exo_spec.coordinator.discovery import SERVICE_TYPE, MdnsDiscovery
+from exo_spec.coordinator.registry import LOST, READY, Registry
 from exo_spec.session import encode_prompt
 from exo_spec.v1 import inference_pb2, worker_pb2, worker_pb2_grpc
+from exo_spec.worker.advertise import SERVICE_TYPE as ADVERTISED
 
 from decoders import loaded
 from reference import greedy_reference
@@ -63,8 +66,11 @@ class Process:
 
 
 def start_worker(tmp: Path, node_id: str, port: int = 0, *args: str) -> tuple[Process, int]:
+    """``--mdns`` in ``args``: advertise (on 127.0.0.1), else ``--no-mdns``."""
+    mdns = "--mdns" in args
+    args = tuple(a for a in args if a != "--mdns") + (() if mdns else ("--no-mdns",))
     w = Process(tmp / f"{node_id}-{time.monotonic_ns()}.log", "worker", "--host", "127.0.0.1",
-                "--port", str(port), "--node-id", node_id, "--no-mdns", *args)
+                "--port", str(port), "--node-id", node_id, *args)
     return w, int(w.wait_for(WORKER_LINE).group(2))
 
 
@@ -183,9 +189,40 @@ def test_nodes_health_and_reflection(cluster):
     assert "node w0 found at" in cluster.log() and "node w1 found at" in cluster.log()
 
 
-def test_the_browser_looks_for_what_workers_advertise():
-    from exo_spec.worker.advertise import SERVICE_TYPE as ADVERTISED
+def test_mdns_discovery_on_loopback(tmp_path):
+    """A worker advertising on 127.0.0.1 is found by the browser on that interface,
+    and is LOST as soon as it says goodbye and stops answering."""
+    node_id = f"mdns-{uuid.uuid4().hex[:8]}"
+    worker, port = start_worker(tmp_path, node_id, 0, "--mdns")
 
+    async def go():
+        registry = Registry()
+        discovery = MdnsDiscovery(registry, "127.0.0.1")
+        await discovery.start()
+        try:
+            async def state() -> str | None:
+                node = registry.get(node_id)
+                return node.state if node else None
+
+            deadline = time.monotonic() + 20
+            while await state() != READY:
+                assert time.monotonic() < deadline, "the worker was not found by mDNS"
+                await asyncio.sleep(0.1)
+            found = registry.get(node_id)
+            await asyncio.to_thread(worker.stop)
+            stopped = time.monotonic()
+            while await state() != LOST:
+                assert time.monotonic() - stopped < 10, "the worker was not lost"
+                await asyncio.sleep(0.1)
+            return found.address, found.source
+        finally:
+            await discovery.stop()
+            await registry.close()
+
+    try:
+        assert asyncio.run(go()) == (f"127.0.0.1:{port}", "mdns")
+    finally:
+        worker.stop()
     assert SERVICE_TYPE == ADVERTISED
 
 

@@ -11,6 +11,7 @@ from exo_spec.coordinator.planner import (
     PlacementError,
     need,
     plan,
+    plan_evicting,
 )
 
 GiB = 2**30
@@ -160,3 +161,29 @@ def test_every_plan_covers_the_layers_once_and_fits(free):
     space = {s.node_id: s.free_bytes for s in spaces}
     assert all(r.memory_bytes <= space[r.node_id] for r in p.ranks)
     assert len(set(p.node_ids)) == len(p.node_ids)
+
+
+def test_idle_placements_make_room_least_recently_used_first():
+    model = ModelFacts(num_layers=8, weight_bytes=6 * GiB)
+    free = nodes(a=4, b=4)  # 8 GiB free but the model needs ~7.5 GiB on one or two nodes
+    e = refused(model, free, 1)
+    assert e.code == "RESOURCE_EXHAUSTED"
+    idle = [{"a": 2 * GiB}, {"b": 6 * GiB}, {"a": 8 * GiB}]  # least recently used first
+    p, k = plan_evicting(model, free, 1, idle)
+    assert (p.node_ids, k) == (["b"], 2)  # the oldest alone is not enough
+    p, k = plan_evicting(model, free, 0, idle)
+    assert (len(p.ranks), k) == (2, 0)  # two nodes fit without evicting anything
+    assert plan_evicting(model, nodes(a=9), 0, idle)[1] == 0
+    e = refused_evicting(ModelFacts(num_layers=40, weight_bytes=40 * GiB), free, 0, idle)
+    assert e.code == "RESOURCE_EXHAUSTED" and "8.0 GiB free together" in e.message  # as is
+    e = refused(ModelFacts(num_layers=2, weight_bytes=20 * GiB), free)
+    assert "a single layer needs 12.2 GiB but the most free memory on a node is 4.0 GiB" \
+        in e.message
+    e = refused_evicting(model, free, 3, idle)  # not a memory problem: nothing is evicted
+    assert e.code == "FAILED_PRECONDITION"
+
+
+def refused_evicting(model, spaces, wanted, idle) -> PlacementError:
+    with pytest.raises(PlacementError) as info:
+        plan_evicting(model, spaces, wanted, idle)
+    return info.value
