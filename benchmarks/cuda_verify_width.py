@@ -1,22 +1,23 @@
-"""Why a verify pass of width > 1 is slow on MLX's CUDA backend, and whether
-exo-spec's StableKVCache fixes it.
+"""Why a pass of width > 1 over a growing KV cache is slow on MLX's CUDA backend.
 
     python benchmarks/cuda_verify_width.py [--json OUT] [--quick]
 
-Parts, all timed with a host sync after every call (mx.eval), medians in ms:
+Timed with a host sync after every call (mx.eval); medians in ms.
 
 A. ``mx.fast.scaled_dot_product_attention`` alone, as mlx-lm calls it: keys
-   sliced from a preallocated 256-step buffer (like ``KVCache``), query widths
-   1..5, float32 and bfloat16. "grow": the key length grows by one every call
-   (a verify loop); "same": the same key length again (the graph, if any, is
-   cached). "padded": the whole buffer with an additive mask (StableKVCache).
-B. A bfloat16 llama-shaped model (random weights): rounds of width w over a
-   cache that keeps one token per round (feed w, trim w - 1), stock KVCache
-   beside StableKVCache, and stock with MLX_CUDA_USE_CUDNN_SDPA=0 (a subprocess:
-   MLX reads that variable once).
+   sliced from a preallocated buffer (like ``KVCache``), query widths 1..5,
+   float32 and bfloat16. "grow": the key length grows by one every call (a
+   verify loop); "same": the same key length again; "padded": the whole buffer
+   with an additive mask, so the key shape never changes.
+B. A bfloat16 llama-shaped model (random weights): passes over a cache that
+   keeps one token per pass (feed w, trim w - 1), for verify widths 1, 2, 3, 5
+   and for the varying widths of a proposer catching up after plain steps.
 C. mlx-lm ``generate_step`` and ``speculative_generate_step`` (k=2) on a bf16
-   target/drafter pair: tok/s of a first and a second pass, stock caches beside
-   StableKVCache caches handed in as ``prompt_cache``.
+   target/drafter pair: tok/s of a first and a second pass over one prompt.
+
+B and C run twice, in subprocesses with MLX_CUDA_USE_CUDNN_SDPA=1 (MLX's
+default) and =0 (MLX reads the variable once per process). This script does
+not import exo_spec, which sets that variable itself on CUDA.
 """
 
 from __future__ import annotations
@@ -31,9 +32,7 @@ import time
 
 import mlx.core as mx
 from mlx_lm.models import llama
-from mlx_lm.models.cache import KVCache, make_prompt_cache
-
-from exo_spec.spec.stable_kv import StableKVCache, stable
+from mlx_lm.models.cache import make_prompt_cache
 
 
 def ms(f, n: int) -> list[float]:
@@ -114,18 +113,22 @@ def make_model(seed: int, **kw) -> llama.Model:
     return m
 
 
-def part_b(quick: bool, caches: str) -> list[dict]:
+# Widths of passes over a cache that keeps one token per pass: verify rounds (2..5),
+# and proposer catch-ups after plain steps (up to 2 * MAX_CATCH_UP rows).
+WIDTHS = {"w1": [1], "w2": [2], "w3": [3], "w5": [5], "catch-up 6..64": [6, 9, 17, 33, 64, 12]}
+
+
+def part_b(quick: bool) -> list[dict]:
     model = make_model(0)
     rounds = 16 if quick else 40
     rows = []
-    for w in (1, 2, 3, 5):
+    for name, widths in WIDTHS.items():
         cache = make_prompt_cache(model)
-        if caches == "stable":
-            cache = stable(cache, force=True)
-        prompt = mx.random.randint(0, 8192, (1, 300 + 37 * w))
+        prompt = mx.random.randint(0, 8192, (1, 300 + 37 * len(rows)))
         mx.eval(model(prompt, cache=cache))
 
-        def step(i, w=w, cache=cache):
+        def step(i, widths=widths, cache=cache):
+            w = widths[i % len(widths)]
             out = model(mx.random.randint(0, 8192, (1, w)), cache=cache)
             mx.eval(out)
             for c in cache:
@@ -133,8 +136,8 @@ def part_b(quick: bool, caches: str) -> list[dict]:
             return out
 
         times = ms(step, rounds + 4)[4:]
-        row = {"part": "B", "caches": caches, "width": w, "ms_per_round": med(times),
-               "first_rounds_ms": [round(t, 1) for t in times[:3]]}
+        row = {"part": "B", "widths": name, "ms_per_pass": med(times),
+               "max_ms": round(max(times), 1)}
         rows.append(row)
         print(row, flush=True)
     return rows
@@ -161,12 +164,8 @@ def part_c(quick: bool) -> list[dict]:
             print(row, flush=True)
 
     run("mlx-lm generate_step", lambda: generate_step(prompt, target, max_tokens=n))
-    run("mlx-lm speculative k=2 (stock caches)", lambda: speculative_generate_step(
+    run("mlx-lm speculative k=2", lambda: speculative_generate_step(
         prompt, target, drafter, num_draft_tokens=2, max_tokens=n))
-    run("mlx-lm speculative k=2 (StableKVCache)", lambda: speculative_generate_step(
-        prompt, target, drafter, num_draft_tokens=2, max_tokens=n,
-        prompt_cache=stable(make_prompt_cache(target), force=True)
-        + stable(make_prompt_cache(drafter), force=True)))
     return rows
 
 
@@ -175,28 +174,29 @@ def main() -> None:
     ap.add_argument("--json")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--only-b", choices=("stock", "stable"), help=argparse.SUPPRESS)
+    ap.add_argument("--parts-bc", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     global TINY
     TINY = args.tiny
-    if args.only_b:  # the subprocess of part B with MLX's cuDNN attention turned off
-        print(json.dumps(part_b(args.quick, args.only_b)))
+    if args.parts_bc:  # a subprocess: MLX reads MLX_CUDA_USE_CUDNN_SDPA once
+        print(json.dumps(part_b(args.quick) + part_c(args.quick)))
         return
     print(f"device={mx.default_device()} mlx={mx.__version__} "
           f"cuda={getattr(mx, 'cuda', None) and mx.cuda.is_available()}", flush=True)
-    assert StableKVCache and KVCache
     rows = part_a(args.quick)
-    rows += part_b(args.quick, "stock") + part_b(args.quick, "stable")
-    env = {**os.environ, "MLX_CUDA_USE_CUDNN_SDPA": "0"}
-    proc = subprocess.run([sys.executable, __file__, "--only-b", "stock"]
-                          + (["--quick"] if args.quick else [])
-                          + (["--tiny"] if args.tiny else []),
-                          env=env, capture_output=True, text=True, timeout=300)
-    for r in json.loads(proc.stdout.strip().splitlines()[-1]):
-        r["caches"] = "stock, MLX_CUDA_USE_CUDNN_SDPA=0"
-        rows.append(r)
-        print(r, flush=True)
-    rows += part_c(args.quick)
+    for cudnn in ("1", "0"):
+        env = {**os.environ, "MLX_CUDA_USE_CUDNN_SDPA": cudnn}
+        proc = subprocess.run([sys.executable, __file__, "--parts-bc"]
+                              + (["--quick"] if args.quick else [])
+                              + (["--tiny"] if args.tiny else []),
+                              env=env, capture_output=True, text=True, timeout=400)
+        if proc.returncode:
+            print(proc.stderr[-2000:], flush=True)
+            continue
+        for r in json.loads(proc.stdout.strip().splitlines()[-1]):
+            r["cudnn_sdpa"] = cudnn
+            rows.append(r)
+            print(r, flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
@@ -205,14 +205,16 @@ def main() -> None:
         if r["part"] == "A":
             print(f"  {r['dtype']:<8} q_len={r['width']}  grow {r['grow_ms']:>8.3f}  "
                   f"same {r['same_ms']:>7.3f}  padded {r['padded_ms']}")
-    print("B: bf16 llama 2048x8, ms per round (cache +1 token per round)")
+    print("B: bf16 llama 2048x8, ms per pass (median, max), cache +1 token per pass")
     for r in rows:
         if r["part"] == "B":
-            print(f"  {r['caches']:<36} width={r['width']}  {r['ms_per_round']:>8.3f}")
+            print(f"  cuDNN SDPA {r['cudnn_sdpa']}  {r['widths']:<16} {r['ms_per_pass']:>8.3f} "
+                  f"{r['max_ms']:>8.1f}")
     print("C: mlx-lm tok/s")
     for r in rows:
         if r["part"] == "C":
-            print(f"  {r['row']:<40} {r['pass']:<7} {r['tok_s']:>8.1f}")
+            print(f"  cuDNN SDPA {r['cudnn_sdpa']}  {r['row']:<26} {r['pass']:<7} "
+                  f"{r['tok_s']:>8.1f}")
 
 
 if __name__ == "__main__":

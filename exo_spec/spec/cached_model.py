@@ -16,7 +16,6 @@ import mlx.nn as nn
 from mlx_lm.models.cache import ArraysCache, KVCache, RotatingKVCache, make_prompt_cache
 
 from ..models.heads import body_and_head
-from .stable_kv import stable
 
 
 def _may_lose_trim(cache, width: int) -> bool:
@@ -54,7 +53,7 @@ def make_cache(model: nn.Module, max_kv_size: int | None = None) -> list:
     if max_kv_size:
         cache = [RotatingKVCache(max_kv_size, keep=4) if type(c) is KVCache else c
                  for c in cache]
-    return stable(cache)  # CUDA: verify passes reuse cuDNN graphs
+    return cache
 
 
 class CachedModel:

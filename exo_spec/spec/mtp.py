@@ -16,7 +16,6 @@ from ..models.heads import body_and_head, embedding
 from ..models.mtp import make_mtp_cache
 from .proposer import bounded
 from .sampling import Sampling, draw
-from .stable_kv import stable
 
 
 class Mtp:
@@ -27,7 +26,7 @@ class Mtp:
         self.mtp = mtp
         self.embed = embedding(target_model)
         self.target_head = body_and_head(target_model)[1]
-        self.cache = stable(make_mtp_cache())
+        self.cache = make_mtp_cache()
         self._hidden: list[mx.array] = []  # queued h_j ...
         self._next: list[mx.array] = []  # ... and the s_{j+1} that go with them
         self._last: mx.array | None = None  # the head's output for the newest fed pair
