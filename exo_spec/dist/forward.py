@@ -8,28 +8,50 @@ replay after a rejected hybrid round feeds again).
 
 from __future__ import annotations
 
+import os
+
 import mlx.core as mx
 
 from ..spec.cached_model import CachedModel
+from ..spec.cuda import on_cuda
 from .stage_cache import StageCache
 from .traffic import Traffic
 
 
+def _eager_hops() -> bool:
+    """Whether to evaluate each side of a hop on its own: on MLX's CUDA backend a lazy
+    GPU result sent with mx.distributed.send, received back through
+    ``mx.depends(recv, send)`` and posted with ``mx.async_eval`` never completes
+    (benchmarks/cuda_sendrecv.py reproduces it in 2 processes with no model; any one
+    of those three changed and it completes). EXO_SPEC_EAGER_HOPS=0/1 overrides."""
+    forced = os.environ.get("EXO_SPEC_EAGER_HOPS")
+    if forced is not None:
+        return forced not in ("", "0")
+    return on_cuda()
+
+
 class PipelineForward:
-    """Hidden rows go 0 -> 1 -> ... -> n-1 -> 0 with send/recv; rank 0 applies the head."""
+    """Hidden rows go 0 -> 1 -> ... -> n-1 -> 0 with send/recv; rank 0 applies the head.
+
+    The ring backend runs send/recv on the CPU stream. On CUDA the hidden rows are
+    evaluated before they are sent and what comes back is evaluated before the GPU
+    reads it (``_eager_hops``); elsewhere the transfer is posted lazily."""
 
     def __init__(self, local: StageCache, group: mx.distributed.Group, traffic: Traffic):
         self._local, self._group, self._traffic = local, group, traffic
         self._stage = local.stage
+        self._eager = _eager_hops()
 
     def lead(self, tokens: mx.array, hidden: bool):
         size = self._group.size()
         h = self._local.model(tokens[None], self._local.cache)
+        if self._eager:
+            mx.eval(h)
         sent = mx.distributed.send(h, 1, group=self._group)
         self._traffic.count(h)
         back = mx.depends(mx.distributed.recv_like(h, size - 1, group=self._group), sent)
         # Post the transfer now: a later command must not overtake it on the wire.
-        mx.async_eval(back)
+        (mx.eval if self._eager else mx.async_eval)(back)
         h = self._stage.norm(back)
         logits = self._stage.project(h)[0]
         return logits, (h[0] if hidden else None)
@@ -39,7 +61,11 @@ class PipelineForward:
         stage = self._stage
         x = mx.distributed.recv((1, rows, stage.hidden_size), stage.wire_dtype, rank - 1,
                                 group=self._group)
+        if self._eager:
+            mx.eval(x)
         out = self._local.model(x, self._local.cache)
+        if self._eager:
+            mx.eval(out)
         self._traffic.count(out)
         mx.eval(mx.distributed.send(out, (rank + 1) % size, group=self._group))
         return x[0]
