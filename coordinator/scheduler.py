@@ -46,6 +46,7 @@ ATTEMPTS = 3
 INSPECT_TIMEOUT_S = 300.0  # a Hugging Face id may be fetched first
 CONTROL_TIMEOUT_S = 10.0  # ReservePort, ReleasePlacement
 CANCEL_WAIT_S = 10.0
+PROBE_TIMEOUT_S = 1.0  # after a job failed: which of its nodes still answers
 HISTORY = 1000  # finished jobs kept for GetJob and ListJobs
 
 
@@ -205,6 +206,9 @@ class Scheduler:
             if code in ("INVALID_ARGUMENT", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED"):
                 raise JobError(code, details) from None  # the job's fault: the placement is fine
             reason = f"{p} on {', '.join(p.node_ids)} failed: {details}"
+            gone = await self._unreachable(p.node_ids)
+            if gone:
+                reason += f" (node{'s' * (len(gone) > 1)} {', '.join(gone)} not answering)"
             self._drop(p, "UNAVAILABLE", reason)
             if not job.token_ids:
                 raise _Replace(reason) from None
@@ -215,6 +219,22 @@ class Scheduler:
             reason = f"{p}: the worker ended the job without a result"
             self._drop(p, "UNAVAILABLE", reason)
             raise JobError("UNAVAILABLE", reason)
+
+    async def _unreachable(self, node_ids: list[str]) -> list[str]:
+        """Which of these nodes do not answer a heartbeat now (or are known LOST)."""
+        async def gone(node_id: str) -> bool:
+            node = self.registry.get(node_id)
+            if node is None or node.state != READY:
+                return True
+            try:
+                await node.stub.GetInfo(worker_pb2.GetInfoRequest(), timeout=PROBE_TIMEOUT_S)
+            except grpc.aio.AioRpcError:
+                node.wake.set()  # and let its heartbeat find out for the registry
+                return True
+            return False
+
+        answers = await asyncio.gather(*(gone(n) for n in node_ids))
+        return [n for n, g in zip(node_ids, answers, strict=True) if g]
 
     # -- placements ------------------------------------------------------------------
 

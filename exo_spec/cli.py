@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from . import generate, remote
+from .bench import command as bench
 from .coordinator import main as coordinator
 from .worker import main as worker
 
@@ -19,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="exo-spec", description="Speculative LLM inference on MLX.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     generate.add_parser(sub)
+    bench.add_parser(sub)
     coordinator.add_parser(sub)
     remote.add_parsers(sub)
     worker.add_parser(sub)

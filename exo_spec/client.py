@@ -154,7 +154,8 @@ class Client:
 
 class AsyncClient:
     """``Client`` for asyncio: the same methods, awaited (``generate`` is an async
-    iterator)."""
+    iterator: to leave it early and cancel the job at once, iterate it inside
+    ``contextlib.aclosing``)."""
 
     def __init__(self, target: str, *, timeout: float | None = UNARY_TIMEOUT_S):
         self.timeout = timeout

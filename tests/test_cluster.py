@@ -490,7 +490,8 @@ def test_a_lost_worker_fails_its_job_and_leaves_the_ready_set(cluster, checkpoin
             if event.HasField("tokens") and cluster.w1.proc.poll() is None:
                 cluster.w1.proc.kill()
     assert info.value.code == grpc.StatusCode.UNAVAILABLE
-    assert re.search(r"placement p-\w+ on w0, w1 failed|node w1 was lost", info.value.message)
+    assert re.search(r"placement p-\w+ on w0, w1 failed: .* \(node w1 not answering\)"
+                     r"|node w1 was lost", info.value.message), info.value.message
     job = cluster.client.get_job(job_id)
     assert job.state == inference_pb2.JOB_STATE_FAILED and job.error == info.value.message
     wait_until(lambda: ready_ids(cluster.client) == ["w0"], 30)

@@ -1,0 +1,94 @@
+"""What a bench run decodes: the target, the drafters and the prompts.
+
+``--models DIR`` is what ``exo-spec make-models`` writes: DIR/target (with MTP
+heads), DIR/drafter, DIR/untrained-drafter and DIR/prompts.json (a list of
+held-out prompt strings, fed raw, without a chat template). ``--model``,
+``--draft-model``, ``--untrained-draft-model`` and ``--prompts`` name them one
+by one, or override what DIR holds.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlx.utils import tree_flatten
+
+from ..models import synthetic
+from ..models.load import LoadedModel, ModelLoadError, check_same_vocabulary, load
+from ..models.mtp import mtp_layer_count
+
+DEFAULT_PROMPT_CHARS = 400  # without prompts: the start of the synthetic corpus
+
+
+@dataclass
+class Inputs:
+    target: LoadedModel
+    drafter: LoadedModel | None
+    untrained: LoadedModel | None
+    has_mtp: bool
+    prompts: list[str]
+    prompt_ids: list[list[int]]
+    manifest: dict | None = None
+
+    def describe(self) -> dict:
+        def one(m: LoadedModel | None):
+            if m is None:
+                return None
+            params = sum(v.size for _, v in tree_flatten(m.model.parameters()))
+            dtypes = {str(v.dtype) for _, v in tree_flatten(m.model.parameters())}
+            return {"path": str(m.path), "model_type": m.config.get("model_type"),
+                    "parameters": params, "dtype": ",".join(sorted(dtypes))}
+
+        return {"target": {**one(self.target), "mtp": self.has_mtp},
+                "drafter": one(self.drafter), "untrained_drafter": one(self.untrained),
+                "prompts": len(self.prompts),
+                "prompt_tokens": [len(p) for p in self.prompt_ids],
+                "manifest": self.manifest}
+
+
+def _optional(path: Path) -> str | None:
+    return str(path) if (path / "config.json").is_file() else None
+
+
+def gather(args) -> Inputs:
+    paths = {"target": args.model, "drafter": args.draft_model,
+             "untrained": args.untrained_draft_model}
+    prompts_file = args.prompts
+    manifest = None
+    if args.models:
+        root = Path(args.models).expanduser()
+        if not (root / "target" / "config.json").is_file():
+            raise ModelLoadError(f"{root} has no target/ (expected what `exo-spec "
+                                 "make-models --out DIR` writes)")
+        paths["target"] = paths["target"] or str(root / "target")
+        paths["drafter"] = paths["drafter"] or _optional(root / "drafter")
+        paths["untrained"] = paths["untrained"] or _optional(root / "untrained-drafter")
+        if prompts_file is None and (root / "prompts.json").is_file():
+            prompts_file = root / "prompts.json"
+        if (root / "manifest.json").is_file():
+            manifest = json.loads((root / "manifest.json").read_text())
+    if not paths["target"]:
+        raise ValueError("name the models: --models DIR or --model PATH")
+    target = load(paths["target"])
+    drafters = []
+    for key in ("drafter", "untrained"):
+        drafter = load(paths[key]) if paths[key] else None
+        if drafter:
+            check_same_vocabulary(target, drafter)
+        drafters.append(drafter)
+    prompts = list(args.prompt or [])
+    if prompts_file:
+        loaded = json.loads(Path(prompts_file).read_text())
+        if not (isinstance(loaded, list) and all(isinstance(p, str) for p in loaded)):
+            raise ValueError(f"{prompts_file} must hold a JSON list of prompt strings")
+        prompts += loaded
+    if not prompts:
+        prompts = [synthetic.corpus_text()[:DEFAULT_PROMPT_CHARS]]
+    prompts = prompts[: args.num_prompts]
+    ids = [target.tokenizer.encode(p) for p in prompts]
+    if any(not p for p in ids):
+        raise ValueError("a prompt encodes to no tokens")
+    return Inputs(target, drafters[0], drafters[1], mtp_layer_count(target.path) > 0,
+                  prompts, ids, manifest)

@@ -1,0 +1,143 @@
+"""Summaries per row, the issue's targets, the table and the JSON document."""
+
+from __future__ import annotations
+
+from .rows import GROUP_PLAIN, PLAIN, SINGLE, Row
+from .timing import median_and_spread
+
+# Issue 6's targets: (check, what it compares, the least ratio that passes).
+TARGETS = {
+    "mtp_vs_mlx_plain": ("best exo-spec mtp row / mlx-lm plain", 1.8),
+    "drafter_vs_mlx_speculative": ("best exo-spec drafter row / best mlx-lm speculative row",
+                                   1.15),
+    "untrained_auto_vs_plain": ("exo-spec untrained drafter (auto) / mlx-lm plain", 0.95),
+    "group_speculative_vs_group_plain": ("best group speculative row / group plain", 1.5),
+}
+
+
+def same_output(row: Row, reference: list[list[int]], eos: set[int]) -> bool | None:
+    """Every repeat's tokens equal the reference's (mlx-lm plain, first repeat). A group
+    run stops at EOS, so its tokens must be the reference up to that EOS."""
+    if not row.runs or not reference:
+        return None
+    for run in row.runs:
+        for i, p in zip(row.prompts, run.prompts, strict=True):
+            ref = reference[i]
+            if row.group == SINGLE:
+                if p.tokens != ref:
+                    return False
+            elif p.tokens != ref[: len(p.tokens)] or (
+                    len(p.tokens) < len(ref) and ref[len(p.tokens)] not in eos):
+                return False
+    return True
+
+
+def summarize(rows: list[Row], eos: set[int]) -> list[dict]:
+    by_name = {(r.group, r.name, r.k): r for r in rows}
+    base = by_name.get((SINGLE, PLAIN, "-"))
+    reference = [p.tokens for p in base.runs[0].prompts] if base and base.runs else []
+    medians = {id(r): median_and_spread([run.tps for run in r.runs])[0] for r in rows}
+    out = []
+    for r in rows:
+        median, spread = median_and_spread([run.tps for run in r.runs])
+        last = r.runs[-1] if r.runs else None
+        group_base = next((g for g in rows if g.group == r.group and g.name == GROUP_PLAIN),
+                          None)
+        d = {
+            "group": r.group, "row": r.name, "k": r.k,
+            "decode_tps": round(median, 2), "spread_pct": round(spread, 1),
+            "tps_per_repeat": [round(run.tps, 2) for run in r.runs],
+            "acceptance": None if not last or last.acceptance is None
+            else round(last.acceptance, 3),
+            "tokens_per_round": round(last.tokens_per_round, 3) if last else None,
+            "tokens": last.decoded if last else 0,
+            "prompts": len(r.prompts),
+            "vs_mlx_plain": _ratio(median, medians.get(id(base))),
+            "same_output": same_output(r, reference, eos),
+            "error": r.error,
+        }
+        if r.group != SINGLE:
+            d["vs_group_plain"] = _ratio(median, medians.get(id(group_base)))
+            d["finish"] = [p.finish for p in last.prompts] if last else []
+            d.update({k: v for k, v in (last.prompts[-1].extra if last and last.prompts
+                                        else {}).items()})
+        out.append(d)
+    return out
+
+
+def _ratio(a: float, b: float | None) -> float | None:
+    return round(a / b, 3) if b and a else None
+
+
+def checks(results: list[dict]) -> dict:
+    def best(pred) -> dict | None:
+        rows = [r for r in results if pred(r) and r["decode_tps"] and not r["error"]]
+        return max(rows, key=lambda r: r["decode_tps"]) if rows else None
+
+    def single(name):
+        return lambda r: r["group"] == SINGLE and r["row"] == name
+
+    plain = best(single(PLAIN))
+    pairs = {
+        "mtp_vs_mlx_plain": (best(single("exo-spec mtp")), plain),
+        "drafter_vs_mlx_speculative": (best(single("exo-spec drafter")),
+                                       best(single("mlx-lm speculative"))),
+        "untrained_auto_vs_plain": (best(single("exo-spec untrained drafter")), plain),
+        "group_speculative_vs_group_plain": (
+            best(lambda r: r["group"] != SINGLE and r["row"] != GROUP_PLAIN),
+            best(lambda r: r["group"] != SINGLE and r["row"] == GROUP_PLAIN)),
+    }
+    out = {}
+    for key, (what, least) in TARGETS.items():
+        num, den = pairs[key]
+        if not num or not den:
+            out[key] = {"what": what, "target": least, "ratio": None, "met": None,
+                        "note": "not measured (rows missing or failed)"}
+            continue
+        ratio = round(num["decode_tps"] / den["decode_tps"], 3)
+        out[key] = {"what": what, "target": least, "ratio": ratio, "met": ratio >= least,
+                    "rows": [f"{num['row']} k={num['k']}", f"{den['row']} k={den['k']}"]}
+    return out
+
+
+def table(results: list[dict]) -> str:
+    lines = []
+    for group in dict.fromkeys(r["group"] for r in results):
+        rows = [r for r in results if r["group"] == group]
+        extra = group != SINGLE
+        header = (f"{'row':<28} {'k':>4} {'tok/s':>9} {'spread':>7} {'accept':>7} "
+                  f"{'tok/rnd':>7} {'vs mlx':>7}"
+                  + (f" {'vs grp':>7} {'B/round':>8}" if extra else "")
+                  + "  output")
+        lines += ["", f"[{group}]", header, "-" * len(header)]
+        for r in rows:
+            if r["error"]:
+                lines.append(f"{r['row']:<28} {r['k']:>4}  n/a: {r['error']}")
+                continue
+            accept = "-" if r["acceptance"] is None else f"{100 * r['acceptance']:.0f}%"
+            same = {True: "same", False: "DIFFERS", None: "?"}[r["same_output"]]
+            line = (f"{r['row']:<28} {r['k']:>4} {r['decode_tps']:>9.1f} "
+                    f"{r['spread_pct']:>6.1f}% {accept:>7} {r['tokens_per_round']:>7.2f} "
+                    f"{_fmt(r['vs_mlx_plain']):>7}")
+            if extra:
+                sent = r.get("bytes_per_round")
+                line += (f" {_fmt(r.get('vs_group_plain')):>7} "
+                         f"{'-' if sent is None else f'{sent:.0f}':>8}")
+            lines.append(line + f"  {same}")
+    return "\n".join(lines)
+
+
+def checks_text(result: dict) -> str:
+    lines = ["", "targets (issue 6):"]
+    for key, c in result.items():
+        if c["ratio"] is None:
+            lines.append(f"  {key:<34} {'-':>7}  (>= {c['target']})  {c['note']}")
+        else:
+            verdict = "met" if c["met"] else "MISSED"
+            lines.append(f"  {key:<34} {c['ratio']:>7.3f}x (>= {c['target']})  {verdict}: "
+                         f"{c['rows'][0]} / {c['rows'][1]}")
+    return "\n".join(lines)
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"

@@ -1,0 +1,105 @@
+"""The rows of a bench: one way of decoding each, run over the same prompts.
+
+On one machine, all on the same target: mlx-lm ``generate_step`` (the baseline),
+mlx-lm ``speculative_generate_step`` with the drafter (k=1..4), exo-spec plain,
+with the drafter (k=1..4 and adaptive), with the target's MTP head (k=1..4 and
+adaptive), and adaptive with the untrained drafter (drafts that never fit, so
+adaptive k must fall back to plain decoding). With ``--local-ranks N``: the same
+target pipelined over N local processes, plain beside speculative.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..session import Models
+from . import runners
+from .inputs import Inputs
+from .timing import PromptRun, Run
+
+SINGLE = "single"
+PLAIN = "mlx-lm plain"  # what every single-machine row is compared with
+GROUP_PLAIN = "group plain"
+
+
+@dataclass
+class Row:
+    group: str  # SINGLE, or "N ranks"
+    name: str
+    k: str  # the fixed draft length, "auto" when adaptive, "-" without a proposer
+    decode: Callable[[int, int], PromptRun]  # (prompt index, max tokens) -> one generation
+    prompts: list[int]  # the prompt indices this row runs
+    runs: list[Run] = field(default_factory=list)
+    error: str | None = None
+
+    def run(self, max_tokens: int, prompts: list[int] | None = None) -> Run | None:
+        """Every prompt once, or None once the row has failed (``error`` says why)."""
+        if self.error:
+            return None
+        run = Run()
+        try:
+            for i in self.prompts if prompts is None else prompts:
+                run.prompts.append(self.decode(i, max_tokens))
+        except (ValueError, RuntimeError, OSError) as e:
+            self.error = str(e).splitlines()[0] if str(e) else type(e).__name__
+            return None
+        return run
+
+
+def single_rows(inputs: Inputs, ks: list[int]) -> list[Row]:
+    target = inputs.target
+    ids = inputs.prompt_ids
+    everyone = list(range(len(ids)))
+
+    def row(name: str, k: str, decode: Callable[[int, int], PromptRun]) -> Row:
+        return Row(SINGLE, name, k, decode, everyone)
+
+    def exo(models: Models, num_draft: int | None):
+        return lambda i, n: runners.exo(models, num_draft, ids[i], n)
+
+    rows = [row(PLAIN, "-", lambda i, n: runners.mlx_plain(target.model, ids[i], n))]
+    if inputs.drafter:
+        drafter = inputs.drafter.model
+        rows += [row("mlx-lm speculative", str(k),
+                     lambda i, n, k=k: runners.mlx_spec(target.model, drafter, k, ids[i], n))
+                 for k in ks]
+    rows.append(row("exo-spec plain", "-", exo(Models(target, None, "none"), None)))
+    if inputs.drafter:
+        models = Models(target, inputs.drafter, "draft")
+        rows += [row("exo-spec drafter", str(k), exo(models, k)) for k in ks]
+        rows.append(row("exo-spec drafter", "auto", exo(models, None)))
+    if inputs.has_mtp:
+        models = Models(target, None, "mtp")
+        rows += [row("exo-spec mtp", str(k), exo(models, k)) for k in ks]
+        rows.append(row("exo-spec mtp", "auto", exo(models, None)))
+    if inputs.untrained:
+        rows.append(row("exo-spec untrained drafter", "auto",
+                        exo(Models(target, inputs.untrained, "draft"), None)))
+    return rows
+
+
+def group_rows(inputs: Inputs, ranks: int, num_prompts: int, ks: list[str],
+               parallel: str = "pipeline", proposers: tuple[str, ...] = ("mtp", "drafter"),
+               ) -> list[Row]:
+    """The target over ``ranks`` local processes (``parallel``: pipeline or tensor):
+    plain, then MTP (pipeline only) and the drafter (of ``proposers``) with each draft
+    length in ``ks`` ("auto" or a number)."""
+    group = f"{ranks} ranks {parallel}"
+    target = str(inputs.target.path)
+    chosen = list(range(min(num_prompts, len(inputs.prompts))))
+
+    def row(name: str, k: str, flags: list[str]) -> Row:
+        if k != "auto" and flags != ["--no-spec"]:
+            flags = [*flags, "--num-draft", k]
+        flags = [*flags, "--parallel", parallel]
+        return Row(group, name, k, lambda i, n: runners.group(
+            target, flags, inputs.prompts[i], n, ranks), chosen)
+
+    rows = [row(GROUP_PLAIN, "-", ["--no-spec"])]
+    if inputs.has_mtp and parallel == "pipeline" and "mtp" in proposers:
+        rows += [row("group mtp", k, ["--mtp"]) for k in ks]
+    if inputs.drafter and "drafter" in proposers:
+        rows += [row("group drafter", k, ["--draft-model", str(inputs.drafter.path)])
+                 for k in ks]
+    return rows
