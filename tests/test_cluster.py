@@ -269,6 +269,28 @@ def test_a_job_across_two_nodes_matches_greedy_reference(cluster, checkpoints, r
     assert f"job {job_id} running on w0, w1" in cluster.log()
 
 
+def test_concurrent_jobs_share_a_warm_placement_one_at_a_time(cluster, checkpoints,
+                                                               reference):
+    async def go():
+        async with AsyncClient(cluster.address) as client:
+            async def one():
+                stages, tokens = [], []
+                async for event in client.generate(str(checkpoints.llama), PROMPT,
+                                                   max_tokens=MAX_TOKENS, nodes=2):
+                    if event.HasField("progress"):
+                        stages.append(event.progress.stage)
+                    elif event.HasField("tokens"):
+                        tokens.extend(event.tokens.token_ids)
+                return stages, tokens
+
+            return await asyncio.gather(*(one() for _ in range(3)))
+
+    results = asyncio.run(go())
+    assert all(tokens == reference for _, tokens in results)
+    assert any("queued" in stages for stages, _ in results)  # waited for the placement
+    assert len([p for p in cluster.client.placements() if len(p.ranks) == 2]) == 1
+
+
 def test_cancel_mid_stream_then_the_next_job_works(cluster, checkpoints, reference):
     events = cluster.client.generate(str(checkpoints.llama), PROMPT, max_tokens=LONG, nodes=2)
     job_id = next(events).accepted.id
