@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from exo_spec.cli import main
 from exo_spec.client import AsyncClient, Client, ExoSpecError
 from exo_spec.coordinator.discovery import SERVICE_TYPE, MdnsDiscovery
 from exo_spec.coordinator.registry import LOST, READY, Registry
+from exo_spec.local_cluster import COORDINATOR_LINE, WORKER_LINE, Background
 from exo_spec.session import encode_prompt
 from exo_spec.v1 import inference_pb2, worker_pb2, worker_pb2_grpc
 from exo_spec.worker.advertise import SERVICE_TYPE as ADVERTISED
@@ -33,44 +33,16 @@ from reference import greedy_reference
 PROMPT = "def heappush(heap, item):"
 MAX_TOKENS = 12
 LONG = 100_000  # a job that runs until it is stopped
-WORKER_LINE = re.compile(r"exo-spec worker (\S+) serving on 127\.0\.0\.1:(\d+) ")
-COORDINATOR_LINE = re.compile(r"exo-spec coordinator serving on 127\.0\.0\.1:(\d+)")
 STATS_KEYS = ["mode", "num_draft", "drafted", "accepted", "prompt_tokens", "generation_tokens",
               "ttft_s", "acceptance_rate", "tokens_per_round", "prompt_tps", "decode_tps"]
 
 
-class Process:
-    """An ``exo-spec`` command in the background, its stderr in a log file."""
-
-    def __init__(self, log: Path, *args: str):
-        self.log = log
-        self.proc = subprocess.Popen([sys.executable, "-m", "exo_spec.cli", *args],
-                                     stdout=subprocess.DEVNULL, stderr=log.open("w"))
-
-    def wait_for(self, pattern: re.Pattern, timeout: float = 60) -> re.Match:
-        deadline = time.monotonic() + timeout
-        while not (match := pattern.search(self.log.read_text())):
-            assert self.proc.poll() is None, self.log.read_text()
-            assert time.monotonic() < deadline, f"no {pattern.pattern!r}:\n{self.log.read_text()}"
-            time.sleep(0.05)
-        return match
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def start_worker(tmp: Path, node_id: str, port: int = 0, *args: str) -> tuple[Process, int]:
+def start_worker(tmp: Path, node_id: str, port: int = 0, *args: str) -> tuple[Background, int]:
     """``--mdns`` in ``args``: advertise (on 127.0.0.1), else ``--no-mdns``."""
     mdns = "--mdns" in args
     args = tuple(a for a in args if a != "--mdns") + (() if mdns else ("--no-mdns",))
-    w = Process(tmp / f"{node_id}-{time.monotonic_ns()}.log", "worker", "--host", "127.0.0.1",
-                "--port", str(port), "--node-id", node_id, *args)
+    w = Background(tmp / f"{node_id}-{time.monotonic_ns()}.log", "worker", "--host",
+                   "127.0.0.1", "--port", str(port), "--node-id", node_id, *args)
     return w, int(w.wait_for(WORKER_LINE).group(2))
 
 
@@ -80,9 +52,9 @@ class Cluster:
         (self.w0, p0), (self.w1, p1) = (start_worker(tmp, "w0"),
                                         start_worker(tmp, "w1", 0, "--memory-gb", "3"))
         self.worker_ports = {"w0": p0, "w1": p1}
-        self.coordinator = Process(tmp / "coordinator.log", "coordinator", "--host", "127.0.0.1",
-                                   "--port", "0", "--no-mdns", "--peer", f"127.0.0.1:{p0}",
-                                   "--peer", f"127.0.0.1:{p1}")
+        self.coordinator = Background(tmp / "coordinator.log", "coordinator", "--host",
+                                      "127.0.0.1", "--port", "0", "--no-mdns",
+                                      "--peer", f"127.0.0.1:{p0}", "--peer", f"127.0.0.1:{p1}")
         port = self.coordinator.wait_for(COORDINATOR_LINE).group(1)
         self.address = f"127.0.0.1:{port}"
         self.client = Client(self.address)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
-import signal
 import subprocess
 import sys
 import threading
@@ -21,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from exo_spec import __version__, frames
+from exo_spec.local_cluster import WORKER_LINE, Background
 from exo_spec.session import encode_prompt
 from exo_spec.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
@@ -32,26 +31,18 @@ MAX_TOKENS = 12
 LONG = 100_000  # a job that runs until it is stopped
 GROUP_TIMEOUT = ("--group-timeout", "5")  # the tiny models' forwards take milliseconds
 SERVICE_TYPE = "_exo-spec._tcp.local."  # what coordinators browse for
-SERVING = re.compile(r"exo-spec worker (\S+) serving on 127\.0\.0\.1:(\d+) ")
 
 
 class Worker:
     def __init__(self, log: Path, node_id: str, *args: str):
         self.node_id = node_id
-        self.log = log
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "exo_spec.cli", "worker", "--host", "127.0.0.1",
-             "--node-id", node_id, *args],
-            stdout=subprocess.DEVNULL, stderr=log.open("w"))
+        self.process = Background(log, "worker", "--host", "127.0.0.1", "--node-id", node_id,
+                                  *args)
+        self.proc, self.log = self.process.proc, log
         self.port = 0
 
-    def wait_serving(self, timeout: float = 60) -> Worker:
-        deadline = time.monotonic() + timeout
-        while not (match := SERVING.search(self.log.read_text())):
-            assert self.proc.poll() is None, self.log.read_text()
-            assert time.monotonic() < deadline, "no 'serving on' line:\n" + self.log.read_text()
-            time.sleep(0.05)
-        self.port = int(match.group(2))
+    def wait_serving(self) -> Worker:
+        self.port = int(self.process.wait_for(WORKER_LINE).group(2))
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
         self.stub = worker_pb2_grpc.WorkerControlStub(self.channel)
         return self
@@ -61,13 +52,7 @@ class Worker:
         return f"127.0.0.1:{self.stub.ReservePort(worker_pb2.ReservePortRequest()).port}"
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.process.stop()
 
 
 def start_workers(tmp: Path, *specs: tuple[str, ...]) -> list[Worker]:
