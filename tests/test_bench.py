@@ -61,7 +61,8 @@ def test_explicit_paths_with_mlx_speculative(checkpoints, tmp_path):
                          ("exo-spec plain", "-"), ("exo-spec drafter", "2"),
                          ("exo-spec drafter", "auto")}
     assert all(r["same_output"] is True and r["error"] is None for r in rows.values())
-    assert doc["checks"]["drafter_vs_mlx_speculative"]["ratio"] is not None
+    check = doc["checks"]["drafter_vs_mlx_speculative"]
+    assert check["ratio"] is not None and set(check["same_k"]) == {"2"}
 
 
 def test_bad_input(tmp_path, capsys):

@@ -97,7 +97,21 @@ def checks(results: list[dict]) -> dict:
         ratio = round(num["decode_tps"] / den["decode_tps"], 3)
         out[key] = {"what": what, "target": least, "ratio": ratio, "met": ratio >= least,
                     "rows": [f"{num['row']} k={num['k']}", f"{den['row']} k={den['k']}"]}
+    same_k = _same_k(results)
+    if same_k and out["drafter_vs_mlx_speculative"]["ratio"] is not None:
+        # The best rows may differ in k (adaptive wins by not drafting when drafts miss);
+        # at equal fixed k the ratio is the cost of a round, exo-spec's against mlx-lm's.
+        out["drafter_vs_mlx_speculative"]["same_k"] = same_k
     return out
+
+
+def _same_k(results: list[dict]) -> dict[str, float]:
+    def tps(name):
+        return {r["k"]: r["decode_tps"] for r in results if r["group"] == SINGLE
+                and r["row"] == name and not r["error"] and r["decode_tps"]}
+
+    exo, mlx = tps("exo-spec drafter"), tps("mlx-lm speculative")
+    return {k: round(exo[k] / mlx[k], 3) for k in exo if k in mlx}
 
 
 def table(results: list[dict]) -> str:
@@ -136,6 +150,9 @@ def checks_text(result: dict) -> str:
             verdict = "met" if c["met"] else "MISSED"
             lines.append(f"  {key:<34} {c['ratio']:>7.3f}x (>= {c['target']})  {verdict}: "
                          f"{c['rows'][0]} / {c['rows'][1]}")
+            if c.get("same_k"):
+                lines.append("  " + " " * 34 + " at equal k: " + ", ".join(
+                    f"k={k} {v:.3f}x" for k, v in c["same_k"].items()))
     return "\n".join(lines)
 
 
