@@ -8,6 +8,7 @@ import sys
 from . import generate, remote
 from .bench import command as bench
 from .coordinator import main as coordinator
+from .train import make_models
 from .worker import main as worker
 
 
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_parser(sub)
     coordinator.add_parser(sub)
     remote.add_parsers(sub)
+    make_models.add_parser(sub)
     worker.add_parser(sub)
     return parser
 

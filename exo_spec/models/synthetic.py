@@ -36,8 +36,9 @@ def corpus_text() -> str:
     return "\n".join((stdlib / f"{name}.py").read_text() for name in CORPUS_MODULES)
 
 
-def write_tokenizer(out: Path, vocab_size: int = 512) -> None:
-    """Train a byte-level BPE tokenizer on the stdlib corpus and save it in HF format."""
+def write_tokenizer(out: Path, vocab_size: int = 512, text: str | None = None) -> None:
+    """Train a byte-level BPE tokenizer on ``text`` (by default the stdlib corpus
+    above) and save it in HF format."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -49,7 +50,7 @@ def write_tokenizer(out: Path, vocab_size: int = 512) -> None:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(corpus_text().splitlines(keepends=True), trainer)
+    tok.train_from_iterator((text or corpus_text()).splitlines(keepends=True), trainer)
     out.mkdir(parents=True, exist_ok=True)
     tok.save(str(out / "tokenizer.json"))
     config = {

@@ -1,0 +1,1 @@
+"""Offline training of small models from the Python standard library (``make-models``)."""

@@ -1,0 +1,225 @@
+"""``exo-spec make-models``: train a target with an MTP head, a drafter and an
+untrained drafter from the Python standard library's sources, offline.
+
+Output directory::
+
+    tokenizer/          byte-level BPE trained on the training files
+    target/             mlx-lm qwen3_5 with mtp.* weights (see architectures)
+    drafter/            a small mlx-lm llama trained on the same tokens
+    untrained-drafter/  the drafter's architecture with its seeded initial weights
+    prompts.json        snippets of held-out files to prompt with
+    manifest.json       sizes, parameter counts, steps, losses, seconds, version
+
+The drafter learns from the text and from the trained target's greedy
+continuations of windows of it (see distill): cheap to make, and they teach the
+drafter the habits the target falls into when it decodes greedily, which text
+alone does not. Soft-label distillation was the alternative: it needs target
+forward passes over all the drafter's batches, or, done inside the target's own
+step, learns from a target that is still untrained itself (tried: in the demo's
+budget such a drafter agreed with the target far less often than one trained
+on the text).
+``models_for(size)`` keeps one built copy per size in the user's cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+from .. import __version__
+from ..models import synthetic
+from . import architectures, checkpoint, corpus, distill
+from .gated_delta import chunked_training
+from .sizes import SIZES, Size
+from .trainer import TrainResult, train
+
+VERSION = 1  # bump when a size's recipe changes, so caches rebuild
+
+
+def _log(line: str) -> None:
+    print(f"make-models: {line}", file=sys.stderr, flush=True)
+
+
+def _count(module) -> int:
+    return sum(v.size for _, v in tree_flatten(module.parameters()))
+
+
+def _summary(result: TrainResult) -> dict:
+    return {"steps": result.steps, "tokens": result.tokens, "seconds": round(result.seconds, 1),
+            "first_loss": [round(v, 4) for v in result.first_loss],
+            "final_loss": [round(v, 4) for v in result.final_loss]}
+
+
+def build(size: Size, out: Path, *, seed: int | None = None, max_steps: int | None = None,
+          time_budget_s: float | None = None) -> dict:
+    """Train and write everything for ``size`` into ``out`` (which must not exist yet
+    or be empty). Returns the manifest. ``time_budget_s`` is split between target
+    and drafter in the proportion of their schedules' budgets."""
+    seed = size.seed if seed is None else seed
+    start = time.perf_counter()
+    on_gpu = mx.default_device() == mx.gpu
+    compute = getattr(mx, size.gpu_dtype) if on_gpu else mx.float32
+    out.mkdir(parents=True, exist_ok=True)
+
+    docs = corpus.training_documents(size.corpus_chars, size.include_tests)
+    tok_dir = out / "tokenizer"
+    synthetic.write_tokenizer(tok_dir, size.vocab_size, "\n".join(docs))
+    tokens = corpus.token_stream(docs, tok_dir, synthetic.EOS)
+    _log(f"{len(docs)} stdlib files, {sum(map(len, docs)):,} chars, {len(tokens):,} tokens "
+         f"(vocabulary {size.vocab_size}, {time.perf_counter() - start:.1f}s)")
+
+    budgets = _split_budget(size, time_budget_s)
+    t_config = architectures.target_config(size.target, tok_dir)
+    target = architectures.build_target(t_config, seed)
+    _log(f"target: qwen3_5 {_count(target.target):,} parameters + MTP {_count(target.mtp):,}")
+    with chunked_training():
+        t_result = train(target, partial(architectures.target_loss, mtp_weight=size.mtp_weight),
+                         tokens, size.target_schedule, name="target", seed=seed,
+                         compute_dtype=compute, max_steps=max_steps, time_budget_s=budgets[0])
+    checkpoint.write_target(out / "target", target, t_config, tok_dir, compute)
+
+    d_config = architectures.drafter_config(size.drafter, tok_dir)
+    drafter = architectures.build_drafter(d_config, seed + 1)
+    checkpoint.write_llama(out / "untrained-drafter", drafter, d_config, tok_dir, compute)
+    _log(f"drafter: llama {_count(drafter):,} parameters")
+    samples = distill.greedy_continuations(
+        target.target, tokens, count=size.distill_count, prompt_len=size.distill_prompt,
+        new_tokens=size.distill_new_tokens, seed=seed + 2,
+        separator=synthetic._token_id(tok_dir, synthetic.EOS))
+    _log(f"{size.distill_count} greedy continuations of the target ({len(samples):,} tokens) "
+         f"for the drafter")
+    drafter_tokens = distill.mixture(tokens, samples, size.distill_share)
+    d_result = train(drafter, architectures.lm_loss, drafter_tokens, size.drafter_schedule,
+                     name="drafter", seed=seed + 1, compute_dtype=compute,
+                     max_steps=max_steps, time_budget_s=budgets[1])
+    checkpoint.write_llama(out / "drafter", drafter, d_config, tok_dir, compute)
+
+    prompts = corpus.held_out_prompts(size.num_prompts)
+    (out / "prompts.json").write_text(json.dumps(prompts, indent=1))
+    manifest = {
+        "version": VERSION,
+        "exo_spec_version": __version__,
+        "size": size.name,
+        "seed": seed,
+        "python": platform.python_version(),
+        "device": str(mx.default_device()),
+        "dtype": str(compute),
+        "corpus": {"files": len(docs), "chars": sum(map(len, docs)), "tokens": len(tokens),
+                   "vocab_size": size.vocab_size, "include_tests": size.include_tests},
+        "target": {"parameters": _count(target.target), "mtp_parameters": _count(target.mtp),
+                   "loss_parts": ["total", "next_token", "mtp"], "mtp_weight": size.mtp_weight,
+                   **_summary(t_result)},
+        "drafter": {"parameters": _count(drafter), "loss_parts": ["next_token"],
+                    "distilled_tokens": len(samples), "distill_share": size.distill_share,
+                    **_summary(d_result)},
+        "prompts": len(prompts),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def _split_budget(size: Size, total: float | None) -> tuple[float | None, float | None]:
+    if total is None:
+        return size.target_schedule.time_budget_s, size.drafter_schedule.time_budget_s
+    t = size.target_schedule.time_budget_s or size.target_schedule.max_steps
+    d = size.drafter_schedule.time_budget_s or size.drafter_schedule.max_steps
+    return total * t / (t + d), total * d / (t + d)
+
+
+def build_atomically(size: Size, out: Path, **kwargs) -> dict:
+    """``build`` into a temporary sibling of ``out`` and rename it into place, so an
+    interrupted run leaves no half-written ``out``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        manifest = build(size, tmp, **kwargs)
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "exo-spec" / "models"
+
+
+def models_for(size: str) -> Path:
+    """The built models of ``size`` in the user's cache, building them on first use."""
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r} (choose from {', '.join(SIZES)})")
+    path = cache_root() / f"{size}-v{VERSION}"
+    if (path / "manifest.json").is_file():
+        return path
+    try:
+        build_atomically(SIZES[size], path)
+    except OSError:
+        if not (path / "manifest.json").is_file():  # not a concurrent build that won
+            raise
+    return path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("make-models", help="train a target with MTP head and drafters offline "
+                                           "from the Python standard library")
+    p.add_argument("--size", required=True, choices=list(SIZES))
+    p.add_argument("--out", required=True, type=Path, help="directory to create")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--max-steps", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--time-budget", type=float, help=argparse.SUPPRESS)
+    # Smoke tests of a size on a machine too slow for it: a few steps of small batches.
+    p.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--distill-count", type=int, help=argparse.SUPPRESS)
+    p.set_defaults(run=run)
+
+
+def _overridden(size: Size, batch_size: int | None, distill_count: int | None) -> Size:
+    if batch_size:
+        size = dataclasses.replace(
+            size,
+            target_schedule=dataclasses.replace(size.target_schedule, batch_size=batch_size),
+            drafter_schedule=dataclasses.replace(size.drafter_schedule, batch_size=batch_size),
+        )
+    if distill_count:
+        size = dataclasses.replace(size, distill_count=distill_count)
+    return size
+
+
+def run(args) -> int:
+    out = args.out.expanduser()
+    try:
+        if args.max_steps is not None and args.max_steps < 1:
+            raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
+        if args.time_budget is not None and args.time_budget <= 0:
+            raise ValueError(f"--time-budget must be > 0, got {args.time_budget}")
+        for flag in ("batch_size", "distill_count"):
+            if (value := getattr(args, flag)) is not None and value < 1:
+                raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+        if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+            raise ValueError(f"{out} already exists; choose a new --out")
+        size = _overridden(SIZES[args.size], args.batch_size, args.distill_count)
+        start = time.perf_counter()
+        manifest = build_atomically(size, out, seed=args.seed,
+                                    max_steps=args.max_steps, time_budget_s=args.time_budget)
+    except (ValueError, OSError) as e:
+        print(f"exo-spec make-models: error: {e}", file=sys.stderr)
+        return 2
+    _log(f"wrote {out} (target loss {manifest['target']['final_loss'][1]:.3f}, "
+         f"MTP {manifest['target']['final_loss'][2]:.3f}, drafter "
+         f"{manifest['drafter']['final_loss'][0]:.3f}) in {time.perf_counter() - start:.0f}s")
+    return 0
