@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import generate, remote
+from . import demo, generate, remote
 from .bench import command as bench
 from .coordinator import main as coordinator
 from .train import make_models
@@ -20,10 +20,11 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="exo-spec", description="Speculative LLM inference on MLX.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    demo.add_parser(sub)
     generate.add_parser(sub)
-    bench.add_parser(sub)
     coordinator.add_parser(sub)
     remote.add_parsers(sub)
+    bench.add_parser(sub)
     make_models.add_parser(sub)
     worker.add_parser(sub)
     return parser

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,3 +41,20 @@ def checkpoints(tmp_path_factory) -> Checkpoints:
             root / "foreign", other_tok, hidden_size=32, num_hidden_layers=1, seed=4
         ),
     )
+
+
+@dataclass(frozen=True)
+class Trained:
+    path: Path  # what `exo-spec make-models --size test` wrote
+    log: str  # its stderr
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> Trained:
+    out = tmp_path_factory.mktemp("make-models") / "models"
+    proc = subprocess.run(
+        [sys.executable, "-m", "exo_spec.cli", "make-models", "--size", "test", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return Trained(out, proc.stderr)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import subprocess
-import sys
 from functools import partial
 
 import mlx.core as mx
@@ -32,16 +30,11 @@ MAX_TOKENS = 24
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    out = tmp_path_factory.mktemp("make-models") / "models"
-    proc = subprocess.run(
-        [sys.executable, "-m", "exo_spec.cli", "make-models", "--size", "test", "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stderr.splitlines()[-1].startswith(f"make-models: wrote {out}")
-    assert "target: step 30/30" in proc.stderr
-    return out
+def built(trained):
+    """The session's `exo-spec make-models --size test` output (conftest.trained)."""
+    assert trained.log.splitlines()[-1].startswith(f"make-models: wrote {trained.path}")
+    assert "target: step 30/30" in trained.log
+    return trained.path
 
 
 def test_checkpoints_open_with_mlx_lm(built):
