@@ -18,6 +18,7 @@ import logging
 from zeroconf import InterfaceChoice, IPVersion, ServiceStateChange
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
+from ..serving import address
 from .registry import Registry
 
 log = logging.getLogger(__name__)
@@ -33,10 +34,6 @@ def parse_address(text: str) -> str:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"expected HOST:PORT, got {text!r}")
     return f"{host}:{int(port)}"
-
-
-def address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def add_peers(registry: Registry, peers: list[str]) -> None:

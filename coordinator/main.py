@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import sys
 
-from .discovery import address, parse_address
+from ..serving import address, until_stopped
+from .discovery import parse_address
 from .server import DEFAULT_PORT, Coordinator
 
 
@@ -68,11 +68,7 @@ async def serve(args) -> int:
                                       *(f"peer {p}" for p in args.peer)])) or "nothing"
     print(f"exo-spec coordinator serving on {address(args.host, port)} (finding workers by: "
           f"{finding})", file=sys.stderr, flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_stopped()
     logging.getLogger(__name__).info("stopping")
     await coordinator.stop()
     return 0

@@ -31,10 +31,10 @@ from collections.abc import Sequence
 
 import grpc
 
+from ..serving import address
 from ..v1 import inference_pb2, worker_pb2
 from . import job as jobs
 from . import placement as placements
-from .discovery import address
 from .job import End, Job, JobError
 from .placement import Placement
 from .planner import ModelFacts, NodeSpace, PlacementError, Plan, plan_evicting

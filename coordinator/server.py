@@ -10,9 +10,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from ..serving import address
 from ..v1 import inference_pb2, inference_pb2_grpc
 from .api import Inference
-from .discovery import MdnsDiscovery, add_peers, address
+from .discovery import MdnsDiscovery, add_peers
 from .registry import Registry
 from .scheduler import Scheduler
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import sys
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from ..serving import address, until_stopped
 from ..v1 import worker_pb2, worker_pb2_grpc
 from .advertise import Advertiser
 from .control import WorkerControl
@@ -55,10 +55,6 @@ def run(args) -> int:
         return 0
 
 
-def _address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 async def serve(node: Node, port: int, *, mdns: bool, group_timeout_s: float) -> int:
     server = grpc.aio.server()
     placements = Placements()
@@ -70,9 +66,9 @@ async def serve(node: Node, port: int, *, mdns: bool, group_timeout_s: float) ->
         (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME), server)
     try:
-        control.port = server.add_insecure_port(_address(node.host, port))
+        control.port = server.add_insecure_port(address(node.host, port))
     except RuntimeError as e:
-        print(f"exo-spec worker: error: cannot serve on {_address(node.host, port)}: {e}",
+        print(f"exo-spec worker: error: cannot serve on {address(node.host, port)}: {e}",
               file=sys.stderr)
         return 2
     await server.start()
@@ -87,14 +83,10 @@ async def serve(node: Node, port: int, *, mdns: bool, group_timeout_s: float) ->
                   f"{type(e).__name__}: {e}", file=sys.stderr)
             await server.stop(None)
             return 2
-    print(f"exo-spec worker {node.node_id} serving on {_address(node.host, control.port)} "
+    print(f"exo-spec worker {node.node_id} serving on {address(node.host, control.port)} "
           f"(memory {node.memory_bytes / 2**30:.1f} GiB, backend {node.backend})",
           file=sys.stderr, flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_stopped()
     logging.getLogger(__name__).info("stopping")
     if advertiser:
         await advertiser.stop()
