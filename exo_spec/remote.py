@@ -18,6 +18,7 @@ import sys
 import grpc
 
 from .client import Client, ExoSpecError, generate_request
+from .spec.stats import summary
 from .v1 import common_pb2, inference_pb2
 
 TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
@@ -99,15 +100,6 @@ def stats_dict(stats: common_pb2.Stats) -> dict:
     if stats.ranks > 1:
         d.update({name: getattr(stats, name) for name in GROUP_STATS})
     return d
-
-
-def summary(s: dict) -> str:
-    """The stderr line of a text-mode ``exo-spec generate`` (``Stats.summary``)."""
-    return (f"mode={s['mode']} accepted={s['accepted']}/{s['drafted']} "
-            f"({100 * s['acceptance_rate']:.0f}%) tokens/round={s['tokens_per_round']:.2f} "
-            f"prompt={s['prompt_tokens']} tok @ {s['prompt_tps']:.1f} tok/s "
-            f"ttft={s['ttft_s']:.3f}s decode={s['generation_tokens']} tok @ "
-            f"{s['decode_tps']:.1f} tok/s")
 
 
 # -- nodes and jobs ------------------------------------------------------------------------

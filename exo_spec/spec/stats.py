@@ -47,10 +47,16 @@ class Stats:
         return d
 
     def summary(self) -> str:
-        return (
-            f"mode={self.mode} accepted={self.accepted}/{self.drafted} "
-            f"({100 * self.acceptance_rate:.0f}%) tokens/round={self.tokens_per_round:.2f} "
-            f"prompt={self.prompt_tokens} tok @ {self.prompt_tps:.1f} tok/s "
-            f"ttft={self.ttft_s:.3f}s decode={self.generation_tokens} tok @ "
-            f"{self.decode_tps:.1f} tok/s"
-        )
+        return summary(self.to_dict())
+
+
+def summary(d: dict) -> str:
+    """The one-line stats of a text-mode ``exo-spec generate``, from ``Stats.to_dict()``
+    (or the same keys as a coordinator returns them)."""
+    return (
+        f"mode={d['mode']} accepted={d['accepted']}/{d['drafted']} "
+        f"({100 * d['acceptance_rate']:.0f}%) tokens/round={d['tokens_per_round']:.2f} "
+        f"prompt={d['prompt_tokens']} tok @ {d['prompt_tps']:.1f} tok/s "
+        f"ttft={d['ttft_s']:.3f}s decode={d['generation_tokens']} tok @ "
+        f"{d['decode_tps']:.1f} tok/s"
+    )
