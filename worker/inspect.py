@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..models.cards import default_drafter
-from ..models.load import ModelLoadError, check_same_vocabulary, load, read_config, resolve
+from ..models.load import (
+    ModelLoadError,
+    check_same_vocabulary,
+    load,
+    read_config,
+    resolve,
+    text_config,
+)
 from ..models.mtp import mtp_layer_count
 from ..session import plan
 from ..v1 import common_pb2, worker_pb2
@@ -77,7 +84,7 @@ def inspect_model(model: str, draft_model: str | None, mtp: bool | None, node_id
         config = read_config(path)
     except ModelLoadError as e:
         raise Refusal("INVALID_ARGUMENT", str(e)) from None
-    text = config.get("text_config", config)
+    text = text_config(config)
     if mtp is True and draft_model:
         raise Refusal("INVALID_ARGUMENT", "SPEC_MODE_MTP and a draft model are exclusive")
     if mtp is False and draft_model:

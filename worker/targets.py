@@ -7,6 +7,7 @@ from typing import Protocol
 from mlx_lm.tokenizer_utils import TokenizerWrapper
 
 from ..dist.rank import Rank
+from ..models.load import text_config
 from ..session import Models, make_decoder
 from ..spec import Sampling, SpecDecoder
 
@@ -25,7 +26,7 @@ class Target(Protocol):
 
 
 def _context_length(config: dict) -> int:
-    return int(config.get("text_config", config).get("max_position_embeddings", 0))
+    return int(text_config(config).get("max_position_embeddings", 0))
 
 
 class Local:

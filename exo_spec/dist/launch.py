@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..models.load import read_config, resolve
+from ..models.load import read_config, resolve, text_config
 from .pipeline import layer_ranges, parse_split
 from .proposal import group_mode
 from .tensor import check_shardable
@@ -51,7 +51,7 @@ def _check(args) -> None:
         check_shardable(read_config(path), args.local_ranks)
     elif args.split:
         config = read_config(path)
-        layers = config.get("text_config", config)["num_hidden_layers"]
+        layers = text_config(config)["num_hidden_layers"]
         layer_ranges(layers, args.local_ranks, parse_split(args.split))
 
 

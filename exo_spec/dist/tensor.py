@@ -7,6 +7,8 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.utils import _get_classes
 
+from ..models.load import text_config
+
 
 def check_shardable(config: dict, ranks: int) -> None:
     """Refuse, in one line, a model mlx-lm cannot shard over ``ranks``."""
@@ -14,7 +16,7 @@ def check_shardable(config: dict, ranks: int) -> None:
     if not hasattr(model_class, "shard"):
         raise ValueError(f"--parallel tensor: mlx-lm cannot shard model_type "
                          f"{config['model_type']}; use --parallel pipeline")
-    text = config.get("text_config", config)
+    text = text_config(config)
     for key in ("num_attention_heads", "num_key_value_heads"):
         if text.get(key, ranks) % ranks:
             raise ValueError(f"--parallel tensor: {key} {text[key]} does not divide "

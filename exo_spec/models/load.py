@@ -45,6 +45,11 @@ def read_config(path: Path) -> dict:
         raise ModelLoadError(f"unreadable config {path / 'config.json'}: {e}") from e
 
 
+def text_config(config: dict) -> dict:
+    """The text model's part of a checkpoint's config (multimodal ones nest it)."""
+    return config.get("text_config", config)
+
+
 def _classes_without_mtp(config: dict):
     """mlx-lm's classes, with a sanitize that also drops DeepSeek-style MTP layers
     (``model.layers.{n >= num_hidden_layers}``), which mlx-lm only drops for n = 61."""

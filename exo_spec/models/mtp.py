@@ -26,7 +26,6 @@ input of its lm_head) and the embedding table is the target's own.
 from __future__ import annotations
 
 import glob
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,7 +36,7 @@ from mlx_lm.models.cache import KVCache
 from mlx_lm.models.deepseek_v3 import DeepseekV3DecoderLayer
 from mlx_lm.models.qwen3_5 import DecoderLayer as Qwen35DecoderLayer
 
-from .load import ModelLoadError
+from .load import ModelLoadError, read_config, text_config
 
 
 class Qwen35Mtp(nn.Module):
@@ -102,10 +101,6 @@ class MtpError(ModelLoadError):
     pass
 
 
-def _read_config(path: Path) -> dict:
-    return json.loads((path / "config.json").read_text())
-
-
 def _checkpoint_weights(path: Path, keep: Callable[[str], bool]) -> dict[str, mx.array]:
     weights = {}
     for file in sorted(glob.glob(str(path / "*.safetensors"))):
@@ -117,8 +112,8 @@ def _checkpoint_weights(path: Path, keep: Callable[[str], bool]) -> dict[str, mx
 
 def mtp_layer_count(path: Path) -> int:
     """How many MTP layers the checkpoint at ``path`` ships (0 when none)."""
-    config = _read_config(path)
-    text = config.get("text_config", config)
+    config = read_config(path)
+    text = text_config(config)
     declared = text.get("mtp_num_hidden_layers", config.get("num_nextn_predict_layers", 0))
     if not declared:
         return 0
@@ -139,7 +134,7 @@ def _layer_index(name: str) -> int | None:
 
 def load_mtp(path: Path, target: nn.Module) -> Qwen35Mtp | DeepseekMtp:
     """Load the MTP head of the checkpoint at ``path`` for the loaded ``target``."""
-    config = _read_config(path)
+    config = read_config(path)
     model_type = config["model_type"]
     if mtp_layer_count(path) == 0:
         raise MtpError(f"{path} has no MTP weights (model_type {model_type})")
