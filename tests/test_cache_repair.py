@@ -1,48 +1,174 @@
-"""After a round with rejections every cache equals a fresh run over the kept tokens."""
+"""After a round with rejections every cache equals a run over the kept tokens alone.
+
+GatedDeltaNet caches (qwen3_5 / qwen3_next hybrids) are rewound from the states
+recorded during the round (exo_spec.spec.recurrent_capture), with no replay pass.
+"""
 
 from __future__ import annotations
 
 import mlx.core as mx
 import numpy as np
 import pytest
+from mlx_lm.models import qwen3_5, qwen3_next
 from mlx_lm.models.cache import ArraysCache
 
+from exo_spec.dist.pipeline import Stage
+from exo_spec.dist.stage_cache import StageCache
+from exo_spec.models.load import load
 from exo_spec.spec import CachedModel
 
-from decoders import PROMPTS, loaded, prompt_ids
+from decoders import PROMPTS, loaded, perturbed, prompt_ids
+
+FED = mx.array([5, 17, 99, 230, 41], dtype=mx.uint32)
+TIGHT = {"rtol": 1e-5, "atol": 1e-6}
 
 
 def _state(cache) -> list[np.ndarray]:
     if isinstance(cache, ArraysCache):
         return [np.array(x) for x in cache.cache]
     keys, values = cache.state[:2]
-    return [np.array(keys[..., : cache.offset, :]), np.array(values[..., : cache.offset, :])]
+    return [np.array(keys[..., : cache.offset, :]), np.array(values[..., : cache.offset, :]),
+            np.array(cache.offset)]
 
 
-@pytest.mark.parametrize("kept", [0, 1, 3])
-def test_hybrid_state_after_rejection(checkpoints, kept):
-    path = checkpoints.qwen3_5
-    model = loaded(path).model
-    prompt = mx.array(prompt_ids(path, PROMPTS[0]), dtype=mx.uint32)
-    fed = mx.array([5, 17, 99, 230, 41], dtype=mx.uint32)
+def _assert_same_caches(got: CachedModel, want: CachedModel, **tolerance) -> None:
+    for a, b in zip(got.cache, want.cache, strict=True):
+        assert type(a) is type(b)
+        for x, y in zip(_state(a), _state(b), strict=True):
+            np.testing.assert_allclose(x, y, **tolerance)
 
-    spec = CachedModel(model)
-    spec.prefill(prompt)
-    spec.begin_round(fed.shape[0])
-    spec(fed)
-    spec.end_round(fed, kept)
 
+def _qwen3_next():
+    """A tiny random qwen3_next (GatedDeltaNet + gated attention), float32."""
+    mx.random.seed(11)
+    args = qwen3_next.ModelArgs(
+        model_type="qwen3_next", hidden_size=64, num_hidden_layers=4, intermediate_size=128,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        linear_num_value_heads=4, linear_num_key_heads=2, linear_key_head_dim=16,
+        linear_value_head_dim=16, linear_conv_kernel_dim=4, num_experts=0,
+        num_experts_per_tok=1, decoder_sparse_step=1, shared_expert_intermediate_size=64,
+        mlp_only_layers=[], moe_intermediate_size=64, rms_norm_eps=1e-6, vocab_size=300,
+        rope_theta=10000.0, partial_rotary_factor=0.25, max_position_embeddings=512,
+        full_attention_interval=2,
+    )
+    model = qwen3_next.Model(args)
+    mx.eval(model.parameters())
+    return model
+
+
+@pytest.fixture(scope="module", params=["qwen3_5", "qwen3_next"])
+def hybrid(request, checkpoints):
+    """(model, prompt ids) of a hybrid target."""
+    if request.param == "qwen3_5":
+        path = checkpoints.qwen3_5
+        return loaded(path).model, prompt_ids(path, PROMPTS[0])
+    return _qwen3_next(), list(range(3, 14))
+
+
+def _one_at_a_time(model, prompt: list[int], tokens: mx.array) -> CachedModel:
+    """The reference: the prompt, then each kept token fed on its own."""
     fresh = CachedModel(model)
-    fresh.prefill(mx.concatenate([prompt, fed[:kept]]))
+    fresh.prefill(mx.array(prompt, dtype=mx.uint32))
+    for t in range(tokens.shape[0]):
+        fresh(tokens[t : t + 1])
+    return fresh
 
-    assert any(isinstance(c, ArraysCache) for c in spec.cache)
-    assert spec.replayed_tokens == kept
-    for got, want in zip(spec.cache, fresh.cache, strict=True):
-        for a, b in zip(_state(got), _state(want), strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-    next_token = mx.array([7], dtype=mx.uint32)
-    np.testing.assert_allclose(np.array(spec(next_token)[0]), np.array(fresh(next_token)[0]),
-                               rtol=1e-4, atol=1e-4)
+
+def _original_hooks() -> bool:
+    return (qwen3_5.GatedDeltaNet.__call__.__module__ == qwen3_5.__name__
+            and qwen3_next.Qwen3NextGatedDeltaNet.__call__.__module__ == qwen3_next.__name__
+            and qwen3_5.gated_delta_update.__module__ == "mlx_lm.models.gated_delta"
+            and qwen3_next.gated_delta_update.__module__ == "mlx_lm.models.gated_delta")
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one-pass", "drafter-style"])
+@pytest.mark.parametrize("kept", range(FED.shape[0] + 1))
+def test_hybrid_state_after_rejection(hybrid, kept, split):
+    """A round of width S, then kept = 0..S: conv state, recurrent state and KV
+    offsets equal a model that was fed only the kept tokens, one at a time, and no
+    token was fed twice. ``split`` feeds the round as a drafter does (2 tokens, then
+    one at a time) instead of in one verify pass."""
+    model, prompt = hybrid
+    spec = CachedModel(model)
+    spec.prefill(mx.array(prompt, dtype=mx.uint32))
+    spec.begin_round(FED.shape[0])
+    assert not _original_hooks()
+    if split:
+        for chunk in (FED[:2], FED[2:3], FED[3:4], FED[4:]):
+            spec(chunk)
+    else:
+        spec(FED)
+    spec.end_round(FED, kept)
+    assert _original_hooks()  # patched only while a round is open
+
+    fresh = _one_at_a_time(model, prompt, FED[:kept])
+    assert sum(isinstance(c, ArraysCache) for c in spec.cache) >= 2
+    assert spec.replayed_tokens == 0
+    _assert_same_caches(spec, fresh, **TIGHT)
+    following = mx.array([7], dtype=mx.uint32)
+    np.testing.assert_allclose(np.array(spec(following)[0]), np.array(fresh(following)[0]),
+                               **TIGHT)
+
+
+def test_drafter_and_target_rounds_open_together(checkpoints):
+    """Two hybrid models with rounds open at once (the drafter's round spans the
+    target's verify), forwards interleaved, closed in either order: each cache is
+    rewound from its own recording."""
+    path = checkpoints.qwen3_5
+    prompt = prompt_ids(path, PROMPTS[1])
+    target_model, drafter_model = loaded(path).model, perturbed(path, scale=0.01)
+    target, drafter = CachedModel(target_model), CachedModel(drafter_model)
+    ids = mx.array(prompt, dtype=mx.uint32)
+    target.prefill(ids)
+    drafter.prefill(ids)
+    drafted = FED[:4]
+
+    drafter.begin_round(3)
+    for t in range(3):
+        drafter.last_logits(drafted[t : t + 1])
+    target.begin_round(4)
+    target(drafted)
+    drafter.end_round(drafted[:3], 1)
+    assert not _original_hooks()  # the target's round is still open
+    target.end_round(drafted, 2)
+    assert _original_hooks()
+
+    _assert_same_caches(target, _one_at_a_time(target_model, prompt, drafted[:2]), **TIGHT)
+    _assert_same_caches(drafter, _one_at_a_time(drafter_model, prompt, drafted[:1]), **TIGHT)
+    assert target.replayed_tokens == drafter.replayed_tokens == 0
+
+
+@pytest.mark.parametrize("kept", [1, 3])
+def test_follower_stage_rewinds_without_replay(checkpoints, kept):
+    """A pipeline stage past rank 0 (layers 2-3: GatedDeltaNet, attention) fed hidden
+    rows, as a follower is: its round is rewound in place like CachedModel's."""
+    stage = Stage(load(str(checkpoints.qwen3_5)).model, range(2, 4), rank=1)
+    mx.random.seed(3)
+    prompt = mx.random.normal((1, 9, stage.hidden_size))
+    rows = mx.random.normal((5, stage.hidden_size))
+    spec, fresh = StageCache(stage), StageCache(stage)
+    spec.model(prompt, spec.cache)
+    spec.begin_round(rows.shape[0])
+    spec.model(rows[None], spec.cache)
+    spec.end_round(rows, kept)
+    fresh.model(prompt, fresh.cache)
+    for t in range(kept):
+        fresh.model(rows[None, t : t + 1], fresh.cache)
+    assert isinstance(spec.cache[0], ArraysCache)
+    assert spec.replayed_tokens == 0
+    _assert_same_caches(spec, fresh, **TIGHT)
+    following = mx.random.normal((1, 1, stage.hidden_size))
+    np.testing.assert_allclose(np.array(spec.model(following, spec.cache)),
+                               np.array(fresh.model(following, fresh.cache)), **TIGHT)
+
+
+def test_dropped_round_stops_capturing(checkpoints):
+    spec = CachedModel(loaded(checkpoints.qwen3_5).model)
+    spec.prefill(mx.array([1, 2, 3], dtype=mx.uint32))
+    spec.begin_round(2)
+    spec(FED[:2])
+    spec.drop_round()
+    assert _original_hooks()
 
 
 def test_trimmable_cache_is_trimmed_not_replayed(checkpoints):

@@ -7,6 +7,7 @@ from mlx_lm.models.cache import QuantizedKVCache, RotatingKVCache
 
 from exo_spec.models.synthetic import write_llama
 from exo_spec.spec import CachedModel, SpecDecoder
+from exo_spec.spec.cached_model import make_cache
 
 from decoders import (
     PROMPTS,
@@ -51,20 +52,25 @@ def test_close_drafter_partial_acceptance(checkpoints, k):
 
 @pytest.mark.parametrize("k", KS)
 def test_hybrid_target_with_close_drafter(checkpoints, k):
+    """Both models are hybrids with rounds open at once; rejected drafts are rewound
+    from the recorded GatedDeltaNet states, never by feeding tokens again."""
     drafter = perturbed(checkpoints.qwen3_5, scale=0.01)
-    stats = _check(drafter_decoder(checkpoints.qwen3_5, drafter, k), checkpoints.qwen3_5,
-                   PROMPTS[1], max_tokens=40)
+    decoder = drafter_decoder(checkpoints.qwen3_5, drafter, k)
+    stats = _check(decoder, checkpoints.qwen3_5, PROMPTS[1], max_tokens=40)
     if k:
         assert 0 < stats.accepted < stats.drafted
+    assert decoder.target.replayed_tokens == decoder.proposer.lm.replayed_tokens == 0
 
 
 @pytest.mark.parametrize("k", KS)
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_qwen3_5_mtp(checkpoints, k, prompt):
-    stats = _check(mtp_decoder(checkpoints.qwen3_5, k), checkpoints.qwen3_5, prompt)
+    decoder = mtp_decoder(checkpoints.qwen3_5, k)
+    stats = _check(decoder, checkpoints.qwen3_5, prompt)
     assert stats.mode == "mtp"
     if k:
         assert stats.drafted > 0
+    assert decoder.target.replayed_tokens == 0
 
 
 @pytest.mark.parametrize("k", [1, 3, None])
@@ -106,6 +112,20 @@ def test_rotating_cache_wraps(checkpoints, k):
     decoder = drafter_decoder(path, perturbed(path, scale=0.01), k, max_kv_size=16)
     assert run(decoder, prompt, 40) == expected
     if k:  # rounds that wrapped the window were rebuilt from a snapshot
+        assert decoder.target.replayed_tokens > 0
+
+
+@pytest.mark.parametrize("k", [2, None])
+def test_hybrid_rotating_cache_wraps(checkpoints, k):
+    """A hybrid whose attention window wraps mid-round falls back to the snapshot and
+    a replay for that round, GatedDeltaNet caches included."""
+    path = checkpoints.qwen3_5
+    prompt = prompt_ids(path, PROMPTS[0])
+    model = loaded(path).model
+    expected = greedy_reference(model, prompt, 40, prompt_cache=make_cache(model, 16))
+    decoder = drafter_decoder(path, perturbed(path, scale=0.01), k, max_kv_size=16)
+    assert run(decoder, prompt, 40) == expected
+    if k:
         assert decoder.target.replayed_tokens > 0
 
 

@@ -3,7 +3,8 @@
 ``lead(tokens, hidden)`` runs on rank 0 after the command went out and returns
 what CachedModel's ``__call__`` returns; ``follow(rows)`` runs on every other
 rank for a forward command and returns that rank's own input of the pass (what a
-replay after a rejected hybrid round feeds again).
+replay after a rejected round feeds again, when a cache needs one: see
+``CachedModel.end_round``).
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class TensorForward:
     and rank 0 decides.
 
     The broadcast is evaluated before the pass on every rank, so the collectives run
-    in the same order everywhere: command, token ids, then the pass (with the
+    in the same order everywhere: command, token ids, then the pass (with any
     replay of the previous round, which rank 0 queued lazily and followers queue
     when the command arrives).
     """

@@ -3,10 +3,14 @@
 The target (and a separate drafter) use it the same way: a round feeds
 ``[last, d1..dk]`` and then keeps only ``[last, d1..dn]``.
 Trimmable caches (KVCache, QuantizedKVCache, RotatingKVCache before it wraps)
-drop the rejected tail. State that cannot be trimmed (GatedDeltaNet/SSM
-``ArraysCache``, a rotating cache that wraps during the round) is snapshotted
-before the round; after a rejection it is restored and the kept tokens are fed
-again, so every cache ends exactly at the accepted position.
+drop the rejected tail. GatedDeltaNet caches of mlx-lm's qwen3_5 / qwen3_next
+hybrids record their state after every token of the round
+(``recurrent_capture``) and are set to the state after the kept tokens, so a
+rejection costs no extra forward. Other state that cannot be trimmed (SSM
+``ArraysCache`` of other models, a rotating cache that wraps during the round) is
+snapshotted before the round; after a rejection every cache goes back to the
+round's start and the kept tokens are fed again (``replayed_tokens`` counts them),
+so every cache ends exactly at the accepted position.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import mlx.nn as nn
 from mlx_lm.models.cache import ArraysCache, KVCache, RotatingKVCache, make_prompt_cache
 
 from ..models.heads import body_and_head
+from . import recurrent_capture
 
 
 def _may_lose_trim(cache, width: int) -> bool:
@@ -62,6 +67,7 @@ class CachedModel:
         self.cache = make_cache(model, max_kv_size)
         self._body, self._head = body_and_head(model)
         self._snapshots: dict[int, object] = {}
+        self._captures: dict[int, recurrent_capture.Capture] = {}
         self.replayed_tokens = 0
 
     def __call__(self, tokens: mx.array, hidden: bool = False):
@@ -94,26 +100,39 @@ class CachedModel:
 
     def begin_round(self, width: int) -> None:
         """Call before feeding ``width`` tokens that may be partly rejected."""
+        self.drop_round()
         self._snapshots = {
             i: _snapshot(c) for i, c in enumerate(self.cache) if _may_lose_trim(c, width)
         }
+        self._captures = {i: recurrent_capture.arm(self.cache[i], width)
+                          for i in self._snapshots if recurrent_capture.can_capture(self.cache[i])}
 
     def end_round(self, fed: mx.array, kept: int) -> None:
         """Keep the first ``kept`` of the ``fed`` tokens of this round."""
-        rejected = fed.shape[0] - kept
+        snapshots, captures = self._snapshots, self._captures
+        self.drop_round()
+        width = fed.shape[0]
+        rejected = width - kept
         if rejected == 0:
-            self._snapshots = {}
             return
-        if not self._snapshots:
-            for c in self.cache:
-                c.trim(rejected)
+        if all(i in captures and captures[i].complete(width) for i in snapshots):
+            for i, c in enumerate(self.cache):
+                if i in captures:
+                    captures[i].rewind(kept)
+                else:
+                    c.trim(rejected)
             return
         for i, c in enumerate(self.cache):
-            if i in self._snapshots:
-                _restore(c, self._snapshots[i])
+            if i in snapshots:
+                _restore(c, snapshots[i])
             else:
-                c.trim(fed.shape[0])
-        self._snapshots = {}
+                c.trim(width)
         self.replayed_tokens += kept
         if kept:
             self.model(fed[None, :kept], cache=self.cache)
+
+    def drop_round(self) -> None:
+        """Forget an open round without rewinding anything (and stop capturing)."""
+        for capture in self._captures.values():
+            capture.disarm()
+        self._snapshots, self._captures = {}, {}
