@@ -181,3 +181,15 @@ def test_trimmable_cache_is_trimmed_not_replayed(checkpoints):
     spec.end_round(fed, 1)
     assert spec.replayed_tokens == 0
     assert all(c.offset == 4 for c in spec.cache)
+
+
+def test_reset_empties_caches_and_drops_an_open_round(checkpoints):
+    model = loaded(checkpoints.qwen3_5).model
+    spec = CachedModel(model)
+    spec.prefill(mx.array([1, 2, 3], dtype=mx.uint32))
+    spec.begin_round(3)
+    spec(mx.array([4, 5, 6], dtype=mx.uint32))
+    spec.reset()
+    assert _original_hooks()
+    assert spec.replayed_tokens == 0
+    assert all(c.empty() for c in spec.cache)

@@ -18,7 +18,7 @@ from mlx_lm.models.gated_delta import compute_g, gated_delta_ops, normalize_qk
 from exo_spec.cli import main
 from exo_spec.models.mtp import Qwen35Mtp, load_mtp
 from exo_spec.models.synthetic import EOS
-from exo_spec.train import architectures, corpus, make_models
+from exo_spec.train import architectures, corpus, distill, make_models
 from exo_spec.train.gated_delta import chunked_gated_delta
 from exo_spec.train.sizes import SIZES
 from exo_spec.train.trainer import train
@@ -204,3 +204,15 @@ def test_interrupted_build_leaves_no_cache(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         make_models.models_for("test")
     assert list((tmp_path / "exo-spec" / "models").iterdir()) == []
+
+
+def test_continuations_in_batches_equal_one_batch(built):
+    size = SIZES["test"]
+    tokenizer = built / "tokenizer"
+    tokens = corpus.token_stream(corpus.training_documents(20_000), tokenizer, EOS)
+    model = architectures.build_target(architectures.target_config(size.target, tokenizer), 0)
+    kwargs = dict(count=5, prompt_len=8, new_tokens=6, seed=3, separator=0)
+    whole = distill.greedy_continuations(model.target, tokens, batch_size=5, **kwargs)
+    batched = distill.greedy_continuations(model.target, tokens, batch_size=2, **kwargs)
+    assert whole.shape == (5 * (8 + 6 + 1),)
+    np.testing.assert_array_equal(batched, whole)

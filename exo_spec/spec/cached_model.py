@@ -64,10 +64,15 @@ def make_cache(model: nn.Module, max_kv_size: int | None = None) -> list:
 class CachedModel:
     def __init__(self, model: nn.Module, *, max_kv_size: int | None = None):
         self.model = model
-        self.cache = make_cache(model, max_kv_size)
+        self._max_kv_size = max_kv_size
         self._body, self._head = body_and_head(model)
-        self._snapshots: dict[int, object] = {}
         self._captures: dict[int, recurrent_capture.Capture] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        """Empty caches, as for a new job (a round left open is dropped)."""
+        self.drop_round()
+        self.cache = make_cache(self.model, self._max_kv_size)
         self.replayed_tokens = 0
 
     def __call__(self, tokens: mx.array, hidden: bool = False):
