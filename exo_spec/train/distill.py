@@ -15,10 +15,12 @@ import mlx.nn as nn
 import numpy as np
 from mlx_lm.models.cache import make_prompt_cache
 
-# Continuations decoded at once. 512 at once failed on an H100 (MLX 0.32.4 CUDA:
-# "cudaGraphAddKernelNode ... invalid argument" at the first decode step); training
-# batches are 32 windows.
-BATCH_SIZE = 64
+# Continuations decoded at once. On an H100 (MLX 0.32.4 CUDA) the bench target's
+# distillation failed at the first decode step ("cudaGraphAddKernelNode ... invalid
+# argument") with 512 and with 64 windows of 64 tokens, in float32 and bfloat16;
+# the demo's 256 windows of 32 tokens over 4 heads did not. Batch x window x heads
+# crossed 65,535 (CUDA's limit on a grid's y and z sizes) in every failing case.
+BATCH_SIZE = 16
 
 
 def greedy_continuations(model: nn.Module, tokens: np.ndarray, *, count: int, prompt_len: int,

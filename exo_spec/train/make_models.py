@@ -89,6 +89,9 @@ def build(size: Size, out: Path, *, seed: int | None = None, max_steps: int | No
                          tokens, size.target_schedule, name="target", seed=seed,
                          compute_dtype=compute, max_steps=max_steps, time_budget_s=budgets[0])
     checkpoint.write_target(out / "target", target, t_config, tok_dir, compute)
+    # Decode the continuations in the dtype the checkpoint was written in, as users
+    # will (float32 decoding of the bench target failed inside MLX's CUDA graphs).
+    target.set_dtype(compute)
 
     d_config = architectures.drafter_config(size.drafter, tok_dir)
     drafter = architectures.build_drafter(d_config, seed + 1)
