@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import mlx.nn as nn
 from mlx.utils import tree_flatten
 from mlx_lm.tokenizer_utils import TokenizerWrapper
 
@@ -35,6 +36,13 @@ class Models:
     target: LoadedModel
     drafter: LoadedModel | None
     mode: str  # "mtp", "draft", "assistant" or "none"
+    mtp: nn.Module | None = None  # mode "mtp": the target's MTP head, read once for every job
+
+    @classmethod
+    def of(cls, target: LoadedModel, drafter: LoadedModel | None, mode: str) -> Models:
+        """``Models`` for ``mode``, reading the target's MTP head when it is "mtp"."""
+        return cls(target, drafter, mode,
+                   load_mtp(target.path, target.model) if mode == "mtp" else None)
 
 
 def choose_mode(target_path, draft_model: str | None, mtp: bool | None, has_mtp: bool) -> str:
@@ -77,7 +85,7 @@ def load_models(model: str, draft_model: str | None = None, mtp: bool | None = N
     if mode == "draft":
         drafter = load(drafter_id)
         check_same_vocabulary(target, drafter)
-    return Models(target, drafter, mode)
+    return Models.of(target, drafter, mode)
 
 
 def make_decoder(
@@ -94,7 +102,7 @@ def make_decoder(
     proposer = None
     cost_prior = 0.1  # an MTP layer costs a small fraction of the target's pass
     if models.mode == "mtp":
-        proposer = Mtp(load_mtp(target.path, target.model), target.model)
+        proposer = Mtp(models.mtp, target.model)
     elif models.mode == "draft":
         proposer = DraftModel(models.drafter.model, max_kv_size=max_kv_size)
         cost_prior = _parameter_ratio(models.drafter, target)

@@ -9,6 +9,8 @@ import pytest
 from exo_spec.models.heads import body_and_head
 from exo_spec.models.load import ModelLoadError, check_same_vocabulary, load
 from exo_spec.models.mtp import load_mtp, mtp_layer_count
+from exo_spec.session import load_models, make_decoder
+from exo_spec.spec import Sampling
 
 from decoders import loaded
 
@@ -52,3 +54,11 @@ def test_foreign_drafter_is_refused_naming_both(checkpoints):
     assert str(checkpoints.llama) in str(err.value)
     assert str(checkpoints.foreign_drafter) in str(err.value)
     check_same_vocabulary(loaded(checkpoints.llama), loaded(checkpoints.drafter))
+
+
+def test_every_job_reuses_the_mtp_head_read_at_load(checkpoints):
+    models = load_models(str(checkpoints.qwen3_5))
+    assert models.mode == "mtp"
+    first, second = (make_decoder(models, sampling=Sampling()) for _ in range(2))
+    assert first.proposer.mtp is models.mtp is second.proposer.mtp
+    assert first.proposer.cache is not second.proposer.cache

@@ -89,5 +89,5 @@ def load_rank(
             progress("loading drafter")
             drafter = load(drafter_id)
             check_same_vocabulary(target, drafter)
-        models = Models(target, drafter, mode)
+        models = Models.of(target, drafter, mode)
     return Rank(group, target, models, local, forward, traffic, parallel)
