@@ -138,17 +138,17 @@ class Inference(inference_pb2_grpc.InferenceServicer):
             inference_pb2.Node(
                 id=n.node_id, host=n.host, port=n.info.port or int(n.address.rsplit(":", 1)[1]),
                 version=n.info.version, memory_bytes=n.info.memory_bytes,
-                used_bytes=self.scheduler.used_bytes(n.node_id), chip=n.info.chip,
+                used_bytes=self.scheduler.placer.used_bytes(n.node_id), chip=n.info.chip,
                 backend=n.info.backend,
                 state=inference_pb2.NODE_STATE_READY if n.state == READY
                 else inference_pb2.NODE_STATE_LOST,
                 last_seen=timestamp(n.last_seen),
-                placement_ids=self.scheduler.placement_ids(n.node_id))
+                placement_ids=self.scheduler.placer.placement_ids(n.node_id))
             for n in self.registry.nodes()])
 
     async def ListPlacements(self, request, context):
         return inference_pb2.ListPlacementsResponse(
-            placements=[p.to_proto() for p in self.scheduler.placements.values()])
+            placements=[p.to_proto() for p in self.scheduler.placer.placements.values()])
 
     async def GetClusterStatus(self, request, context):
         nodes = self.registry.nodes()
@@ -157,8 +157,8 @@ class Inference(inference_pb2_grpc.InferenceServicer):
         return inference_pb2.ClusterStatus(
             version=__version__, ready_nodes=len(ready),
             lost_nodes=sum(n.state == LOST for n in nodes),
-            placements=len(self.scheduler.placements),
+            placements=len(self.scheduler.placer.placements),
             queued_jobs=sum(s in (jobs.QUEUED, jobs.LOADING) for s in states),
             running_jobs=states.count(jobs.RUNNING),
             memory_bytes=sum(n.info.memory_bytes for n in ready),
-            used_bytes=sum(self.scheduler.used_bytes(n.node_id) for n in ready))
+            used_bytes=sum(self.scheduler.placer.used_bytes(n.node_id) for n in ready))
