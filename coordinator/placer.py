@@ -90,7 +90,7 @@ class Placer:
             info = found[0][1]
             facts = ModelFacts(num_layers=info.num_layers, weight_bytes=info.weight_bytes,
                                draft_bytes=info.draft_bytes, mode=info.mode,
-                               name=request.model)
+                               name=request.model, split_refusal=info.split_refusal)
             spaces = [NodeSpace(n.node_id, n.info.memory_bytes - self.used_bytes(n.node_id))
                       for n, _ in found]
             try:

@@ -37,7 +37,8 @@ Rules:
    (``plan_evicting`` first tries again as if the least recently used idle
    placements were released, one more at a time.)
    A Gemma 4 assistant reads the target's own K/V, so it never spans nodes:
-   FAILED_PRECONDITION when target and assistant do not fit on one node.
+   FAILED_PRECONDITION when target and assistant do not fit on one node. The same
+   for a model whose layers cannot be split (``split_refusal``, from the worker).
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class ModelFacts:
     draft_bytes: int = 0
     mode: str = "none"  # "mtp", "draft", "assistant" or "none"
     name: str = "the model"  # for messages
+    split_refusal: str = ""  # why its layers cannot span nodes ("" when they can)
 
     def layer_bytes(self, layers: int) -> int:
         """The weights of ``layers`` layers (rounded up)."""
@@ -153,6 +155,12 @@ def plan(model: ModelFacts, nodes: Sequence[NodeSpace], nodes_wanted: int = 0) -
             f"({_parts(model)}) but the most free memory on a node is "
             f"{size(ordered[0].free_bytes)} ({ordered[0].node_id}); an assistant reads the "
             "target's K/V, so it cannot span nodes")
+    if model.split_refusal:
+        where = (f"{nodes_wanted} nodes were asked for" if nodes_wanted else
+                 f"{model.name} needs {size(whole)} on one node ({_parts(model)}) but the most "
+                 f"free memory on a node is {size(ordered[0].free_bytes)} "
+                 f"({ordered[0].node_id})")
+        raise PlacementError("FAILED_PRECONDITION", f"{where}; {model.split_refusal}")
     counts = [nodes_wanted] if nodes_wanted else range(2, min(len(nodes), layers) + 1)
     for n in counts:
         split = _split(model, ordered[:n])

@@ -20,6 +20,7 @@ from exo_spec.dist.protocol import FORWARD, Command
 from exo_spec.dist.tensor import check_shardable
 from exo_spec.models import synthetic
 from exo_spec.models.load import load
+from exo_spec.models.synthetic_gemma4 import write_gemma4_text
 from exo_spec.session import encode_prompt
 
 from decoders import loaded
@@ -37,6 +38,8 @@ def models(checkpoints, tmp_path_factory) -> dict[str, Path]:
     return {
         "llama4": llama4,
         "qwen3_5": checkpoints.qwen3_5,
+        "deepseek_v3": checkpoints.deepseek_v3,
+        "gemma4": write_gemma4_text(root / "gemma4", checkpoints.tokenizer, seed=3),
         "drafter": checkpoints.drafter,
         "llama4-noisy": synthetic.write_perturbed(llama4, root / "llama4-noisy", 0.02, seed=8),
         "qwen3_5-noisy": synthetic.write_perturbed(checkpoints.qwen3_5, root / "qwen3_5-noisy",
@@ -92,16 +95,28 @@ def test_rotating_kv_cache_across_ranks(models, parallel):
     assert 0 < out["stats"]["accepted"] < out["stats"]["drafted"]
 
 
-@pytest.mark.parametrize("num_draft", [["--num-draft", "2"], []])
-def test_mtp_on_rank_0_matches_greedy_reference(models, num_draft):
-    path = models["qwen3_5"]
+@pytest.mark.parametrize("target, split, num_draft", [
+    ("qwen3_5", "3,1", ["--num-draft", "2"]),
+    ("qwen3_5", "3,1", []),
+    ("deepseek_v3", "1,1", ["--num-draft", "2"]),  # its body takes no input_embeddings
+])
+def test_mtp_on_rank_0_matches_greedy_reference(models, target, split, num_draft):
+    path = models[target]
     proc = cli("--json", "--prompt", PROMPT, "--model", str(path), "--max-tokens",
-               str(MAX_TOKENS), "--local-ranks", "2", "--split", "3,1", "--mtp", *num_draft)
+               str(MAX_TOKENS), "--local-ranks", "2", "--split", split, "--mtp", *num_draft)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     prompt = encode_prompt(loaded(path).tokenizer, PROMPT)
     assert out["tokens"] == greedy_reference(loaded(path).model, prompt, MAX_TOKENS)
     assert out["stats"]["mode"] == "mtp" and out["stats"]["drafted"] > 0
+
+
+def test_models_whose_layers_cannot_be_split_are_one_line(models):
+    proc = cli("--prompt", PROMPT, "--model", str(models["gemma4"]), "--no-spec",
+               "--local-ranks", "2")
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1
+    assert "model_type gemma4_text cannot be split across ranks" in proc.stderr
 
 
 def test_mtp_without_mtp_weights_is_one_line(models):

@@ -149,6 +149,17 @@ def test_assistants_never_span_nodes():
     assert plan(model, nodes(a=16, b=32)).node_ids == ["b"]
 
 
+def test_models_whose_layers_cannot_be_split_stay_on_one_node():
+    model = ModelFacts(num_layers=8, weight_bytes=20 * GiB,
+                       split_refusal="model_type gemma4_text cannot be split across ranks")
+    e = refused(model, nodes(a=16, b=16))
+    assert e.code == "FAILED_PRECONDITION"
+    assert "on one node" in e.message and "gemma4_text cannot be split" in e.message
+    e = refused(model, nodes(a=32, b=32), wanted=2)
+    assert e.code == "FAILED_PRECONDITION" and e.message.startswith("2 nodes were asked for")
+    assert plan(model, nodes(a=16, b=32)).node_ids == ["b"]
+
+
 @pytest.mark.parametrize("free", [[10, 10, 10], [30, 3, 3, 3], [5, 6, 7, 8, 9], [14, 14]])
 def test_every_plan_covers_the_layers_once_and_fits(free):
     model = ModelFacts(num_layers=24, weight_bytes=20 * GiB, draft_bytes=GiB, mode="draft")

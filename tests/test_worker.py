@@ -20,8 +20,11 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 
 from exo_spec import __version__, frames
 from exo_spec.local_cluster import WORKER_LINE, Background
+from exo_spec.models.synthetic_gemma4 import write_gemma4_text
 from exo_spec.session import encode_prompt
 from exo_spec.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from exo_spec.worker.inspect import inspect_model
+from exo_spec.worker.refusal import Refusal
 
 from decoders import loaded
 from reference import greedy_reference
@@ -166,6 +169,18 @@ def test_inspect_model(workers, checkpoints):
     plain = stub.InspectModel(worker_pb2.InspectModelRequest(
         model=str(checkpoints.qwen3_5), spec=common_pb2.SPEC_MODE_NONE))
     assert plain.mode == "none"
+
+
+def test_inspect_model_says_which_models_cannot_span_nodes(workers, checkpoints, tmp_path):
+    gemma = write_gemma4_text(tmp_path / "gemma4", checkpoints.tokenizer, seed=3)
+    stub = workers[0].stub
+    assert stub.InspectModel(worker_pb2.InspectModelRequest(
+        model=str(checkpoints.llama))).split_refusal == ""
+    info = stub.InspectModel(worker_pb2.InspectModelRequest(model=str(gemma)))
+    assert "gemma4_text cannot be split across ranks" in info.split_refusal
+    with pytest.raises(Refusal) as e:
+        inspect_model(str(gemma), None, False, "w0", ranks=2)
+    assert e.value.code == "FAILED_PRECONDITION" and "cannot be split" in e.value.message
 
 
 @pytest.mark.parametrize("model, draft_model, spec, code, message", [

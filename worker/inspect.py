@@ -6,7 +6,7 @@ Hugging Face id this node can fetch, INVALID_ARGUMENT for a checkpoint that
 cannot be used (a drafter whose vocabulary differs, an unreadable config, a
 proposer request that contradicts itself), FAILED_PRECONDITION for a proposer
 the model or placement cannot run (MTP without MTP heads, a Gemma 4 assistant
-across nodes).
+or a model whose layers cannot be split, across nodes).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..dist.pipeline import split_refusal
 from ..models.cards import default_drafter
 from ..models.load import (
     ModelLoadError,
@@ -66,12 +67,13 @@ class Inspection:
     weight_bytes: int
     draft_bytes: int
     context_length: int  # 0 when the config does not say
+    split_refusal: str  # why the layers cannot span nodes ("" when they can)
 
     def to_proto(self) -> worker_pb2.ModelInfo:
         return worker_pb2.ModelInfo(
             mode=self.mode, draft_model=self.draft_model or "", num_layers=self.num_layers,
             weight_bytes=self.weight_bytes, draft_bytes=self.draft_bytes,
-            context_length=self.context_length)
+            context_length=self.context_length, split_refusal=self.split_refusal)
 
 
 def inspect_model(model: str, draft_model: str | None, mtp: bool | None, node_id: str,
@@ -107,6 +109,9 @@ def inspect_model(model: str, draft_model: str | None, mtp: bool | None, node_id
         raise Refusal("FAILED_PRECONDITION",
                       f"Gemma 4 assistant {drafter} reads the target's K/V: "
                       "not supported across nodes yet")
+    refusal = split_refusal(config)
+    if refusal and ranks > 1:
+        raise Refusal("FAILED_PRECONDITION", f"{model}: {refusal}")
     if mode == "draft":
         try:
             check_same_vocabulary(load(str(path), lazy=True), load(str(draft_path), lazy=True))
@@ -120,4 +125,5 @@ def inspect_model(model: str, draft_model: str | None, mtp: bool | None, node_id
         weight_bytes=weight_bytes(path),
         draft_bytes=weight_bytes(draft_path) if draft_path else 0,
         context_length=int(text.get("max_position_embeddings", 0)),
+        split_refusal=refusal,
     )

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from ..models.load import read_config, resolve, text_config
-from .pipeline import layer_ranges, parse_split
+from .pipeline import layer_ranges, parse_split, split_refusal
 from .proposal import group_mode
 from .tensor import check_shardable
 
@@ -49,10 +49,13 @@ def _check(args) -> None:
         if args.split:
             raise ValueError("--split is for --parallel pipeline")
         check_shardable(read_config(path), args.local_ranks)
-    elif args.split:
+    else:
         config = read_config(path)
-        layers = text_config(config)["num_hidden_layers"]
-        layer_ranges(layers, args.local_ranks, parse_split(args.split))
+        if refusal := split_refusal(config):
+            raise ValueError(refusal)
+        if args.split:
+            layers = text_config(config)["num_hidden_layers"]
+            layer_ranges(layers, args.local_ranks, parse_split(args.split))
 
 
 def launch_local(args) -> int:

@@ -9,9 +9,12 @@ size back to rank 0 as it moves on every other hop, instead of k+1 rows of
 vocabulary size. Tied embeddings make the head rank 0's anyway.
 
 Weights are loaded lazily and the other ranks' arrays dropped before anything is
-evaluated, so each rank's memory is its own share. Models whose body takes
-``input_embeddings`` and iterates ``body.layers`` (llama, qwen3_5 hybrids, ...)
-are supported; per-layer-type mask indices are recomputed for the kept layers.
+evaluated, so each rank's memory is its own share. A later stage's body gets an
+identity for its embedding and is called on the hidden rows, so any body that
+embeds its input and iterates ``body.layers`` can be split (llama, qwen3_5 and
+qwen3_next hybrids, deepseek_v3, ...); per-layer-type mask indices are
+recomputed for the kept layers. Bodies that transform their embeddings are
+refused (``split_refusal``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,26 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..models.heads import body_and_head, language_model
+from ..models.load import text_config
+
+# Model types whose body changes its embeddings before the first layer (a scale, a
+# multiplier, per-layer token inputs), found in mlx-lm 0.32's model sources. A later
+# stage feeds its hidden rows through the body with an identity embedding, so these
+# would be transformed again there; they are not split.
+EMBEDDING_TRANSFORMS = frozenset({
+    "afmoe", "falcon_h1", "gear", "gemma", "gemma2", "gemma3", "gemma3_text", "gemma3n",
+    "gemma4", "gemma4_text", "granite", "granitemoe", "granitemoehybrid", "minicpm",
+    "minicpm3", "phi3small", "recurrent_gemma",
+})
+
+
+def split_refusal(config: dict) -> str:
+    """Why this model's layers cannot be cut into pipeline stages ("" if they can)."""
+    types = {config.get("model_type"), text_config(config).get("model_type")}
+    if found := sorted(t for t in types if t in EMBEDDING_TRANSFORMS):
+        return (f"model_type {found[0]} cannot be split across ranks: its body transforms the "
+                "embeddings before the first layer, which a later pipeline stage cannot redo")
+    return ""
 
 
 def layer_count(model: nn.Module) -> int:
@@ -96,8 +119,5 @@ class Stage:
         return self.project(self.norm(h))
 
     def forward(self, x: mx.array, cache: list) -> mx.array:
-        if self.is_first:
-            h = self._body(x, cache=cache)
-        else:
-            h = self._body(x, cache=cache, input_embeddings=x)
+        h = self._body(x, cache=cache)  # later stages embed with an identity
         return h.astype(self.wire_dtype)

@@ -42,20 +42,22 @@ class InspectModelRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., draft_model: _Optional[str] = ..., spec: _Optional[_Union[_common_pb2.SpecMode, str]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("mode", "draft_model", "num_layers", "weight_bytes", "draft_bytes", "context_length")
+    __slots__ = ("mode", "draft_model", "num_layers", "weight_bytes", "draft_bytes", "context_length", "split_refusal")
     MODE_FIELD_NUMBER: _ClassVar[int]
     DRAFT_MODEL_FIELD_NUMBER: _ClassVar[int]
     NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
     DRAFT_BYTES_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_REFUSAL_FIELD_NUMBER: _ClassVar[int]
     mode: str
     draft_model: str
     num_layers: int
     weight_bytes: int
     draft_bytes: int
     context_length: int
-    def __init__(self, mode: _Optional[str] = ..., draft_model: _Optional[str] = ..., num_layers: _Optional[int] = ..., weight_bytes: _Optional[int] = ..., draft_bytes: _Optional[int] = ..., context_length: _Optional[int] = ...) -> None: ...
+    split_refusal: str
+    def __init__(self, mode: _Optional[str] = ..., draft_model: _Optional[str] = ..., num_layers: _Optional[int] = ..., weight_bytes: _Optional[int] = ..., draft_bytes: _Optional[int] = ..., context_length: _Optional[int] = ..., split_refusal: _Optional[str] = ...) -> None: ...
 
 class ReservePortRequest(_message.Message):
     __slots__ = ()
