@@ -7,6 +7,7 @@ from pathlib import Path
 
 import mlx.core as mx
 from mlx.utils import tree_map
+from mlx_lm.models import qwen3_next
 
 from exo_spec.models.load import load
 from exo_spec.models.mtp import load_mtp
@@ -65,3 +66,21 @@ def prompt_ids(path: Path, text: str) -> list[int]:
 
 def run(decoder: SpecDecoder, prompt: list[int], max_tokens: int) -> list[int]:
     return [t for chunk in decoder.generate(prompt, max_tokens) for t in chunk]
+
+
+def tiny_qwen3_next():
+    """A tiny random qwen3_next (GatedDeltaNet + gated attention), the same each call."""
+    mx.random.seed(11)
+    args = qwen3_next.ModelArgs(
+        model_type="qwen3_next", hidden_size=64, num_hidden_layers=4, intermediate_size=128,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        linear_num_value_heads=4, linear_num_key_heads=2, linear_key_head_dim=16,
+        linear_value_head_dim=16, linear_conv_kernel_dim=4, num_experts=0,
+        num_experts_per_tok=1, decoder_sparse_step=1, shared_expert_intermediate_size=64,
+        mlp_only_layers=[], moe_intermediate_size=64, rms_norm_eps=1e-6, vocab_size=300,
+        rope_theta=10000.0, partial_rotary_factor=0.25, max_position_embeddings=512,
+        full_attention_interval=2,
+    )
+    model = qwen3_next.Model(args)
+    mx.eval(model.parameters())
+    return model

@@ -17,7 +17,7 @@ from exo_spec.dist.stage_cache import StageCache
 from exo_spec.models.load import load
 from exo_spec.spec import CachedModel
 
-from decoders import PROMPTS, loaded, perturbed, prompt_ids
+from decoders import PROMPTS, loaded, perturbed, prompt_ids, tiny_qwen3_next
 
 FED = mx.array([5, 17, 99, 230, 41], dtype=mx.uint32)
 TIGHT = {"rtol": 1e-5, "atol": 1e-6}
@@ -38,31 +38,13 @@ def _assert_same_caches(got: CachedModel, want: CachedModel, **tolerance) -> Non
             np.testing.assert_allclose(x, y, **tolerance)
 
 
-def _qwen3_next():
-    """A tiny random qwen3_next (GatedDeltaNet + gated attention), float32."""
-    mx.random.seed(11)
-    args = qwen3_next.ModelArgs(
-        model_type="qwen3_next", hidden_size=64, num_hidden_layers=4, intermediate_size=128,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-        linear_num_value_heads=4, linear_num_key_heads=2, linear_key_head_dim=16,
-        linear_value_head_dim=16, linear_conv_kernel_dim=4, num_experts=0,
-        num_experts_per_tok=1, decoder_sparse_step=1, shared_expert_intermediate_size=64,
-        mlp_only_layers=[], moe_intermediate_size=64, rms_norm_eps=1e-6, vocab_size=300,
-        rope_theta=10000.0, partial_rotary_factor=0.25, max_position_embeddings=512,
-        full_attention_interval=2,
-    )
-    model = qwen3_next.Model(args)
-    mx.eval(model.parameters())
-    return model
-
-
 @pytest.fixture(scope="module", params=["qwen3_5", "qwen3_next"])
 def hybrid(request, checkpoints):
     """(model, prompt ids) of a hybrid target."""
     if request.param == "qwen3_5":
         path = checkpoints.qwen3_5
         return loaded(path).model, prompt_ids(path, PROMPTS[0])
-    return _qwen3_next(), list(range(3, 14))
+    return tiny_qwen3_next(), list(range(3, 14))
 
 
 def _one_at_a_time(model, prompt: list[int], tokens: mx.array) -> CachedModel:

@@ -12,18 +12,22 @@ import sys
 import time
 from pathlib import Path
 
+import mlx.core as mx
+import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from exo_spec.dist.pipeline import Stage
+from exo_spec.dist.pipeline import Stage, layer_count
 from exo_spec.dist.protocol import FORWARD, Command
+from exo_spec.dist.stage_cache import StageCache
 from exo_spec.dist.tensor import check_shardable
 from exo_spec.models import synthetic
 from exo_spec.models.load import load
 from exo_spec.models.synthetic_gemma4 import write_gemma4_text
 from exo_spec.session import encode_prompt
+from exo_spec.spec.cached_model import make_cache
 
-from decoders import loaded
+from decoders import loaded, tiny_qwen3_next
 from reference import greedy_reference
 
 PROMPT = "def heappush(heap, item):"
@@ -196,6 +200,26 @@ def test_sampling_matches_one_process(checkpoints):
     one, group = cli(*args), cli(*args, "--local-ranks", "2")
     assert one.returncode == 0 and group.returncode == 0, one.stderr + group.stderr
     assert json.loads(group.stdout)["tokens"] == json.loads(one.stdout)["tokens"]
+
+
+@pytest.mark.parametrize("name", ["llama4", "qwen3_5", "deepseek_v3", "qwen3_next"])
+def test_stages_compose_to_the_whole_model(models, name):
+    """Rank 0's stage, a later stage fed its hidden rows, and rank 0's head give the
+    whole model's logits, over a prompt and then one more token through the caches."""
+    def fresh():
+        return tiny_qwen3_next() if name == "qwen3_next" else load(str(models[name])).model
+
+    layers = layer_count(fresh())
+    cut = layers // 2
+    first = StageCache(Stage(fresh(), range(0, cut), rank=0))
+    later = StageCache(Stage(fresh(), range(cut, layers), rank=1))
+    whole = fresh()
+    cache = make_cache(whole)
+    for tokens in ([[3, 40, 7, 99, 12]], [[5]]):
+        x = mx.array(tokens)
+        h = later.model(first.model(x, first.cache), later.cache)
+        np.testing.assert_allclose(np.array(first.stage.head(h)),
+                                   np.array(whole(x, cache=cache)), rtol=1e-4, atol=1e-4)
 
 
 def test_a_follower_keeps_only_its_layers(models):
