@@ -38,12 +38,13 @@ def built(trained):
 
 
 def test_checkpoints_open_with_mlx_lm(built):
-    for name in ("target", "drafter", "untrained-drafter"):
+    for name in ("target", "drafter", "untrained-drafter", "dense-target"):
         model, tokenizer = mlx_lm.load(str(built / name))
         assert tokenizer.encode("def f(x):")
     config = json.loads((built / "target" / "config.json").read_text())
     assert config["model_type"] == "qwen3_5"
-    assert json.loads((built / "drafter" / "config.json").read_text())["model_type"] == "llama"
+    for name in ("drafter", "dense-target"):
+        assert json.loads((built / name / "config.json").read_text())["model_type"] == "llama"
 
 
 def test_target_ships_an_mtp_head(built):
@@ -54,7 +55,7 @@ def test_target_ships_an_mtp_head(built):
 def test_manifest_records_training_and_losses_go_down(built):
     manifest = json.loads((built / "manifest.json").read_text())
     assert manifest["size"] == "test" and manifest["version"] == make_models.VERSION
-    for name, parts in (("target", 3), ("drafter", 1)):
+    for name, parts in (("target", 3), ("drafter", 1), ("dense_target", 1)):
         first, final = manifest[name]["first_loss"], manifest[name]["final_loss"]
         assert len(final) == parts and manifest[name]["steps"] == 30
         assert all(b < a - 0.5 for a, b in zip(first, final, strict=True)), name
@@ -216,3 +217,14 @@ def test_continuations_in_batches_equal_one_batch(built):
     batched = distill.greedy_continuations(model.target, tokens, batch_size=2, **kwargs)
     assert whole.shape == (5 * (8 + 6 + 1),)
     np.testing.assert_array_equal(batched, whole)
+
+
+def test_dense_target_and_drafter_are_a_pair_mlx_lm_speculates_with(built, tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--model", str(built / "dense-target"), "--draft-model",
+                 str(built / "drafter"), "--prompts", str(built / "prompts.json"), "--ks", "2",
+                 "--max-tokens", "8", "--repeats", "1", "--num-prompts", "1",
+                 "--warmup-tokens", "0", "--json", str(out)]) == 0
+    rows = {(r["row"], r["k"]): r for r in json.loads(out.read_text())["rows"]}
+    assert rows[("mlx-lm speculative", "2")]["error"] is None
+    assert all(r["same_output"] is True for r in rows.values())

@@ -62,7 +62,8 @@ def target_config(shape: Shape, tokenizer_dir: Path) -> dict:
     }
 
 
-def drafter_config(shape: Shape, tokenizer_dir: Path) -> dict:
+def llama_config(shape: Shape, tokenizer_dir: Path) -> dict:
+    """An mlx-lm llama of ``shape``: the drafter, and the bench's dense target."""
     return {
         "model_type": "llama",
         "hidden_size": shape.hidden_size,
@@ -94,7 +95,7 @@ def build_target(config: dict, seed: int) -> TargetWithMtp:
     return model
 
 
-def build_drafter(config: dict, seed: int) -> nn.Module:
+def build_llama(config: dict, seed: int) -> nn.Module:
     model = llama.Model(llama.ModelArgs.from_dict(config))
     init_weights(model, seed, config["num_hidden_layers"])
     return model

@@ -7,6 +7,9 @@ Output directory::
     target/             mlx-lm qwen3_5 with mtp.* weights (see architectures)
     drafter/            a small mlx-lm llama trained on the same tokens
     untrained-drafter/  the drafter's architecture with its seeded initial weights
+    dense-target/       (bench and test sizes) an mlx-lm llama of the target's shape
+                        trained on the text: a pair with the drafter that mlx-lm's
+                        speculative decoding accepts (it cannot rewind the hybrid)
     prompts.json        snippets of held-out files to prompt with
     manifest.json       sizes, parameter counts, steps, losses, seconds, version
 
@@ -93,8 +96,8 @@ def build(size: Size, out: Path, *, seed: int | None = None, max_steps: int | No
     # will (float32 decoding of the bench target failed inside MLX's CUDA graphs).
     target.set_dtype(compute)
 
-    d_config = architectures.drafter_config(size.drafter, tok_dir)
-    drafter = architectures.build_drafter(d_config, seed + 1)
+    d_config = architectures.llama_config(size.drafter, tok_dir)
+    drafter = architectures.build_llama(d_config, seed + 1)
     checkpoint.write_llama(out / "untrained-drafter", drafter, d_config, tok_dir, compute)
     _log(f"drafter: llama {_count(drafter):,} parameters")
     samples = distill.greedy_continuations(
@@ -108,6 +111,19 @@ def build(size: Size, out: Path, *, seed: int | None = None, max_steps: int | No
                      name="drafter", seed=seed + 1, compute_dtype=compute,
                      max_steps=max_steps, time_budget_s=budgets[1])
     checkpoint.write_llama(out / "drafter", drafter, d_config, tok_dir, compute)
+
+    dense = None
+    if size.dense_target_schedule:
+        dense_config = architectures.llama_config(size.target, tok_dir)
+        dense_target = architectures.build_llama(dense_config, seed + 3)
+        _log(f"dense target: llama {_count(dense_target):,} parameters")
+        dense_result = train(dense_target, architectures.lm_loss, tokens,
+                             size.dense_target_schedule, name="dense target", seed=seed + 3,
+                             compute_dtype=compute, max_steps=max_steps,
+                             time_budget_s=budgets[2])
+        checkpoint.write_llama(out / "dense-target", dense_target, dense_config, tok_dir, compute)
+        dense = {"parameters": _count(dense_target), "loss_parts": ["next_token"],
+                 **_summary(dense_result)}
 
     prompts = corpus.held_out_prompts(size.num_prompts)
     (out / "prompts.json").write_text(json.dumps(prompts, indent=1))
@@ -127,6 +143,7 @@ def build(size: Size, out: Path, *, seed: int | None = None, max_steps: int | No
         "drafter": {"parameters": _count(drafter), "loss_parts": ["next_token"],
                     "distilled_tokens": len(samples), "distill_share": size.distill_share,
                     **_summary(d_result)},
+        **({"dense_target": dense} if dense else {}),
         "prompts": len(prompts),
         "seconds": round(time.perf_counter() - start, 1),
     }
@@ -134,12 +151,14 @@ def build(size: Size, out: Path, *, seed: int | None = None, max_steps: int | No
     return manifest
 
 
-def _split_budget(size: Size, total: float | None) -> tuple[float | None, float | None]:
+def _split_budget(size: Size, total: float | None) -> list[float | None]:
+    """Time budgets of the target, the drafter and the dense target (if any): the
+    schedules' own, or ``total`` split in their proportions."""
+    schedules = [size.target_schedule, size.drafter_schedule, size.dense_target_schedule]
     if total is None:
-        return size.target_schedule.time_budget_s, size.drafter_schedule.time_budget_s
-    t = size.target_schedule.time_budget_s or size.target_schedule.max_steps
-    d = size.drafter_schedule.time_budget_s or size.drafter_schedule.max_steps
-    return total * t / (t + d), total * d / (t + d)
+        return [s.time_budget_s if s else None for s in schedules]
+    weights = [(s.time_budget_s or s.max_steps) if s else 0 for s in schedules]
+    return [total * w / sum(weights) for w in weights]
 
 
 def build_atomically(size: Size, out: Path, **kwargs) -> dict:
@@ -193,10 +212,14 @@ def add_parser(sub) -> None:
 
 def _overridden(size: Size, batch_size: int | None, distill_count: int | None) -> Size:
     if batch_size:
+        def smaller(schedule):
+            return schedule and dataclasses.replace(schedule, batch_size=batch_size)
+
         size = dataclasses.replace(
             size,
-            target_schedule=dataclasses.replace(size.target_schedule, batch_size=batch_size),
-            drafter_schedule=dataclasses.replace(size.drafter_schedule, batch_size=batch_size),
+            target_schedule=smaller(size.target_schedule),
+            drafter_schedule=smaller(size.drafter_schedule),
+            dense_target_schedule=smaller(size.dense_target_schedule),
         )
     if distill_count:
         size = dataclasses.replace(size, distill_count=distill_count)

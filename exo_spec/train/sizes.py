@@ -39,6 +39,9 @@ class Size:
     drafter: Shape
     target_schedule: Schedule
     drafter_schedule: Schedule
+    # A dense llama of the target's shape, trained on the text alone, for comparing the
+    # drafter with mlx-lm's speculative decoding, which cannot rewind the hybrid target.
+    dense_target_schedule: Schedule | None = None
     mtp_weight: float = 1.0
     # The drafter's data: the text, and (this share of its tokens) the trained target's
     # greedy continuations of `distill_count` windows of the text (see distill).
@@ -64,6 +67,8 @@ SIZES = {
                                  seq_len=64),
         drafter_schedule=Schedule(max_steps=30, lr=3e-3, warmup_steps=5, batch_size=8,
                                   seq_len=64),
+        dense_target_schedule=Schedule(max_steps=30, lr=3e-3, warmup_steps=5, batch_size=8,
+                                       seq_len=64),
         num_prompts=4,
         distill_count=16,
         distill_new_tokens=16,
@@ -91,9 +96,11 @@ SIZES = {
         target=Shape(1024, 8, 16, 4, 3072),
         drafter=Shape(384, 4, 6, 2, 1024),
         target_schedule=Schedule(max_steps=20_000, lr=6e-4, warmup_steps=50, batch_size=32,
-                                 seq_len=512, time_budget_s=180.0),
+                                 seq_len=512, time_budget_s=140.0),
         drafter_schedule=Schedule(max_steps=20_000, lr=1e-3, warmup_steps=50, batch_size=32,
-                                  seq_len=512, time_budget_s=40.0),
+                                  seq_len=512, time_budget_s=35.0),
+        dense_target_schedule=Schedule(max_steps=20_000, lr=6e-4, warmup_steps=50,
+                                       batch_size=32, seq_len=512, time_budget_s=40.0),
         include_tests=True,
         distill_count=512,
         distill_prompt=64,
