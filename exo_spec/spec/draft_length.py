@@ -5,8 +5,9 @@ a round of k drafts yields E(k) = (1 - a^(k+1)) / (1 - a) tokens, and costs
 t(k) = t_plain * (1 + c * k) where c, the extra cost per drafted token relative
 to a plain step, is measured. It picks the k in 0..max_k with the most tokens
 per second; k = 0 is a plain target step. While plain decoding wins, it probes
-with one short round now and then, backing off exponentially, so a useless
-drafter costs almost nothing and a drafter that starts to fit is picked up again.
+with one short round now and then, backing off exponentially and spaced by what
+probes were measured to cost (catching the proposer up included), so a useless
+drafter costs about 2% and a drafter that starts to fit is picked up again.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ class AdaptiveDraftLength:
         self.plain_streak = 0
         self.backoff = self.first_probe
         self.cost_measured = False
+        # What a probe after a plain run adds, in plain steps: its round plus the
+        # proposer catching up on that run, which the cost per draft leaves out.
+        self.probe_cost: float | None = None
 
     @property
     def rate(self) -> float:
@@ -64,9 +68,9 @@ class AdaptiveDraftLength:
         best = self._best()
         if best:
             return best if self.cost_measured else 1
-        # A failed probe costs about ``cost`` plain steps; space probes so that they
-        # take at most probe_budget of the decode time.
-        return 1 if self.plain_streak >= max(self.backoff, self.cost / self.probe_budget) else 0
+        # Space probes so that they take at most probe_budget of the decode time.
+        probe = self.cost if self.probe_cost is None else self.probe_cost
+        return 1 if self.plain_streak >= max(self.backoff, probe / self.probe_budget) else 0
 
     def observe(self, k: int, accepted: int, seconds: float) -> None:
         if k == 0:
@@ -83,10 +87,14 @@ class AdaptiveDraftLength:
         self.plain_streak = 0
         self.accepted = self.decay * self.accepted + accepted
         self.rejections = self.decay * self.rejections + (accepted < k)
-        if self.t_plain and timed:
-            observed = max(seconds / self.t_plain - 1, 0.0) / k
-            self.cost = 0.7 * self.cost + 0.3 * observed
-            self.cost_measured = True
+        if self.t_plain:
+            extra = max(seconds / self.t_plain - 1, 0.0)
+            if timed:
+                self.cost = 0.7 * self.cost + 0.3 * extra / k
+                self.cost_measured = True
+            else:
+                self.probe_cost = extra if self.probe_cost is None \
+                    else 0.7 * self.probe_cost + 0.3 * extra
         # A round after which plain decoding still wins was a failed probe: wait longer.
         if self._best():
             self.backoff = self.first_probe
