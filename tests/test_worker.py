@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -292,6 +293,32 @@ def test_group_jobs_in_a_row_match_greedy_reference(workers, checkpoints, group)
         assert stats.drafted > 0 and stats.bytes_per_round > 0
     code, _ = status_of(lambda: run(workers[1], group, decode()))
     assert code == grpc.StatusCode.FAILED_PRECONDITION  # jobs go to rank 0's worker
+
+
+def _runner_cpu_seconds(workers: list[Worker]) -> float:
+    """CPU time used so far by the runner processes of ``workers``."""
+    parents = {str(w.proc.pid) for w in workers}
+    ticks = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] in parents:  # ppid
+            ticks += int(fields[11]) + int(fields[12])  # utime + stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def test_an_idle_group_waits_off_the_ring(workers, checkpoints, group):
+    """Between jobs the follower parks on rank 0's doorbell instead of spinning in the
+    ring backend's poll loop (a core per follower before), and the next job wakes it."""
+    run(workers[0], group, decode(num_draft=2))
+    time.sleep(0.5)
+    before = _runner_cpu_seconds(workers)
+    time.sleep(3)
+    assert _runner_cpu_seconds(workers) - before < 0.3
+    streamed, _ = run(workers[0], group, decode(num_draft=2))
+    assert streamed == reference(checkpoints.llama)
 
 
 def test_a_cancelled_job_leaves_the_group_usable(workers, checkpoints, group):

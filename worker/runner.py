@@ -11,7 +11,8 @@ SPEC_JSON: ``model``, ``draft_model``, ``mtp`` (``session.plan``'s flag),
 ``watchdog``). With more than one rank the worker also sets MLX_RANK and
 MLX_HOSTFILE, and the runner joins the ring: rank 0 drafts and leads every job
 (each opens with a reset that gives every rank fresh caches), the others follow
-it for as long as the group lives.
+it for as long as the group lives, waiting off the ring between jobs
+(``dist.doorbell``).
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def load(spec: dict, send) -> Local | GroupLeader | Rank:
     # Ready means the whole group is: rank 0 takes no job before every rank holds its
     # share (a job's first command would wait on a rank still loading).
     progress("waiting for the other ranks")
-    mx.eval(mx.distributed.all_sum(mx.zeros(1), group=group))
+    rank.wait_off_ring()
     return GroupLeader(rank) if group.rank() == 0 else rank
 
 
@@ -107,6 +108,8 @@ def serve(target: Local | GroupLeader, commands: Commands, send, timeout_s: floa
         try:
             with watchdog.guarding(job_id) if watchdog else nullcontext():
                 run_job(job, target, send, partial(commands.is_cancelled, job_id))
+            if isinstance(target, GroupLeader) and commands.jobs.empty():
+                target.target.park()  # followers idle off the ring (dist.doorbell)
         except Exception as e:
             if isinstance(target, Local):  # fresh caches next job: nothing is left broken
                 send({"type": "error", "job_id": job_id, "code": "INTERNAL",

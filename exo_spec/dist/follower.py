@@ -5,14 +5,16 @@ from __future__ import annotations
 import mlx.core as mx
 
 from ..spec.cached_model import CachedModel
+from .doorbell import Bell
 from .forward import PipelineForward, TensorForward
-from .protocol import RESET, STOP, TRAFFIC, exchange
+from .protocol import PARK, RESET, STOP, TRAFFIC, exchange
 from .stage_cache import StageCache
 from .traffic import Traffic
 
 
 def follow(local: StageCache | CachedModel, group: mx.distributed.Group,
-           forward: PipelineForward | TensorForward, traffic: Traffic) -> None:
+           forward: PipelineForward | TensorForward, traffic: Traffic,
+           bell: Bell | None = None) -> None:
     fed = None  # this rank's inputs of the last forward, to close its round
     while True:
         command = exchange(None, group)
@@ -26,6 +28,9 @@ def follow(local: StageCache | CachedModel, group: mx.distributed.Group,
         if command.op == RESET:
             local.reset()
             fed = None
+            continue
+        if command.op == PARK:
+            bell.wait()
             continue
         if command.begin_width:
             local.begin_round(command.begin_width)

@@ -11,16 +11,20 @@ from __future__ import annotations
 import mlx.core as mx
 
 from ..spec.cached_model import CachedModel
+from .doorbell import Doorbell
 from .forward import PipelineForward, TensorForward
-from .protocol import FORWARD, RESET, STOP, TRAFFIC, Command, exchange
+from .protocol import FORWARD, PARK, RESET, STOP, TRAFFIC, Command, exchange
 from .stage_cache import StageCache
 from .traffic import Traffic
 
 
 class GroupTarget:
     def __init__(self, local: StageCache | CachedModel, group: mx.distributed.Group,
-                 forward: PipelineForward | TensorForward, traffic: Traffic):
+                 forward: PipelineForward | TensorForward, traffic: Traffic,
+                 doorbell: Doorbell | None = None):
         self._local = local
+        self._doorbell = doorbell
+        self._parked = False
         self._group = group
         self._forward = forward
         self._traffic = traffic
@@ -67,11 +71,24 @@ class GroupTarget:
     def reset(self) -> None:
         """Fresh caches on every rank for the next job; a round left open by the last
         job (one cancelled between rounds) is dropped, not closed."""
+        self._wake()
         exchange(Command(RESET), self._group)
         self._local.reset()
         self.cache = self._local.cache
         self._begin_width, self._end_kept = 0, -1
 
+    def park(self) -> None:
+        """Between jobs: the followers wait off the ring until ``reset`` or ``close``
+        rings the doorbell (the group must have one)."""
+        exchange(Command(PARK), self._group)
+        self._parked = True
+
     def close(self) -> None:
         """Release the followers."""
+        self._wake()
         exchange(Command(STOP), self._group)
+
+    def _wake(self) -> None:
+        if self._parked:
+            self._doorbell.ring()
+            self._parked = False

@@ -5,7 +5,8 @@ width of the speculative round it opens (0: none) and how many rows the
 previous round kept (-1: no round to close). Closing a round is deferred to the
 next command, so a speculative round costs one command, not three. A traffic
 command asks every rank to add up what it has sent (``Traffic.total``). A reset
-gives every rank fresh caches for the next job of a long-lived group; stop ends
+gives every rank fresh caches for the next job of a long-lived group; park sends
+its followers to wait off the ring until the next job (``doorbell``); stop ends
 the group's loop.
 """
 
@@ -21,6 +22,7 @@ FORWARD = 1
 STOP = 2
 TRAFFIC = 3
 RESET = 4
+PARK = 5
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ import mlx.core as mx
 from ..models.load import LoadedModel, check_same_vocabulary, load
 from ..session import Models
 from ..spec import CachedModel
+from .doorbell import Bell, Doorbell, leader_host
 from .follower import follow
 from .forward import PipelineForward, TensorForward
 from .group_target import GroupTarget
@@ -42,14 +43,25 @@ class Rank:
     forward: PipelineForward | TensorForward
     traffic: Traffic
     parallel: str  # "pipeline" or "tensor"
+    doorbell: Doorbell | None = None  # rank 0 of a long-lived group ...
+    bell: Bell | None = None  # ... and its followers: see ``wait_off_ring``
+
+    def wait_off_ring(self) -> None:
+        """For a group that outlives its jobs: connect rank 0's doorbell to every
+        follower, so that the followers can wait between jobs without spinning (every
+        rank calls this at the same point)."""
+        if self.group.rank() == 0:
+            self.doorbell = Doorbell(self.group)
+        else:
+            self.bell = Bell(self.group, leader_host())
 
     def lead(self) -> GroupTarget:
         """Rank 0's target: the round loop verifies with it."""
-        return GroupTarget(self.local, self.group, self.forward, self.traffic)
+        return GroupTarget(self.local, self.group, self.forward, self.traffic, self.doorbell)
 
     def follow(self) -> None:
         """Ranks > 0: serve rank 0's commands until it says stop."""
-        follow(self.local, self.group, self.forward, self.traffic)
+        follow(self.local, self.group, self.forward, self.traffic, self.bell)
 
 
 def load_rank(
