@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
-from . import demo, generate, remote
-from .bench import command as bench
-from .coordinator import main as coordinator
-from .train import make_models
-from .worker import main as worker
+# The module that defines and runs each subcommand. Only the one named on the command
+# line is imported: mlx-lm alone takes a second to import, which `exo-spec nodes` and
+# `exo-spec jobs` have no use for.
+COMMANDS = {
+    "demo": "demo",
+    "generate": "generate",
+    "coordinator": "coordinator.main",
+    "nodes": "remote",
+    "jobs": "remote",
+    "bench": "bench.command",
+    "make-models": "train.make_models",
+    "worker": "worker.main",
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -17,21 +26,19 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser for ``command``, or for every command when it names none of them."""
     parser = _Parser(prog="exo-spec", description="Speculative LLM inference on MLX.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    demo.add_parser(sub)
-    generate.add_parser(sub)
-    coordinator.add_parser(sub)
-    remote.add_parsers(sub)
-    bench.add_parser(sub)
-    make_models.add_parser(sub)
-    worker.add_parser(sub)
+    modules = [COMMANDS[command]] if command in COMMANDS else COMMANDS.values()
+    for name in dict.fromkeys(modules):
+        importlib.import_module(f".{name}", __package__).add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     return args.run(args)
 
 

@@ -113,7 +113,7 @@ def _coordinator_flag(p) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-def add_parsers(sub) -> None:
+def add_parser(sub) -> None:
     p = sub.add_parser("nodes", help="list a cluster's nodes")
     _coordinator_flag(p)
     p.set_defaults(run=nodes)

@@ -115,3 +115,14 @@ def test_bad_input_is_one_clear_line(checkpoints, tmp_path, args, message):
     assert len(lines) == 1, proc.stderr
     assert message in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["nodes", "jobs", "coordinator"])
+def test_cluster_commands_do_not_import_mlx_lm(command):
+    """Only the named command's module loads: the cluster's client commands and the
+    coordinator start without mlx-lm (which alone takes a second to import)."""
+    probe = ("import sys; from exo_spec.cli import build_parser; "
+             f"build_parser({command!r}); print('mlx_lm' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"

@@ -1,20 +1,27 @@
+"""The speculative decoding engine. Importing the package configures MLX's CUDA
+backend (``cuda``); its classes load on first use, so that ``exo_spec.spec.stats``
+does not pull in mlx-lm."""
+
+from importlib import import_module
+
 from .cuda import configure as _configure_cuda
 
 _configure_cuda()  # before any model runs attention: see cuda.py
 
-from .cached_model import CachedModel  # noqa: E402
-from .draft_length import AdaptiveDraftLength, FixedDraftLength  # noqa: E402
-from .draft_model import DraftModel  # noqa: E402
-from .engine import SpecDecoder  # noqa: E402
-from .mtp import Mtp  # noqa: E402
-from .sampling import Sampling  # noqa: E402
+_MODULES = {
+    "AdaptiveDraftLength": "draft_length",
+    "CachedModel": "cached_model",
+    "DraftModel": "draft_model",
+    "FixedDraftLength": "draft_length",
+    "Mtp": "mtp",
+    "Sampling": "sampling",
+    "SpecDecoder": "engine",
+}
 
-__all__ = [
-    "AdaptiveDraftLength",
-    "CachedModel",
-    "DraftModel",
-    "FixedDraftLength",
-    "Mtp",
-    "Sampling",
-    "SpecDecoder",
-]
+__all__ = sorted(_MODULES)
+
+
+def __getattr__(name: str):
+    if name not in _MODULES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f".{_MODULES[name]}", __name__), name)
