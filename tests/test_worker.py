@@ -321,6 +321,21 @@ def test_an_idle_group_waits_off_the_ring(workers, checkpoints, group):
     assert streamed == reference(checkpoints.llama)
 
 
+def test_parked_followers_stop_when_rank_0_goes(workers, checkpoints):
+    """A follower waiting off the ring reads end of file when rank 0's runner exits,
+    and its runner ends instead of waiting for ever."""
+    load_group(workers, "parked", checkpoints.llama, spec=common_pb2.SPEC_MODE_NONE)
+    try:
+        run(workers[0], "parked", decode())
+        release(workers[:1], "parked")
+        deadline = time.monotonic() + 20
+        while "rank 0 closed its doorbell" not in workers[1].log.read_text():
+            assert time.monotonic() < deadline, workers[1].log.read_text()[-2000:]
+            time.sleep(0.2)
+    finally:
+        release(workers, "parked")
+
+
 def test_a_cancelled_job_leaves_the_group_usable(workers, checkpoints, group):
     call = workers[0].stub.RunJob(worker_pb2.RunJobRequest(
         placement_id=group, job_id="to-cancel", decode=decode(max_tokens=LONG, num_draft=2)))
