@@ -80,9 +80,11 @@ def test_streams_text_and_summarises_on_stderr(checkpoints):
     assert "mode=draft" in proc.stderr
 
 
-def test_sampling_with_seed_is_reproducible(checkpoints):
+@pytest.mark.parametrize("spec", [["--num-draft", "2"], ["--no-spec"]])
+def test_sampling_with_seed_is_reproducible(checkpoints, spec):
+    """Exactly, with draft lengths that do not depend on timing (adaptive ones do)."""
     args = ["--model", str(checkpoints.qwen3_5), "--max-tokens", "8", "--temp", "0.8",
-            "--top-p", "0.9", "--seed", "3"]
+            "--top-p", "0.9", "--seed", "3", *spec]
     assert generate_json(*args)["tokens"] == generate_json(*args)["tokens"]
 
 
