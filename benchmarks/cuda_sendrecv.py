@@ -51,6 +51,15 @@ def child(pattern: str, limit: float) -> None:
     g = mx.distributed.init(backend="ring", strict=True)
     rank = g.rank()
     shape = (1, 5, 1024)
+
+    def received(expected: float, plus: float = 0) -> None:
+        """Rank 1: receive rank 0's rows (``plus`` added lazily) and check them."""
+        r = mx.distributed.recv(shape, mx.float32, 0, group=g)
+        if plus:
+            r = r + plus
+        mx.eval(r)
+        assert r[0, 0, 0].item() == expected
+
     if pattern == "all_sum":
         x = mx.ones(shape) * (rank + 1)
         out = mx.distributed.all_sum(x, group=g)
@@ -61,25 +70,19 @@ def child(pattern: str, limit: float) -> None:
             x = mx.ones(shape, stream=mx.cpu) * 2
             mx.eval(mx.distributed.send(x, 1, group=g))
         else:
-            r = mx.distributed.recv(shape, mx.float32, 0, group=g)
-            mx.eval(r)
-            assert r[0, 0, 0].item() == 2.0
+            received(2.0)
     elif pattern == "gpu_send":
         if rank == 0:
             x = mx.ones(shape) * 2
             mx.eval(x)
             mx.eval(mx.distributed.send(x, 1, group=g))
         else:
-            r = mx.distributed.recv(shape, mx.float32, 0, group=g)
-            mx.eval(r)
-            assert r[0, 0, 0].item() == 2.0
+            received(2.0)
     elif pattern == "gpu_lazy":
         if rank == 0:
             mx.eval(mx.distributed.send(mx.ones(shape) * 2, 1, group=g))
         else:
-            r = mx.distributed.recv(shape, mx.float32, 0, group=g) + 1
-            mx.eval(r)
-            assert r[0, 0, 0].item() == 3.0
+            received(3.0, plus=1)
     elif pattern in ROUNDTRIPS:
         lazy_h, how, depends = ROUNDTRIPS[pattern]
         for i in range(20):

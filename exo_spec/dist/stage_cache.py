@@ -1,13 +1,14 @@
 """A pipeline stage with its own rewindable cache.
 
-The round bookkeeping is CachedModel's own ``begin_round``/``end_round``: they
-only need ``cache``, ``_snapshots``, ``_captures``, ``replayed_tokens`` and
-``model(x, cache=)``, which here runs this rank's layers. Every forward of the
-stage between the two goes through ``model``, so GatedDeltaNet layers on every
-rank record their per-token state and are rewound in place, without a replay. A
-replay (a rotating cache that wrapped, other non-trimmable state) feeds the
-stage's own inputs of that round again (token ids on rank 0, the received hidden
-rows elsewhere), so no rank needs another rank to repair its state.
+The round bookkeeping and ``reset`` are CachedModel's own: they only need
+``cache``, ``_snapshots``, ``_captures``, ``replayed_tokens``, ``_new_cache()``
+and ``model(x, cache=)``, which here runs this rank's layers. Every forward of
+the stage between ``begin_round`` and ``end_round`` goes through ``model``, so
+GatedDeltaNet layers on every rank record their per-token state and are rewound
+in place, without a replay. A replay (a rotating cache that wrapped, other
+non-trimmable state) feeds the stage's own inputs of that round again (token ids
+on rank 0, the received hidden rows elsewhere), so no rank needs another rank to
+repair its state.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class StageCache:
     begin_round = CachedModel.begin_round
     end_round = CachedModel.end_round
     drop_round = CachedModel.drop_round
+    reset = CachedModel.reset
 
     def __init__(self, stage: Stage, max_kv_size: int | None = None):
         self.stage = stage
@@ -29,11 +31,8 @@ class StageCache:
         self._captures = {}
         self.reset()
 
-    def reset(self) -> None:
-        """Empty caches, as for a new job (a round left open is dropped)."""
-        self.drop_round()
-        self.cache = make_cache(self.stage.model, self._max_kv_size)
-        self.replayed_tokens = 0
+    def _new_cache(self) -> list:
+        return make_cache(self.stage.model, self._max_kv_size)
 
     def model(self, x: mx.array, cache: list) -> mx.array:
         return self.stage.forward(x, cache)

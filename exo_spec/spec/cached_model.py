@@ -72,8 +72,11 @@ class CachedModel:
     def reset(self) -> None:
         """Empty caches, as for a new job (a round left open is dropped)."""
         self.drop_round()
-        self.cache = make_cache(self.model, self._max_kv_size)
+        self.cache = self._new_cache()
         self.replayed_tokens = 0
+
+    def _new_cache(self) -> list:
+        return make_cache(self.model, self._max_kv_size)
 
     def __call__(self, tokens: mx.array, hidden: bool = False):
         """Logits (S, V) for ``tokens`` (S,), and the final hidden states (S, H) if
