@@ -38,13 +38,17 @@ def _assert_same_caches(got: CachedModel, want: CachedModel, **tolerance) -> Non
             np.testing.assert_allclose(x, y, **tolerance)
 
 
+def _model_and_prompt(kind: str, checkpoints):
+    if kind == "qwen3_next":
+        return tiny_qwen3_next(), list(range(3, 14))
+    path = getattr(checkpoints, kind)
+    return loaded(path).model, prompt_ids(path, PROMPTS[0])
+
+
 @pytest.fixture(scope="module", params=["qwen3_5", "qwen3_next"])
 def hybrid(request, checkpoints):
     """(model, prompt ids) of a hybrid target."""
-    if request.param == "qwen3_5":
-        path = checkpoints.qwen3_5
-        return loaded(path).model, prompt_ids(path, PROMPTS[0])
-    return tiny_qwen3_next(), list(range(3, 14))
+    return _model_and_prompt(request.param, checkpoints)
 
 
 def _one_at_a_time(model, prompt: list[int], tokens: mx.array) -> CachedModel:
@@ -87,6 +91,46 @@ def test_hybrid_state_after_rejection(hybrid, kept, split):
     assert sum(isinstance(c, ArraysCache) for c in spec.cache) >= 2
     assert spec.replayed_tokens == 0
     _assert_same_caches(spec, fresh, **TIGHT)
+    following = mx.array([7], dtype=mx.uint32)
+    np.testing.assert_allclose(np.array(spec(following)[0]), np.array(fresh(following)[0]),
+                               **TIGHT)
+
+
+@pytest.mark.parametrize("model_kind", ["qwen3_5", "qwen3_next", "llama", "rotating"])
+@pytest.mark.parametrize("first_kept", [1, 3])
+def test_round_started_before_the_previous_one_ends(checkpoints, model_kind, first_kept):
+    """The engine starts round 2 assuming round 1 keeps all 3 tokens. When round 1
+    keeps all 3, round 2 then keeps 1 of its 2; when it keeps 1, round 2 is taken
+    back whole. Either way the caches equal a model fed only the kept tokens, with
+    GatedDeltaNet caches rewound from their recordings (no replay) and a rotating
+    cache that wraps restored from its snapshot and replayed."""
+    model, prompt = _model_and_prompt("llama" if model_kind == "rotating" else model_kind,
+                                      checkpoints)
+    max_kv_size = len(prompt) + 2 if model_kind == "rotating" else None
+    spec = CachedModel(model, max_kv_size=max_kv_size)
+    spec.prefill(mx.array(prompt, dtype=mx.uint32))
+    first, second = FED[:3], FED[3:]
+    spec.begin_round(3)
+    spec(first)
+    spec.begin_round(2)
+    spec(second)
+    if first_kept == 3:
+        spec.end_round(first, 3)
+        spec.end_round(second, 1)
+        kept = [first, second[:1]]
+    else:
+        with pytest.raises(RuntimeError, match="undo the later rounds"):
+            spec.end_round(first, first_kept)
+        spec.undo_round()
+        spec.end_round(first, first_kept)
+        kept = [first[:first_kept]]
+    assert _original_hooks()
+    assert (spec.replayed_tokens > 0) == (model_kind == "rotating")
+
+    fresh = CachedModel(model, max_kv_size=max_kv_size)
+    fresh.prefill(mx.array(prompt, dtype=mx.uint32))
+    for chunk in kept:  # in the pieces the round loop kept them, as rounding depends on it
+        fresh(chunk)
     following = mx.array([7], dtype=mx.uint32)
     np.testing.assert_allclose(np.array(spec(following)[0]), np.array(fresh(following)[0]),
                                **TIGHT)

@@ -77,7 +77,10 @@ def test_mtp_decode_equals_mlx_lm_greedy(built, k):
     target = built / "target"
     prompt = prompt_ids(target, json.loads((built / "prompts.json").read_text())[0])
     expected = greedy_reference(loaded(target).model, prompt, MAX_TOKENS)
-    assert run(mtp_decoder(target, k), prompt, MAX_TOKENS) == expected
+    decoder = mtp_decoder(target, k)
+    assert run(decoder, prompt, MAX_TOKENS) == expected
+    if k == 1:  # rounds started ahead were both kept and taken back
+        assert 0 < decoder.rounds_taken_back < decoder.rounds_ahead
 
 
 @pytest.mark.parametrize("drafter, k", [("drafter", 1), ("drafter", None),

@@ -43,22 +43,29 @@ def test_small_drafter(checkpoints, k, prompt):
 
 @pytest.mark.parametrize("k", KS)
 def test_close_drafter_partial_acceptance(checkpoints, k):
-    drafter = perturbed(checkpoints.llama, scale=0.01)
-    stats = _check(drafter_decoder(checkpoints.llama, drafter, k), checkpoints.llama, PROMPTS[0],
-                   max_tokens=40)
+    drafter = perturbed(checkpoints.llama, scale=0.005)
+    decoder = drafter_decoder(checkpoints.llama, drafter, k)
+    stats = _check(decoder, checkpoints.llama, PROMPTS[0], max_tokens=40)
     if k:  # adaptive may rightly decode plainly: a tiny CPU drafter costs as much as the target
         assert 0 < stats.accepted < stats.drafted
+        _assert_rounds_ahead_kept_and_taken_back(decoder)
+
+
+def _assert_rounds_ahead_kept_and_taken_back(decoder: SpecDecoder) -> None:
+    """Both outcomes of a round started before the previous one was read happened."""
+    assert 0 < decoder.rounds_taken_back < decoder.rounds_ahead
 
 
 @pytest.mark.parametrize("k", KS)
 def test_hybrid_target_with_close_drafter(checkpoints, k):
     """Both models are hybrids with rounds open at once; rejected drafts are rewound
     from the recorded GatedDeltaNet states, never by feeding tokens again."""
-    drafter = perturbed(checkpoints.qwen3_5, scale=0.01)
+    drafter = perturbed(checkpoints.qwen3_5, scale=0.005)
     decoder = drafter_decoder(checkpoints.qwen3_5, drafter, k)
     stats = _check(decoder, checkpoints.qwen3_5, PROMPTS[1], max_tokens=40)
     if k:
         assert 0 < stats.accepted < stats.drafted
+        _assert_rounds_ahead_kept_and_taken_back(decoder)
     assert decoder.target.replayed_tokens == decoder.proposer.lm.replayed_tokens == 0
 
 
@@ -81,9 +88,11 @@ def test_deepseek_v3_mtp(checkpoints, k):
 @pytest.mark.parametrize("k", [1, 4])
 def test_identical_drafter_accepts_everything(checkpoints, k):
     drafter = loaded(checkpoints.llama).model
-    stats = _check(drafter_decoder(checkpoints.llama, drafter, k), checkpoints.llama, PROMPTS[0])
+    decoder = drafter_decoder(checkpoints.llama, drafter, k)
+    stats = _check(decoder, checkpoints.llama, PROMPTS[0])
     assert stats.drafted > 0
     assert stats.accepted == stats.drafted
+    assert decoder.rounds_ahead > 0 and decoder.rounds_taken_back == 0
     assert stats.tokens_per_round == pytest.approx(k + 1, abs=1.0)
 
 

@@ -59,8 +59,7 @@ def summarize(rows: list[Row], eos: set[int]) -> list[dict]:
         if r.group != SINGLE:
             d["vs_group_plain"] = _ratio(median, medians.get(id(group_base)))
             d["finish"] = [p.finish for p in last.prompts] if last else []
-            d.update({k: v for k, v in (last.prompts[-1].extra if last and last.prompts
-                                        else {}).items()})
+        d.update(last.prompts[-1].extra if last and last.prompts else {})
         out.append(d)
     return out
 

@@ -57,7 +57,9 @@ def exo(models: Models, num_draft: int | None, prompt: list[int], max_tokens: in
     decoder.eos = set()  # run to max_tokens, as mlx-lm's step functions do
     tokens, seconds = timed(decoder.generate(prompt, max_tokens))
     s = decoder.stats
-    return PromptRun(tokens, seconds, s.rounds, s.drafted, s.accepted)
+    return PromptRun(tokens, seconds, s.rounds, s.drafted, s.accepted,
+                     extra={"rounds_ahead": decoder.rounds_ahead,
+                            "rounds_taken_back": decoder.rounds_taken_back})
 
 
 def group(target: str, flags: list[str], prompt: str, max_tokens: int, ranks: int) -> PromptRun:

@@ -19,7 +19,7 @@ class PromptRun:
     drafted: int = 0
     accepted: int = 0
     finish: str = "length"
-    extra: dict = field(default_factory=dict)  # e.g. a group's traffic per round
+    extra: dict = field(default_factory=dict)  # e.g. a group's traffic per round (last prompt)
 
 
 @dataclass

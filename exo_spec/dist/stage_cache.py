@@ -1,7 +1,7 @@
 """A pipeline stage with its own rewindable cache.
 
 The round bookkeeping and ``reset`` are CachedModel's own: they only need
-``cache``, ``_snapshots``, ``_captures``, ``replayed_tokens``, ``_new_cache()``
+``cache``, ``_rounds``, ``replayed_tokens``, ``_new_cache()``
 and ``model(x, cache=)``, which here runs this rank's layers. Every forward of
 the stage between ``begin_round`` and ``end_round`` goes through ``model``, so
 GatedDeltaNet layers on every rank record their per-token state and are rewound
@@ -23,12 +23,13 @@ class StageCache:
     begin_round = CachedModel.begin_round
     end_round = CachedModel.end_round
     drop_round = CachedModel.drop_round
+    _rewind = CachedModel._rewind
     reset = CachedModel.reset
 
     def __init__(self, stage: Stage, max_kv_size: int | None = None):
         self.stage = stage
         self._max_kv_size = max_kv_size
-        self._captures = {}
+        self._rounds = []
         self.reset()
 
     def _new_cache(self) -> list:

@@ -65,8 +65,17 @@ class Gemma4Assistant:
     def prefill(self, tokens: mx.array, hidden: mx.array | None) -> None:
         self._token, self._hidden = tokens[-1:], hidden[-1:]
 
+    def propose_ahead(self, tokens: mx.array, hidden: mx.array | None, k: int,
+                      sampling: Sampling) -> tuple[mx.array, mx.array | None]:
+        # Nothing to take back: the next commit() sets both fields again.
+        self.commit(tokens.shape[0] - 1, tokens, hidden)
+        return self.propose(k, sampling)
+
     def commit(self, accepted: int, tokens: mx.array, hidden: mx.array | None) -> None:
         self._token, self._hidden = tokens[-1:], hidden[-1:]
+
+    def close(self) -> None:
+        pass
 
     def propose(self, k: int, sampling: Sampling) -> tuple[mx.array, mx.array | None]:
         shared = self.shared_kv()

@@ -15,6 +15,8 @@ so every cache ends exactly at the accepted position.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.cache import ArraysCache, KVCache, RotatingKVCache, make_prompt_cache
@@ -62,11 +64,12 @@ def make_cache(model: nn.Module, max_kv_size: int | None = None) -> list:
 
 
 class CachedModel:
+    chains_rounds = True  # a round may begin before the previous one ends
     def __init__(self, model: nn.Module, *, max_kv_size: int | None = None):
         self.model = model
         self._max_kv_size = max_kv_size
         self._body, self._head = body_and_head(model)
-        self._captures: dict[int, recurrent_capture.Capture] = {}
+        self._rounds: list[_Round] = []
         self.reset()
 
     def reset(self) -> None:
@@ -107,40 +110,69 @@ class CachedModel:
         return logits[-1], (mx.concatenate(hiddens) if hidden else None)
 
     def begin_round(self, width: int) -> None:
-        """Call before feeding ``width`` tokens that may be partly rejected."""
-        self.drop_round()
-        self._snapshots = {
-            i: _snapshot(c) for i, c in enumerate(self.cache) if _may_lose_trim(c, width)
-        }
-        self._captures = {i: recurrent_capture.arm(self.cache[i], width)
-                          for i in self._snapshots if recurrent_capture.can_capture(self.cache[i])}
+        """Call before feeding ``width`` tokens that may be partly rejected. Rounds
+        already open stay open: the caller may start the next round before reading
+        the accept decision of this one, assuming it keeps every token. The oldest
+        round is closed first: ``end_round`` when it kept them all, else
+        ``undo_round`` for every later one and then ``end_round``."""
+        if self._rounds:
+            self._rounds[-1].stop_capturing()
+        snapshots = {i: _snapshot(c) for i, c in enumerate(self.cache) if _may_lose_trim(c, width)}
+        captures = {i: recurrent_capture.arm(self.cache[i], width)
+                    for i in snapshots if recurrent_capture.can_capture(self.cache[i])}
+        self._rounds.append(_Round(width, snapshots, captures))
 
     def end_round(self, fed: mx.array, kept: int) -> None:
-        """Keep the first ``kept`` of the ``fed`` tokens of this round."""
-        snapshots, captures = self._snapshots, self._captures
-        self.drop_round()
-        width = fed.shape[0]
-        rejected = width - kept
-        if rejected == 0:
+        """The oldest open round, which fed ``fed``, keeps the first ``kept`` of them."""
+        oldest, *later = self._rounds
+        if kept < oldest.width and later:
+            raise RuntimeError("undo the later rounds before rejecting tokens of an earlier one")
+        self._rounds = later
+        self._rewind(oldest, kept)
+        if kept < oldest.width and oldest.replays:
+            self.replayed_tokens += kept
+            if kept:
+                self.model(fed[None, :kept], cache=self.cache)
+
+    def undo_round(self) -> None:
+        """Take back the newest open round whole, as if it had never been fed."""
+        self._rewind(self._rounds.pop(), 0)
+
+    def _rewind(self, opened: _Round, kept: int) -> None:
+        """Set the caches to ``kept`` tokens into ``opened``, or, when it ``replays``,
+        to its start."""
+        opened.stop_capturing()
+        if kept == opened.width:
             return
-        if all(i in captures and captures[i].complete(width) for i in snapshots):
-            for i, c in enumerate(self.cache):
-                if i in captures:
-                    captures[i].rewind(kept)
-                else:
-                    c.trim(rejected)
-            return
+        replays = opened.replays
         for i, c in enumerate(self.cache):
-            if i in snapshots:
-                _restore(c, snapshots[i])
+            if replays and i in opened.snapshots:
+                _restore(c, opened.snapshots[i])
+            elif i in opened.captures:
+                opened.captures[i].rewind(kept)
             else:
-                c.trim(width)
-        self.replayed_tokens += kept
-        if kept:
-            self.model(fed[None, :kept], cache=self.cache)
+                c.trim(opened.width if replays else opened.width - kept)
 
     def drop_round(self) -> None:
-        """Forget an open round without rewinding anything (and stop capturing)."""
-        for capture in self._captures.values():
+        """Forget every open round without rewinding anything (and stop capturing)."""
+        for opened in self._rounds:
+            opened.stop_capturing()
+        self._rounds = []
+
+
+@dataclass
+class _Round:
+    width: int
+    snapshots: dict  # cache index -> its state before the round (caches a trim may not undo)
+    captures: dict  # cache index -> recurrent_capture.Capture, for those that can be captured
+
+    @property
+    def replays(self) -> bool:
+        """Whether rewinding needs the snapshots and a replay: some cache that a trim
+        may not undo was not captured token by token."""
+        return not all(i in self.captures and self.captures[i].complete(self.width)
+                       for i in self.snapshots)
+
+    def stop_capturing(self) -> None:
+        for capture in self.captures.values():
             capture.disarm()
-        self._snapshots, self._captures = {}, {}

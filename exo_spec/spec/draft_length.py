@@ -24,6 +24,9 @@ class FixedDraftLength:
     def next(self) -> int:
         return self.k
 
+    def ahead(self) -> int:
+        return self.k
+
     def observe(self, k: int, accepted: int, seconds: float) -> None:
         pass
 
@@ -71,6 +74,11 @@ class AdaptiveDraftLength:
         # Space probes so that they take at most probe_budget of the decode time.
         probe = self.cost if self.probe_cost is None else self.probe_cost
         return 1 if self.plain_streak >= max(self.backoff, probe / self.probe_budget) else 0
+
+    def ahead(self) -> int:
+        """The draft length of a round started before the current one is read, on the
+        assumption that it keeps every draft: none while probing."""
+        return self.next() if self._best() else 0
 
     def observe(self, k: int, accepted: int, seconds: float) -> None:
         if k == 0:

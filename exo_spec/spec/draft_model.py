@@ -17,8 +17,9 @@ class DraftModel:
     def __init__(self, model: nn.Module, max_kv_size: int | None = None):
         self.lm = CachedModel(model, max_kv_size=max_kv_size)
         self._unfed: list[mx.array] = []  # committed tokens not yet in the cache
-        self._fed: mx.array | None = None  # what the latest propose() fed ...
-        self._fed_unfed = 0  # ... of which this many were committed tokens
+        # Per unsettled propose(), oldest first: what it fed, and how many of those rows
+        # were committed tokens (the rest are its drafts).
+        self._open: list[tuple[mx.array, int]] = []
 
     def prefill(self, tokens: mx.array, hidden: mx.array | None) -> None:
         if tokens.shape[0] > 1:
@@ -36,18 +37,32 @@ class DraftModel:
             drafts.append(x)
             dists.append(q)
         drafts = mx.concatenate(drafts)
-        self._fed = mx.concatenate([unfed, drafts[:-1]])
-        self._fed_unfed = unfed.shape[0]
+        self._open.append((mx.concatenate([unfed, drafts[:-1]]), unfed.shape[0]))
         return drafts, (None if sampling.greedy else mx.concatenate(dists))
 
+    def propose_ahead(self, tokens: mx.array, hidden: mx.array | None, k: int,
+                      sampling: Sampling) -> tuple[mx.array, mx.array | None]:
+        fed, unfed = self._open[-1]
+        self._unfed = [tokens[fed.shape[0] - unfed :]]  # the last draft and the target's token
+        return self.propose(k, sampling)
+
     def commit(self, accepted: int, tokens: mx.array, hidden: mx.array | None) -> None:
-        if self._fed is None:  # a plain target step: nothing was drafted
+        if not self._open:  # a plain target step: nothing was drafted
             self._unfed.append(tokens)
             self._unfed = bounded(self._unfed)
             return
-        unfed = self._fed_unfed
-        kept_drafts = min(accepted, self._fed.shape[0] - unfed)
-        self.lm.end_round(self._fed, unfed + kept_drafts)
+        fed, unfed = self._open.pop(0)
+        drafted = fed.shape[0] - unfed + 1
+        if self._open:  # a propose_ahead() is open on top of this one
+            if accepted == drafted:  # as propose_ahead() assumed
+                self.lm.end_round(fed, fed.shape[0])
+                return
+            self._open.pop()
+            self.lm.undo_round()
+        kept_drafts = min(accepted, drafted - 1)
+        self.lm.end_round(fed, unfed + kept_drafts)
         self._unfed = [tokens[kept_drafts:]]
-        self._fed = None
 
+    def close(self) -> None:
+        self.lm.drop_round()
+        self._open = []

@@ -3,7 +3,10 @@ accepted prefix plus one target token, rewind what was rejected.
 
 The only host sync per round is reading the accept decision (and the tokens
 it emits); drafting, verification and cache repair of the previous round are
-queued lazily in between.
+queued lazily in between. Before reading a round, the next one is drafted and
+queued as if every draft is kept (the common case when speculation pays), so
+the host builds its graph while the device computes; when a draft was rejected,
+that round is taken back from the target and the proposer and started again.
 """
 
 from __future__ import annotations
@@ -20,6 +23,17 @@ from .proposer import Proposer
 from .sampling import Sampling, probs, sample
 from .stats import Stats
 from .verify import verify_greedy, verify_sampled
+
+
+@dataclass
+class Round:
+    """One round's work, queued on the device and not yet read."""
+
+    k: int
+    fed: mx.array  # [last, d1..dk]
+    accepted: mx.array  # how many drafts the target keeps
+    tokens: mx.array  # what the target emits at each fed position
+    hidden: mx.array | None  # the target's final hidden states there, if the proposer reads them
 
 
 @dataclass
@@ -48,6 +62,8 @@ class SpecDecoder:
             else self.draft_length.k,
         )
         self.finish: Finish | None = None
+        self.rounds_ahead = 0  # rounds started before the previous one was read ...
+        self.rounds_taken_back = 0  # ... and of those, the ones a rejection took back
         self._hidden = bool(proposer and proposer.needs_hidden)
 
     def generate(self, prompt: list[int], max_tokens: int) -> Iterator[list[int]]:
@@ -74,30 +90,51 @@ class SpecDecoder:
             yield out
         decode_start = time.perf_counter()
         ahead = None  # a plain step queued before the previous one was read
-        while not self.finish:
-            t0 = time.perf_counter()
-            remaining = max_tokens - stats.generation_tokens
-            k = 0
-            if self.proposer and ahead is None:
-                k = min(self.draft_length.next(), remaining - 1)
-            if k > 0:
-                accepted, emitted, last = self._round(last, k)
-            else:
-                token, hidden = ahead or self._queue_plain(last)
-                ahead = None
-                # Queue the next plain step before reading this one, as mlx-lm's
-                # generate_step does, so building its graph overlaps this compute.
-                if remaining > 1 and (not self.proposer or self.draft_length.next() == 0):
-                    ahead = self._queue_plain(token)
-                accepted, emitted, last = 0, token.tolist(), token
-                if self.proposer:
-                    self.proposer.commit(0, token, hidden)
-            stats.rounds += 1
-            self.draft_length.observe(k, accepted, time.perf_counter() - t0)
-            out = self._emit(emitted, max_tokens)
-            if out:
-                yield out
-            stats.decode_s = time.perf_counter() - decode_start
+        queued: Round | None = None  # a round started before the previous one was read
+        try:
+            while not self.finish:
+                t0 = time.perf_counter()
+                remaining = max_tokens - stats.generation_tokens
+                k = 0
+                if queued:
+                    current, queued = queued, None
+                    k = current.k
+                elif self.proposer and ahead is None:
+                    k = min(self.draft_length.next(), remaining - 1)
+                    if k > 0:
+                        current = self._start_round(last, k)
+                if k > 0:
+                    # Start the next round as if this one keeps every draft, so that
+                    # building its graph overlaps this round's compute.
+                    room = remaining - (k + 1)
+                    k_next = min(self.draft_length.ahead(), room - 1)
+                    if self.target.chains_rounds and k_next > 0:
+                        queued = self._start_round(current.tokens[-1:], k_next, after=current)
+                        self.rounds_ahead += 1
+                    accepted, emitted, last = self._end_round(current, queued)
+                    if queued and accepted < k:
+                        queued = None
+                        self.rounds_taken_back += 1
+                else:
+                    token, hidden = ahead or self._queue_plain(last)
+                    ahead = None
+                    # Queue the next plain step before reading this one, as mlx-lm's
+                    # generate_step does, so building its graph overlaps this compute.
+                    if remaining > 1 and (not self.proposer or self.draft_length.next() == 0):
+                        ahead = self._queue_plain(token)
+                    accepted, emitted, last = 0, token.tolist(), token
+                    if self.proposer:
+                        self.proposer.commit(0, token, hidden)
+                stats.rounds += 1
+                self.draft_length.observe(k, accepted, time.perf_counter() - t0)
+                out = self._emit(emitted, max_tokens)
+                if out:
+                    yield out
+                stats.decode_s = time.perf_counter() - decode_start
+        finally:
+            if queued:  # the job ended (EOS, or the consumer left) with a round started
+                self.target.drop_round()
+                self.proposer.close()
 
     def _queue_plain(self, last: mx.array) -> tuple[mx.array, mx.array | None]:
         logits, hidden = self.target(last, hidden=self._hidden)
@@ -105,8 +142,14 @@ class SpecDecoder:
         mx.async_eval(token)
         return token, hidden
 
-    def _round(self, last: mx.array, k: int) -> tuple[int, list[int], mx.array]:
-        drafts, draft_probs = self.proposer.propose(k, self.sampling)
+    def _start_round(self, last: mx.array, k: int, after: Round | None = None) -> Round:
+        """Draft k tokens after ``last`` and queue their verification; ``after``: the
+        round still unread, assumed to keep every draft."""
+        if after is None:
+            drafts, draft_probs = self.proposer.propose(k, self.sampling)
+        else:
+            drafts, draft_probs = self.proposer.propose_ahead(
+                after.tokens, after.hidden, k, self.sampling)
         fed = mx.concatenate([last, drafts])
         self.target.begin_round(k + 1)
         logits, hidden = self.target(fed, hidden=self._hidden)
@@ -114,13 +157,22 @@ class SpecDecoder:
             accepted, tokens = verify_greedy(logits, drafts)
         else:
             accepted, tokens = verify_sampled(probs(logits, self.sampling), draft_probs, drafts)
-        mx.eval(accepted, tokens)  # the round's one host sync
-        n = accepted.item()
-        emitted = tokens.tolist()[: n + 1]
-        self.target.end_round(fed, n + 1)
-        kept = tokens[: n + 1]
+        mx.async_eval(accepted, tokens)
+        return Round(k, fed, accepted, tokens, hidden)
+
+    def _end_round(self, current: Round, queued: Round | None) -> tuple[int, list[int], mx.array]:
+        """Read the accept decision of ``current`` (the round's one host sync) and move
+        every cache to it; a ``queued`` round, started on the assumption that every
+        draft is kept, is taken back if one was not."""
+        n = current.accepted.item()
+        emitted = current.tokens.tolist()[: n + 1]
+        if queued and n < current.k:
+            self.target.undo_round()
+        self.target.end_round(current.fed, n + 1)
+        kept = current.tokens[: n + 1]
+        hidden = current.hidden
         self.proposer.commit(n, kept, None if hidden is None else hidden[: n + 1])
-        self.stats.drafted += k
+        self.stats.drafted += current.k
         self.stats.accepted += n
         return n, emitted, kept[-1:]
 

@@ -31,6 +31,7 @@ class Mtp:
         self._next: list[mx.array] = []  # ... and the s_{j+1} that go with them
         self._last: mx.array | None = None  # the head's output for the newest fed pair
         self._chained = 0
+        self._before_ahead: tuple | None = None  # what propose_ahead() may take back
 
     def prefill(self, tokens: mx.array, hidden: mx.array | None, step: int = 512) -> None:
         following = tokens[1:]
@@ -56,13 +57,30 @@ class Mtp:
         self._chained = k - 1
         return mx.concatenate(drafts), (None if sampling.greedy else mx.concatenate(dists))
 
+    def propose_ahead(self, tokens: mx.array, hidden: mx.array | None, k: int,
+                      sampling: Sampling) -> tuple[mx.array, mx.array | None]:
+        before = (self.cache[0].offset, list(self._hidden), list(self._next), self._last,
+                  self._chained, tokens.shape[0] - 1)
+        self.commit(tokens.shape[0] - 1, tokens, hidden)
+        self._before_ahead = before
+        return self.propose(k, sampling)
+
     def commit(self, accepted: int, tokens: mx.array, hidden: mx.array | None) -> None:
+        before, self._before_ahead = self._before_ahead, None
+        if before:
+            if accepted == before[-1]:  # propose_ahead() committed exactly this
+                return
+            offset, self._hidden, self._next, self._last, self._chained, _ = before
+            self.cache[0].trim(self.cache[0].offset - offset)
         if self._chained:
             self.cache[0].trim(self._chained)
             self._chained = 0
         self._hidden.append(hidden)
         self._next.append(tokens)
         self._hidden, self._next = bounded(self._hidden), bounded(self._next)
+
+    def close(self) -> None:
+        pass
 
     def _feed(self, tokens: mx.array, hidden: mx.array) -> mx.array:
         return self.mtp(self.embed(tokens)[None], hidden[None], self.cache)[0]

@@ -40,8 +40,19 @@ class Proposer(Protocol):
         """Draft s_{T+1}..s_{T+k}: tokens (k,) uint32 and, unless greedy, the
         distributions (k, V) they were drawn from. Lazy: no host sync."""
 
+    def propose_ahead(self, tokens: mx.array, hidden: mx.array | None, k: int,
+                      sampling: Sampling) -> tuple[mx.array, mx.array | None]:
+        """Draft the round after the latest proposal as if the target kept all of it:
+        ``tokens`` are those drafts and the target's token after them, ``hidden`` the
+        states of the positions fed to verify them (as commit() would get them). The
+        next commit() settles the latest proposal; if it kept fewer drafts, what this
+        did is taken back first. Lazy: no host sync."""
+
     def commit(self, accepted: int, tokens: mx.array, hidden: mx.array | None) -> None:
         """The target moved on by len(tokens) positions: ``tokens`` are the new
         s_{T+1}..s_{T'} and ``hidden`` the states of the fed positions s_T..s_{T'-1}.
-        ``accepted`` drafts of the latest propose() were kept (0 after a plain step,
-        which proposed nothing)."""
+        ``accepted`` drafts of the oldest unsettled propose() were kept (0 after a
+        plain step, which proposed nothing)."""
+
+    def close(self) -> None:
+        """The job ended with a proposal still unsettled: stop what it holds open."""
