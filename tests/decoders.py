@@ -11,6 +11,7 @@ from mlx_lm.models import qwen3_next
 
 from exo_spec.models.load import load
 from exo_spec.models.mtp import load_mtp
+from exo_spec.spec.round_ahead import RoundAhead
 from exo_spec.spec import (
     AdaptiveDraftLength,
     CachedModel,
@@ -20,6 +21,10 @@ from exo_spec.spec import (
     Sampling,
     SpecDecoder,
 )
+
+# Every round that can start the next one ahead does (whether that pays is timing;
+# here the riskier path is the one under test).
+ALWAYS_AHEAD = RoundAhead(forced=True)
 
 PROMPTS = ["def heappush(heap, item):", "class Queue:\n    def __init__(self"]
 
@@ -49,7 +54,8 @@ def drafter_decoder(target_path: Path, drafter_model, k: int | None, sampling=Sa
     target = loaded(target_path).model
     return SpecDecoder(CachedModel(target, max_kv_size=max_kv_size),
                        DraftModel(drafter_model, max_kv_size=max_kv_size),
-                       sampling=sampling, draft_length=draft_length(k), eos_token_ids=eos)
+                       sampling=sampling, draft_length=draft_length(k), eos_token_ids=eos,
+                       round_ahead=ALWAYS_AHEAD)
 
 
 def mtp_decoder(target_path: Path, k: int | None, sampling=Sampling(),
@@ -57,7 +63,7 @@ def mtp_decoder(target_path: Path, k: int | None, sampling=Sampling(),
     target = loaded(target_path).model
     proposer = Mtp(load_mtp(target_path, target), target)
     return SpecDecoder(CachedModel(target), proposer, sampling=sampling,
-                       draft_length=draft_length(k), eos_token_ids=eos)
+                       draft_length=draft_length(k), eos_token_ids=eos, round_ahead=ALWAYS_AHEAD)
 
 
 def prompt_ids(path: Path, text: str) -> list[int]:

@@ -25,6 +25,7 @@ from exo_spec.models.load import ModelLoadError, load
 from exo_spec.models.synthetic_gemma4 import write_gemma4_assistant, write_gemma4_text
 from exo_spec.session import encode_prompt, load_models, make_decoder
 from exo_spec.spec import CachedModel, FixedDraftLength, Sampling, SpecDecoder
+from exo_spec.spec.round_ahead import RoundAhead
 from exo_spec.spec.assistant import Gemma4Assistant, read_kv, shared_kv_layers
 from exo_spec.spec.sampling import probs
 
@@ -208,15 +209,20 @@ def test_tied_head_against_full_vocabulary(pair):
 
 
 def test_drafts_read_the_kv_a_full_history_gives(pair):
-    """After a decode whose sliding caches wrapped, were trimmed and restored, a draft
-    step equals one computed from plain full-length caches of the accepted tokens."""
+    """After a decode whose sliding caches wrapped, were trimmed and restored, and whose
+    rounds were started ahead of the previous read, its output is the target's greedy
+    decode and a draft step equals one computed from plain full-length caches of the
+    accepted tokens."""
     target = load(str(pair.target))
     assistant, _ = gemma4_assistant.load(pair.centroid)
     cached = CachedModel(target.model)
     proposer = Gemma4Assistant(assistant, cached)
-    decoder = SpecDecoder(cached, proposer, draft_length=FixedDraftLength(3))
+    decoder = SpecDecoder(cached, proposer, draft_length=FixedDraftLength(3),
+                          round_ahead=RoundAhead(forced=True))
     prompt = encode_prompt(target.tokenizer, PROMPT)
     out = [t for chunk in decoder.generate(prompt, MAX_TOKENS) for t in chunk]
+    assert out == _reference(pair.target)
+    assert decoder.rounds_ahead > 0
     position = cached.cache[0].offset
     window = target.model.args.sliding_window
     assert any(isinstance(c, RotatingKVCache) and c.offset > c.max_size for c in cached.cache)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import mlx.core as mx
+import numpy as np
 import pytest
 from mlx_lm.models.cache import QuantizedKVCache, RotatingKVCache
 
 from exo_spec.models.synthetic import write_llama
 from exo_spec.spec import CachedModel, SpecDecoder
+from exo_spec.spec import recurrent_capture
 from exo_spec.spec.cached_model import make_cache
+from exo_spec.spec.round_ahead import RoundAhead
 
 from decoders import (
     PROMPTS,
@@ -109,6 +113,39 @@ def test_eos_is_never_emitted(checkpoints, make):
         decoder = mtp_decoder(path, 3, eos=eos)
     assert run(decoder, prompt, MAX_TOKENS) == reference[:stop_at]
     assert decoder.finish.reason == "stop"
+
+
+def test_a_job_ending_with_a_round_started_ahead_takes_it_back(checkpoints):
+    """An identical drafter keeps every draft, so the round that emits the EOS token has
+    the next one started ahead; ending the job takes it back from the target and the
+    drafter, which end where a decoder that never starts ahead leaves them."""
+    path = checkpoints.qwen3_5
+    prompt = prompt_ids(path, PROMPTS[0])
+    reference = greedy_reference(loaded(path).model, prompt, MAX_TOKENS)
+    stop_at = next(i for i in range(8, MAX_TOKENS) if reference[i] not in reference[:i])
+    ends = []
+    for ahead in (True, False):
+        decoder = drafter_decoder(path, loaded(path).model, 2,
+                                  eos=frozenset({reference[stop_at]}))
+        decoder.round_ahead = RoundAhead(forced=ahead)
+        assert run(decoder, prompt, MAX_TOKENS) == reference[:stop_at]
+        assert (decoder.rounds_ahead > 0) == ahead
+        drafter = decoder.proposer
+        ends.append((_cache_state(decoder.target.cache), _cache_state(drafter.lm.cache),
+                     mx.concatenate(drafter._unfed).tolist()))
+    assert not recurrent_capture._armed
+    (target, draft, unfed), (target_plain, draft_plain, unfed_plain) = ends
+    assert unfed == unfed_plain
+    for got, want in ((target, target_plain), (draft, draft_plain)):
+        assert len(got) == len(want)
+        for x, y in zip(got, want):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def _cache_state(caches) -> list[np.ndarray]:
+    """Offsets of KV caches, arrays of the others."""
+    return [np.array(c.offset) if hasattr(c, "offset") else np.array(x)
+            for c in caches for x in ([None] if hasattr(c, "offset") else c.cache)]
 
 
 @pytest.mark.parametrize("k", [2, None])

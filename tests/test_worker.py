@@ -309,6 +309,16 @@ def _runner_cpu_seconds(workers: list[Worker]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def _wait_until_idle(workers, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        before = _runner_cpu_seconds(workers)
+        time.sleep(0.5)
+        if _runner_cpu_seconds(workers) - before < 0.1:
+            return
+        assert time.monotonic() < deadline, "the runners never went idle"
+
+
 def test_an_idle_group_waits_off_the_ring(workers, checkpoints, group):
     """Between jobs the follower parks on rank 0's doorbell instead of spinning in the
     ring backend's poll loop (a core per follower before), and the next job wakes it."""
@@ -327,6 +337,7 @@ def test_parked_followers_stop_when_rank_0_goes(workers, checkpoints):
     load_group(workers, "parked", checkpoints.llama, spec=common_pb2.SPEC_MODE_NONE)
     try:
         run(workers[0], "parked", decode())
+        _wait_until_idle(workers)  # rank 0 parks its followers after the job's last event
         release(workers[:1], "parked")
         deadline = time.monotonic() + 20
         while "rank 0 closed its doorbell" not in workers[1].log.read_text():

@@ -74,8 +74,8 @@ class Gemma4Assistant:
     def commit(self, accepted: int, tokens: mx.array, hidden: mx.array | None) -> None:
         self._token, self._hidden = tokens[-1:], hidden[-1:]
 
-    def close(self) -> None:
-        pass
+    def withdraw(self) -> None:
+        pass  # proposing changed nothing
 
     def propose(self, k: int, sampling: Sampling) -> tuple[mx.array, mx.array | None]:
         shared = self.shared_kv()

@@ -63,6 +63,7 @@ class DraftModel:
         self.lm.end_round(fed, unfed + kept_drafts)
         self._unfed = [tokens[kept_drafts:]]
 
-    def close(self) -> None:
-        self.lm.drop_round()
-        self._open = []
+    def withdraw(self) -> None:
+        fed, unfed = self._open.pop()
+        self.lm.undo_round()
+        self._unfed = [fed[:unfed]]

@@ -3,10 +3,11 @@ accepted prefix plus one target token, rewind what was rejected.
 
 The only host sync per round is reading the accept decision (and the tokens
 it emits); drafting, verification and cache repair of the previous round are
-queued lazily in between. Before reading a round, the next one is drafted and
-queued as if every draft is kept (the common case when speculation pays), so
-the host builds its graph while the device computes; when a draft was rejected,
-that round is taken back from the target and the proposer and started again.
+queued lazily in between. Where the host would otherwise wait for the device
+(``round_ahead``), the next round is drafted and queued before this one is read,
+as if every draft is kept, so the host builds its graph while the device
+computes; when a draft was rejected, that round is taken back from the target
+and the proposer.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import mlx.core as mx
 from .cached_model import CachedModel
 from .draft_length import AdaptiveDraftLength, FixedDraftLength
 from .proposer import Proposer
+from .round_ahead import RoundAhead
 from .sampling import Sampling, probs, sample
 from .stats import Stats
 from .verify import verify_greedy, verify_sampled
@@ -34,6 +36,7 @@ class Round:
     accepted: mx.array  # how many drafts the target keeps
     tokens: mx.array  # what the target emits at each fed position
     hidden: mx.array | None  # the target's final hidden states there, if the proposer reads them
+    ahead: bool  # started before the previous round was read
 
 
 @dataclass
@@ -50,11 +53,13 @@ class SpecDecoder:
         sampling: Sampling = Sampling(),
         draft_length: FixedDraftLength | AdaptiveDraftLength | None = None,
         eos_token_ids: set[int] | frozenset[int] = frozenset(),
+        round_ahead: RoundAhead | None = None,
     ):
         self.target = target
         self.proposer = proposer
         self.sampling = sampling
         self.draft_length = draft_length or AdaptiveDraftLength()
+        self.round_ahead = round_ahead or RoundAhead()
         self.eos = set(eos_token_ids)
         self.stats = Stats(
             mode=proposer.mode if proposer else "none",
@@ -104,17 +109,7 @@ class SpecDecoder:
                     if k > 0:
                         current = self._start_round(last, k)
                 if k > 0:
-                    # Start the next round as if this one keeps every draft, so that
-                    # building its graph overlaps this round's compute.
-                    room = remaining - (k + 1)
-                    k_next = min(self.draft_length.ahead(), room - 1)
-                    if self.target.chains_rounds and k_next > 0:
-                        queued = self._start_round(current.tokens[-1:], k_next, after=current)
-                        self.rounds_ahead += 1
-                    accepted, emitted, last = self._end_round(current, queued)
-                    if queued and accepted < k:
-                        queued = None
-                        self.rounds_taken_back += 1
+                    accepted, emitted, last, queued = self._speculate(current, remaining)
                 else:
                     token, hidden = ahead or self._queue_plain(last)
                     ahead = None
@@ -133,8 +128,8 @@ class SpecDecoder:
                 stats.decode_s = time.perf_counter() - decode_start
         finally:
             if queued:  # the job ended (EOS, or the consumer left) with a round started
-                self.target.drop_round()
-                self.proposer.close()
+                self.target.undo_round()
+                self.proposer.withdraw()
 
     def _queue_plain(self, last: mx.array) -> tuple[mx.array, mx.array | None]:
         logits, hidden = self.target(last, hidden=self._hidden)
@@ -142,9 +137,25 @@ class SpecDecoder:
         mx.async_eval(token)
         return token, hidden
 
+    def _speculate(self, current: Round, remaining: int):
+        """Read ``current`` and return (accepted, emitted, last token, the next round if
+        one was started ahead and stands)."""
+        k = current.k
+        k_next = min(self.draft_length.ahead(), remaining - (k + 1) - 1)
+        queued = None
+        if k_next > 0 and self.target.chains_rounds and self.round_ahead.wanted():
+            queued = self._start_round(current.tokens[-1:], k_next, after=current)
+            self.rounds_ahead += 1
+        accepted, emitted, last = self._end_round(current, queued)
+        if queued and accepted < k:
+            queued = None
+            self.rounds_taken_back += 1
+        return accepted, emitted, last, queued
+
     def _start_round(self, last: mx.array, k: int, after: Round | None = None) -> Round:
         """Draft k tokens after ``last`` and queue their verification; ``after``: the
         round still unread, assumed to keep every draft."""
+        start = time.perf_counter()
         if after is None:
             drafts, draft_probs = self.proposer.propose(k, self.sampling)
         else:
@@ -158,14 +169,19 @@ class SpecDecoder:
         else:
             accepted, tokens = verify_sampled(probs(logits, self.sampling), draft_probs, drafts)
         mx.async_eval(accepted, tokens)
-        return Round(k, fed, accepted, tokens, hidden)
+        self.round_ahead.observe_build(time.perf_counter() - start)
+        return Round(k, fed, accepted, tokens, hidden, ahead=after is not None)
 
     def _end_round(self, current: Round, queued: Round | None) -> tuple[int, list[int], mx.array]:
         """Read the accept decision of ``current`` (the round's one host sync) and move
         every cache to it; a ``queued`` round, started on the assumption that every
         draft is kept, is taken back if one was not."""
+        start = time.perf_counter()
         n = current.accepted.item()
+        wait = time.perf_counter() - start
         emitted = current.tokens.tolist()[: n + 1]
+        self.round_ahead.observe_read(
+            n == current.k, None if current.ahead or queued else wait)
         if queued and n < current.k:
             self.target.undo_round()
         self.target.end_round(current.fed, n + 1)

@@ -79,8 +79,9 @@ class Mtp:
         self._next.append(tokens)
         self._hidden, self._next = bounded(self._hidden), bounded(self._next)
 
-    def close(self) -> None:
-        pass
+    def withdraw(self) -> None:
+        self.cache[0].trim(self._chained)
+        self._chained = 0
 
     def _feed(self, tokens: mx.array, hidden: mx.array) -> mx.array:
         return self.mtp(self.embed(tokens)[None], hidden[None], self.cache)[0]

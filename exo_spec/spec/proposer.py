@@ -54,5 +54,6 @@ class Proposer(Protocol):
         ``accepted`` drafts of the oldest unsettled propose() were kept (0 after a
         plain step, which proposed nothing)."""
 
-    def close(self) -> None:
-        """The job ended with a proposal still unsettled: stop what it holds open."""
+    def withdraw(self) -> None:
+        """Take back the latest proposal whole: it will not be verified (the job ended
+        while a round started ahead was open)."""
