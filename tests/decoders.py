@@ -11,7 +11,6 @@ from mlx_lm.models import qwen3_next
 
 from exo_spec.models.load import load
 from exo_spec.models.mtp import load_mtp
-from exo_spec.spec.round_ahead import RoundAhead
 from exo_spec.spec import (
     AdaptiveDraftLength,
     CachedModel,
@@ -21,6 +20,7 @@ from exo_spec.spec import (
     Sampling,
     SpecDecoder,
 )
+from exo_spec.spec.round_ahead import RoundAhead
 
 # Every round that can start the next one ahead does (whether that pays is timing;
 # here the riskier path is the one under test).

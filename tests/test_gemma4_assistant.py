@@ -25,8 +25,8 @@ from exo_spec.models.load import ModelLoadError, load
 from exo_spec.models.synthetic_gemma4 import write_gemma4_assistant, write_gemma4_text
 from exo_spec.session import encode_prompt, load_models, make_decoder
 from exo_spec.spec import CachedModel, FixedDraftLength, Sampling, SpecDecoder
-from exo_spec.spec.round_ahead import RoundAhead
 from exo_spec.spec.assistant import Gemma4Assistant, read_kv, shared_kv_layers
+from exo_spec.spec.round_ahead import RoundAhead
 from exo_spec.spec.sampling import probs
 
 from reference import greedy_reference

@@ -8,8 +8,7 @@ import pytest
 from mlx_lm.models.cache import QuantizedKVCache, RotatingKVCache
 
 from exo_spec.models.synthetic import write_llama
-from exo_spec.spec import CachedModel, SpecDecoder
-from exo_spec.spec import recurrent_capture
+from exo_spec.spec import CachedModel, SpecDecoder, recurrent_capture
 from exo_spec.spec.cached_model import make_cache
 from exo_spec.spec.round_ahead import RoundAhead
 
@@ -137,8 +136,7 @@ def test_a_job_ending_with_a_round_started_ahead_takes_it_back(checkpoints):
     (target, draft, unfed), (target_plain, draft_plain, unfed_plain) = ends
     assert unfed == unfed_plain
     for got, want in ((target, target_plain), (draft, draft_plain)):
-        assert len(got) == len(want)
-        for x, y in zip(got, want):
+        for x, y in zip(got, want, strict=True):
             np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
 
