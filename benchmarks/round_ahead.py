@@ -1,7 +1,8 @@
 """Starting the next round ahead of reading the current one: forced on, forced off
 and as the engine decides (``RoundAhead``), for the MTP head of a make-models
 target. Prints decode tok/s, tokens per round and the rounds started ahead and
-taken back (median tok/s over repeats). Figures: docs/BENCHMARKS.md.
+taken back (median tok/s over repeats, of the last repeat otherwise). Figures:
+docs/BENCHMARKS.md.
 
     python benchmarks/round_ahead.py DIR [--ks 1,2] [--max-tokens 256] [--repeats 3]
 """
@@ -30,21 +31,24 @@ def main() -> None:
     models = load_models(str(args.models / "target"), mtp=True)
     text = json.loads((args.models / "prompts.json").read_text())[0]
     prompt = encode_prompt(models.target.tokenizer, text, chat_template=False)
-    for k in map(int, args.ks.split(",")):
-        for name, forced in POLICIES.items():
-            tps = []
-            for _ in range(args.repeats + 1):  # the first run warms up
-                decoder = make_decoder(models, sampling=Sampling(), num_draft=k)
-                decoder.round_ahead = RoundAhead(forced=forced)
-                decoder.eos = set()
-                for _ in decoder.generate(prompt, args.max_tokens):
-                    pass
-                tps.append(decoder.stats.decode_tps)
-            print(f"MTP k={k} ahead {name:8s} {statistics.median(tps[1:]):7.1f} tok/s  "
-                  f"{decoder.stats.tokens_per_round:.2f} tokens/round  "
-                  f"{decoder.rounds_ahead} started ahead, {decoder.rounds_taken_back} taken back",
-                  flush=True)
-
+    runs = {(k, name): [] for k in map(int, args.ks.split(",")) for name in POLICIES}
+    # Repeats are interleaved across rows, so that a machine speeding up or slowing
+    # down over the run moves every row alike; the first round of all is warm-up.
+    for repeat in range(args.repeats + 1):
+        for (k, name), decoders in runs.items():
+            decoder = make_decoder(models, sampling=Sampling(), num_draft=k)
+            decoder.round_ahead = RoundAhead(forced=POLICIES[name])
+            decoder.eos = set()
+            for _ in decoder.generate(prompt, args.max_tokens):
+                pass
+            if repeat:
+                decoders.append(decoder)
+    for (k, name), decoders in runs.items():
+        last = decoders[-1]
+        tps = statistics.median(d.stats.decode_tps for d in decoders)
+        print(f"MTP k={k} ahead {name:8s} {tps:7.1f} tok/s  "
+              f"{last.stats.tokens_per_round:.2f} tokens/round  "
+              f"{last.rounds_ahead} started ahead, {last.rounds_taken_back} taken back")
 
 if __name__ == "__main__":
     main()

@@ -9,17 +9,22 @@ from exo_spec.spec import AdaptiveDraftLength, FixedDraftLength
 PLAIN_S = 0.010
 
 
-def simulate(policy: AdaptiveDraftLength, acceptance: float, draft_cost: float, tokens: int,
-             catch_up_cost: float = 0.0):
-    """Feed the policy rounds whose drafts are kept at the given per-token rate
-    (deterministically: the expected prefix) and whose time follows the cost model;
-    a round after more than 4 plain steps also pays ``catch_up_cost`` plain steps."""
+def simulate(policy: AdaptiveDraftLength, acceptance: float | list[float], draft_cost: float,
+             tokens: int, catch_up_cost: float = 0.0):
+    """Feed the policy rounds whose drafts are kept at the given per-token rate, or
+    per-position rates (deterministically: the expected prefix), and whose time
+    follows the cost model; a round after more than 4 plain steps also pays
+    ``catch_up_cost`` plain steps."""
     ks, produced, streak = [], 0, 0
     while produced < tokens:
         k = policy.next()
         ks.append(k)
         accepted = 0
-        while accepted < k and (accepted + 1) * acceptance >= accepted + 0.5:
+        if isinstance(acceptance, list):
+            while accepted < k and acceptance[accepted] >= 0.5:
+                accepted += 1
+        while not isinstance(acceptance, list) and accepted < k \
+                and (accepted + 1) * acceptance >= accepted + 0.5:
             accepted += 1
         catch_up = catch_up_cost if k and streak > 4 else 0.0
         policy.observe(k, accepted, PLAIN_S * (1 + draft_cost * k + catch_up))
@@ -58,6 +63,15 @@ def test_probes_are_spaced_by_what_they_cost():
 def test_good_drafter_drafts_long():
     ks = simulate(AdaptiveDraftLength(max_k=4), acceptance=0.95, draft_cost=0.05, tokens=400)
     assert ks[-20:] == [4] * 20
+
+
+def test_a_head_good_only_at_its_first_position_drafts_one():
+    """An MTP head chained on its own output: the first draft fits, later ones do not.
+    One acceptance rate for all positions would see 50% and draft 2-4 tokens a round,
+    paying for drafts that are never kept."""
+    ks = simulate(AdaptiveDraftLength(max_k=4), acceptance=[0.93, 0.05, 0.05, 0.05],
+                  draft_cost=0.1, tokens=300)
+    assert ks[-20:] == [1] * 20
 
 
 def test_expensive_drafter_is_not_used_even_when_right():

@@ -1,9 +1,14 @@
 """How many tokens to draft next round: fixed, or chosen from measured acceptance.
 
-The adaptive policy models each draft as accepted independently with rate a, so
-a round of k drafts yields E(k) = (1 - a^(k+1)) / (1 - a) tokens, and costs
-t(k) = t_plain * (1 + c * k) where c, the extra cost per drafted token relative
-to a plain step, is measured. It picks the k in 0..max_k with the most tokens
+The adaptive policy measures, for each draft position i, the rate a_i at which
+the i-th draft is kept once the ones before it were (an MTP head chained on its
+own output fits its first position far better than its third, so one rate for
+all would overrate long rounds). A round of k drafts then yields
+E(k) = 1 + a_1 + a_1 a_2 + ... + a_1...a_k tokens and costs
+t(k) = t_plain * (1 + c * k), where c, the extra cost per drafted token relative
+to a plain step, is measured too; t_plain is averaged over the first plain steps
+after the very first (which compiles), as a step queued ahead of the previous
+read can look free. It picks the k in 0..max_k with the most tokens
 per second; k = 0 is a plain target step. While plain decoding wins, it probes
 with one short round now and then, backing off exponentially and spaced by what
 probes were measured to cost (catching the proposer up included), so a useless
@@ -42,10 +47,13 @@ class AdaptiveDraftLength:
     def __init__(self, max_k: int = 4, cost_prior: float = 0.3):
         self.max_k = max_k
         self.cost = cost_prior
-        self.accepted = 1.0  # decayed count of kept drafts (Beta-like prior 1:1)
-        self.rejections = 1.0  # decayed count of rounds that ended in a rejection
+        # Per draft position, decayed counts of drafts kept and of drafts verified
+        # (a prior of 1 in 2).
+        self.kept = [1.0] * max_k
+        self.reached = [2.0] * max_k
         self.t_plain: float | None = None
-        self.warmup = 2  # plain steps before the first decision; the first one compiles
+        self.warmup = 4  # plain steps before the first decision; the first one compiles
+        self._warmup_s: list[float] = []
         self.plain_streak = 0
         self.backoff = self.first_probe
         self.cost_measured = False
@@ -53,17 +61,17 @@ class AdaptiveDraftLength:
         # proposer catching up on that run, which the cost per draft leaves out.
         self.probe_cost: float | None = None
 
-    @property
-    def rate(self) -> float:
-        return self.accepted / (self.accepted + self.rejections)
+    def expected_tokens(self, k: int) -> float:
+        """Tokens a round of k drafts yields on average (the target's own included)."""
+        tokens, reach = 1.0, 1.0
+        for i in range(k):
+            reach *= self.kept[i] / self.reached[i]
+            tokens += reach
+        return tokens
 
     def _best(self) -> int:
-        a = min(self.rate, 0.999)
-
-        def speed(k: int) -> float:
-            return (1 - a ** (k + 1)) / (1 - a) / (1 + self.cost * k)
-
-        return max(range(self.max_k + 1), key=speed)
+        return max(range(self.max_k + 1),
+                   key=lambda k: self.expected_tokens(k) / (1 + self.cost * k))
 
     def next(self) -> int:
         if self.warmup:
@@ -85,16 +93,19 @@ class AdaptiveDraftLength:
             self.plain_streak += 1
             if self.warmup:
                 self.warmup -= 1
-                if self.warmup:
-                    return
-            self.t_plain = seconds if self.t_plain is None else 0.8 * self.t_plain + 0.2 * seconds
+                self._warmup_s.append(seconds)
+                if not self.warmup:
+                    self.t_plain = sum(self._warmup_s[1:]) / len(self._warmup_s[1:])
+                return
+            self.t_plain = 0.8 * self.t_plain + 0.2 * seconds
             return
         # After a long plain run the round's time includes the proposer catching up on
         # those tokens: one-off work that says nothing about the cost of drafting.
         timed = self.plain_streak <= self.catch_up_untimed
         self.plain_streak = 0
-        self.accepted = self.decay * self.accepted + accepted
-        self.rejections = self.decay * self.rejections + (accepted < k)
+        for i in range(min(k, accepted + 1)):  # the drafts verified: up to the first rejected
+            self.kept[i] = self.decay * self.kept[i] + (i < accepted)
+            self.reached[i] = self.decay * self.reached[i] + 1
         if self.t_plain:
             extra = max(seconds / self.t_plain - 1, 0.0)
             if timed:
