@@ -65,6 +65,7 @@ def make_cache(model: nn.Module, max_kv_size: int | None = None) -> list:
 
 class CachedModel:
     chains_rounds = True  # a round may begin before the previous one ends
+
     def __init__(self, model: nn.Module, *, max_kv_size: int | None = None):
         self.model = model
         self._max_kv_size = max_kv_size

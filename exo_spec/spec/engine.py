@@ -137,7 +137,8 @@ class SpecDecoder:
         mx.async_eval(token)
         return token, hidden
 
-    def _speculate(self, current: Round, remaining: int):
+    def _speculate(self, current: Round,
+                   remaining: int) -> tuple[int, list[int], mx.array, Round | None]:
         """Read ``current`` and return (accepted, emitted, last token, the next round if
         one was started ahead and stands)."""
         k = current.k
