@@ -69,3 +69,18 @@ def test_bad_input(tmp_path, capsys):
     assert main(["bench", "--models", str(tmp_path)]) == 2
     assert "has no target/" in capsys.readouterr().err
     assert main(["bench", "--model", str(tmp_path), "--repeats", "0"]) == 2
+    assert main(["bench", "--model", str(tmp_path), "--quantize", "8",
+                 "--local-ranks", "2"]) == 2
+    assert "--quantize applies to the models in this process" in capsys.readouterr().err
+
+
+def test_quantized_models_keep_every_row_equal(models_dir, tmp_path):
+    """--quantize 8 quantizes the target (MTP head kept in float) and the drafters for
+    every row; greedy outputs still agree row by row with mlx-lm's plain decode."""
+    doc = _bench(tmp_path, "--models", str(models_dir), "--quantize", "8", "--ks", "2",
+                 "--warmup-tokens", "0")
+    assert "uint32" in doc["models"]["target"]["dtype"]
+    assert "uint32" in doc["models"]["drafter"]["dtype"]
+    ran = [r for r in doc["rows"] if r["error"] is None]
+    assert {r["row"] for r in ran} >= {"exo-spec mtp", "exo-spec drafter", "mlx-lm plain"}
+    assert all(r["same_output"] is True for r in ran)

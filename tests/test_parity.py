@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 import pytest
+from mlx.utils import tree_flatten
 from mlx_lm.models.cache import QuantizedKVCache, RotatingKVCache
 
+from exo_spec.models.load import load
+from exo_spec.models.mtp import load_mtp
 from exo_spec.models.synthetic import write_llama
-from exo_spec.spec import CachedModel, SpecDecoder, recurrent_capture
+from exo_spec.spec import CachedModel, FixedDraftLength, Mtp, SpecDecoder, recurrent_capture
 from exo_spec.spec.cached_model import make_cache
 from exo_spec.spec.round_ahead import RoundAhead
 
 from decoders import (
+    ALWAYS_AHEAD,
     PROMPTS,
     drafter_decoder,
     loaded,
@@ -144,6 +149,27 @@ def _cache_state(caches) -> list[np.ndarray]:
     """Offsets of KV caches, arrays of the others."""
     return [np.array(c.offset) if hasattr(c, "offset") else np.array(x)
             for c in caches for x in ([None] if hasattr(c, "offset") else c.cache)]
+
+
+def test_mtp_on_a_quantized_target(checkpoints):
+    """An mlx-community style checkpoint quantizes the target's linear and embedding
+    layers: the MTP head still loads its own float weights as they are (they were
+    cast to the packed embedding's uint32 before), and decoding stays lossless."""
+    path = checkpoints.qwen3_5
+    target = load(str(path)).model
+    nn.quantize(target, group_size=32, bits=8,
+                class_predicate=lambda _, m: hasattr(m, "to_quantized")
+                and m.weight.shape[-1] % 32 == 0)
+    mtp = load_mtp(path, target)
+    unquantized = load_mtp(path, loaded(path).model)
+    for (name, got), (_, want) in zip(tree_flatten(mtp.parameters()),
+                                      tree_flatten(unquantized.parameters()), strict=True):
+        assert got.dtype == want.dtype, name
+        np.testing.assert_array_equal(np.array(got), np.array(want), err_msg=name)
+    prompt = prompt_ids(path, PROMPTS[0])
+    decoder = SpecDecoder(CachedModel(target), Mtp(mtp, target), draft_length=FixedDraftLength(2),
+                          round_ahead=ALWAYS_AHEAD)
+    assert run(decoder, prompt, MAX_TOKENS) == greedy_reference(target, prompt, MAX_TOKENS)
 
 
 @pytest.mark.parametrize("k", [2, None])

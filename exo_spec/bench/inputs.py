@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from ..models import synthetic
@@ -20,6 +21,7 @@ from ..models.load import LoadedModel, ModelLoadError, check_same_vocabulary, lo
 from ..models.mtp import mtp_layer_count
 
 DEFAULT_PROMPT_CHARS = 400  # without prompts: the start of the synthetic corpus
+QUANTIZE_GROUP = 64
 
 
 @dataclass
@@ -52,6 +54,17 @@ def _optional(path: Path) -> str | None:
     return str(path) if (path / "config.json").is_file() else None
 
 
+def _quantized(loaded: LoadedModel, bits: int | None) -> LoadedModel:
+    """The model with its linear and embedding layers quantized in place (those whose
+    input width the group size divides); before anything holds its modules, as the
+    MTP head does."""
+    if bits:
+        nn.quantize(loaded.model, group_size=QUANTIZE_GROUP, bits=bits,
+                    class_predicate=lambda _, m: hasattr(m, "to_quantized")
+                    and m.weight.shape[-1] % QUANTIZE_GROUP == 0)
+    return loaded
+
+
 def gather(args) -> Inputs:
     paths = {"target": args.model, "drafter": args.draft_model,
              "untrained": args.untrained_draft_model}
@@ -71,10 +84,10 @@ def gather(args) -> Inputs:
             manifest = json.loads((root / "manifest.json").read_text())
     if not paths["target"]:
         raise ValueError("name the models: --models DIR or --model PATH")
-    target = load(paths["target"])
+    target = _quantized(load(paths["target"]), args.quantize)
     drafters = []
     for key in ("drafter", "untrained"):
-        drafter = load(paths[key]) if paths[key] else None
+        drafter = _quantized(load(paths[key]), args.quantize) if paths[key] else None
         if drafter:
             check_same_vocabulary(target, drafter)
         drafters.append(drafter)

@@ -144,7 +144,7 @@ def load_mtp(path: Path, target: nn.Module) -> Qwen35Mtp | DeepseekMtp:
         mtp, weights = _deepseek_v3(path, target)
     else:
         raise MtpError(f"native MTP is not supported for model_type {model_type}")
-    dtype = _embedding(target).weight.dtype
+    dtype = _float_dtype(_embedding(target))
     if "quantization" in config and any(k.endswith(".scales") for k in weights):
         q = config["quantization"]
         nn.quantize(mtp, q["group_size"], q["bits"],
@@ -155,6 +155,12 @@ def load_mtp(path: Path, target: nn.Module) -> Qwen35Mtp | DeepseekMtp:
     mx.eval(mtp.parameters())
     mtp.eval()
     return mtp
+
+
+def _float_dtype(embedding: nn.Module) -> mx.Dtype:
+    """The target's floating dtype: a quantized embedding packs its weight in uint32
+    and keeps it in its scales."""
+    return embedding.scales.dtype if hasattr(embedding, "scales") else embedding.weight.dtype
 
 
 def _embedding(target: nn.Module) -> nn.Embedding:
