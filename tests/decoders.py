@@ -6,8 +6,10 @@ from functools import cache
 from pathlib import Path
 
 import mlx.core as mx
+import numpy as np
 from mlx.utils import tree_map
 from mlx_lm.models import qwen3_next
+from mlx_lm.models.cache import ArraysCache
 
 from exo_spec.models.load import load
 from exo_spec.models.mtp import load_mtp
@@ -90,3 +92,20 @@ def tiny_qwen3_next():
     model = qwen3_next.Model(args)
     mx.eval(model.parameters())
     return model
+
+
+def _cache_state(cache) -> list[np.ndarray]:
+    if isinstance(cache, ArraysCache):
+        return [np.array(x) for x in cache.cache]
+    keys, values = cache.state[:2]
+    return [np.array(keys[..., : cache.offset, :]), np.array(values[..., : cache.offset, :]),
+            np.array(cache.offset)]
+
+
+def assert_same_caches(got: list, want: list, **tolerance) -> None:
+    """Two models' caches hold the same state: arrays of recurrent caches, and the
+    keys, values and offsets of KV caches."""
+    for a, b in zip(got, want, strict=True):
+        assert type(a) is type(b)
+        for x, y in zip(_cache_state(a), _cache_state(b), strict=True):
+            np.testing.assert_allclose(x, y, **tolerance)

@@ -17,25 +17,17 @@ from exo_spec.dist.stage_cache import StageCache
 from exo_spec.models.load import load
 from exo_spec.spec import CachedModel
 
-from decoders import PROMPTS, loaded, perturbed, prompt_ids, tiny_qwen3_next
+from decoders import (
+    PROMPTS,
+    assert_same_caches,
+    loaded,
+    perturbed,
+    prompt_ids,
+    tiny_qwen3_next,
+)
 
 FED = mx.array([5, 17, 99, 230, 41], dtype=mx.uint32)
 TIGHT = {"rtol": 1e-5, "atol": 1e-6}
-
-
-def _state(cache) -> list[np.ndarray]:
-    if isinstance(cache, ArraysCache):
-        return [np.array(x) for x in cache.cache]
-    keys, values = cache.state[:2]
-    return [np.array(keys[..., : cache.offset, :]), np.array(values[..., : cache.offset, :]),
-            np.array(cache.offset)]
-
-
-def _assert_same_caches(got: CachedModel, want: CachedModel, **tolerance) -> None:
-    for a, b in zip(got.cache, want.cache, strict=True):
-        assert type(a) is type(b)
-        for x, y in zip(_state(a), _state(b), strict=True):
-            np.testing.assert_allclose(x, y, **tolerance)
 
 
 def _model_and_prompt(kind: str, checkpoints):
@@ -90,7 +82,7 @@ def test_hybrid_state_after_rejection(hybrid, kept, split):
     fresh = _one_at_a_time(model, prompt, FED[:kept])
     assert sum(isinstance(c, ArraysCache) for c in spec.cache) >= 2
     assert spec.replayed_tokens == 0
-    _assert_same_caches(spec, fresh, **TIGHT)
+    assert_same_caches(spec.cache, fresh.cache, **TIGHT)
     following = mx.array([7], dtype=mx.uint32)
     np.testing.assert_allclose(np.array(spec(following)[0]), np.array(fresh(following)[0]),
                                **TIGHT)
@@ -159,8 +151,10 @@ def test_drafter_and_target_rounds_open_together(checkpoints):
     target.end_round(drafted, 2)
     assert _original_hooks()
 
-    _assert_same_caches(target, _one_at_a_time(target_model, prompt, drafted[:2]), **TIGHT)
-    _assert_same_caches(drafter, _one_at_a_time(drafter_model, prompt, drafted[:1]), **TIGHT)
+    assert_same_caches(target.cache,
+                       _one_at_a_time(target_model, prompt, drafted[:2]).cache, **TIGHT)
+    assert_same_caches(drafter.cache,
+                       _one_at_a_time(drafter_model, prompt, drafted[:1]).cache, **TIGHT)
     assert target.replayed_tokens == drafter.replayed_tokens == 0
 
 
@@ -182,7 +176,7 @@ def test_follower_stage_rewinds_without_replay(checkpoints, kept):
         fresh.model(rows[None, t : t + 1], fresh.cache)
     assert isinstance(spec.cache[0], ArraysCache)
     assert spec.replayed_tokens == 0
-    _assert_same_caches(spec, fresh, **TIGHT)
+    assert_same_caches(spec.cache, fresh.cache, **TIGHT)
     following = mx.random.normal((1, 1, stage.hidden_size))
     np.testing.assert_allclose(np.array(spec.model(following, spec.cache)),
                                np.array(fresh.model(following, fresh.cache)), **TIGHT)

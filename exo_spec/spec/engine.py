@@ -33,8 +33,8 @@ class Round:
 
     k: int
     fed: mx.array  # [last, d1..dk]
-    accepted: mx.array  # how many drafts the target keeps
     tokens: mx.array  # what the target emits at each fed position
+    decision: mx.array  # [drafts kept, *tokens]: what the host reads, in one transfer
     hidden: mx.array | None  # the target's final hidden states there, if the proposer reads them
     ahead: bool  # started before the previous round was read
 
@@ -169,18 +169,19 @@ class SpecDecoder:
             accepted, tokens = verify_greedy(logits, drafts)
         else:
             accepted, tokens = verify_sampled(probs(logits, self.sampling), draft_probs, drafts)
-        mx.async_eval(accepted, tokens)
+        decision = mx.concatenate([accepted.astype(mx.uint32)[None], tokens])
+        mx.async_eval(decision)
         self.round_ahead.observe_build(time.perf_counter() - start)
-        return Round(k, fed, accepted, tokens, hidden, ahead=after is not None)
+        return Round(k, fed, tokens, decision, hidden, ahead=after is not None)
 
     def _end_round(self, current: Round, queued: Round | None) -> tuple[int, list[int], mx.array]:
         """Read the accept decision of ``current`` (the round's one host sync) and move
         every cache to it; a ``queued`` round, started on the assumption that every
         draft is kept, is taken back if one was not."""
         start = time.perf_counter()
-        n = current.accepted.item()
+        n, *emitted = current.decision.tolist()
         wait = time.perf_counter() - start
-        emitted = current.tokens.tolist()[: n + 1]
+        emitted = emitted[: n + 1]
         self.round_ahead.observe_read(
             n == current.k, None if current.ahead or queued else wait)
         if queued and n < current.k:
