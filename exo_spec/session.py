@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import mlx.nn as nn
-from mlx.utils import tree_flatten
 from mlx_lm.tokenizer_utils import TokenizerWrapper
 
 from .models import gemma4_assistant
@@ -15,6 +14,7 @@ from .models.load import (
     ModelLoadError,
     check_same_vocabulary,
     load,
+    parameter_count,
     read_config,
     resolve,
 )
@@ -122,10 +122,7 @@ def make_decoder(
 
 
 def _parameter_ratio(drafter: LoadedModel, target: LoadedModel) -> float:
-    def count(m):
-        return sum(v.size for _, v in tree_flatten(m.model.parameters()))
-
-    return max(count(drafter) / count(target), 0.05)
+    return max(parameter_count(drafter.model) / parameter_count(target.model), 0.05)
 
 
 def encode_prompt(

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from mlx.utils import tree_flatten
 
 from exo_spec.cli import main
 from exo_spec.models import synthetic
+from exo_spec.models.load import load
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +81,12 @@ def test_quantized_models_keep_every_row_equal(models_dir, tmp_path):
     every row; greedy outputs still agree row by row with mlx-lm's plain decode."""
     doc = _bench(tmp_path, "--models", str(models_dir), "--quantize", "8", "--ks", "2",
                  "--warmup-tokens", "0")
-    assert "uint32" in doc["models"]["target"]["dtype"]
-    assert "uint32" in doc["models"]["drafter"]["dtype"]
+    for name, path in (("target", "target"), ("drafter", "drafter")):
+        described = doc["models"][name]
+        assert described["quantized_bits"] == [8]
+        float_model = load(str(models_dir / path)).model  # counted as stored, unpacked
+        assert described["parameters"] == sum(
+            v.size for _, v in tree_flatten(float_model.parameters()))
     ran = [r for r in doc["rows"] if r["error"] is None]
     assert {r["row"] for r in ran} >= {"exo-spec mtp", "exo-spec drafter", "mlx-lm plain"}
     assert all(r["same_output"] is True for r in ran)

@@ -115,7 +115,8 @@ def run(args) -> int:
     results = report.summarize(rows, eos)
     desc = inputs.describe()
     t = desc["target"]
-    print(f"target {t['model_type']} {t['parameters'] / 1e6:.1f}M {t['dtype']}"
+    bits = "".join(f" {b}-bit" for b in t["quantized_bits"])
+    print(f"target {t['model_type']} {t['parameters'] / 1e6:.1f}M {t['dtype']}{bits}"
           + (f", drafter {desc['drafter']['parameters'] / 1e6:.1f}M" if desc["drafter"] else "")
           + f"; {len(inputs.prompts)} prompts, max_tokens={args.max_tokens}, "
           f"repeats={args.repeats} (median), greedy, device={mx.default_device()}")

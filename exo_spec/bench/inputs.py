@@ -13,11 +13,18 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from ..models import synthetic
-from ..models.load import LoadedModel, ModelLoadError, check_same_vocabulary, load
+from ..models.load import (
+    LoadedModel,
+    ModelLoadError,
+    check_same_vocabulary,
+    load,
+    parameter_count,
+)
 from ..models.mtp import mtp_layer_count
 
 DEFAULT_PROMPT_CHARS = 400  # without prompts: the start of the synthetic corpus
@@ -38,10 +45,12 @@ class Inputs:
         def one(m: LoadedModel | None):
             if m is None:
                 return None
-            params = sum(v.size for _, v in tree_flatten(m.model.parameters()))
-            dtypes = {str(v.dtype) for _, v in tree_flatten(m.model.parameters())}
+            floats = {str(v.dtype) for _, v in tree_flatten(m.model.parameters())
+                      if mx.issubdtype(v.dtype, mx.floating)}
+            bits = {mod.bits for _, mod in m.model.named_modules() if hasattr(mod, "bits")}
             return {"path": str(m.path), "model_type": m.config.get("model_type"),
-                    "parameters": params, "dtype": ",".join(sorted(dtypes))}
+                    "parameters": parameter_count(m.model),
+                    "dtype": ",".join(sorted(floats)), "quantized_bits": sorted(bits)}
 
         return {"target": {**one(self.target), "mtp": self.has_mtp},
                 "drafter": one(self.drafter), "untrained_drafter": one(self.untrained),

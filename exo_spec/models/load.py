@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.nn as nn
+from mlx.utils import tree_flatten
 from mlx_lm.tokenizer_utils import TokenizerWrapper
 from mlx_lm.utils import _download, _get_classes, load_model, load_tokenizer
 
@@ -21,6 +22,17 @@ class LoadedModel:
     tokenizer: TokenizerWrapper
     path: Path
     config: dict
+
+
+def parameter_count(model: nn.Module) -> int:
+    """The model's parameters as trained: a quantized layer's packed weight counted
+    unpacked, its scales and biases not at all."""
+    total = sum(v.size for _, v in tree_flatten(model.parameters()))
+    for _, module in model.named_modules():
+        if hasattr(module, "bits"):
+            packing = module.scales.size + (module["biases"].size if "biases" in module else 0)
+            total += module.weight.size * (32 // module.bits - 1) - packing
+    return total
 
 
 def resolve(path_or_id: str) -> Path:

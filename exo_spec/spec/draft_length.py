@@ -4,15 +4,26 @@ The adaptive policy measures, for each draft position i, the rate a_i at which
 the i-th draft is kept once the ones before it were (an MTP head chained on its
 own output fits its first position far better than its third, so one rate for
 all would overrate long rounds). A round of k drafts then yields
-E(k) = 1 + a_1 + a_1 a_2 + ... + a_1...a_k tokens and costs
-t(k) = t_plain * (1 + c * k), where c, the extra cost per drafted token relative
-to a plain step, is measured too; t_plain is averaged over the first plain steps
-after the very first (which compiles), as a step queued ahead of the previous
-read can look free. It picks the k in 0..max_k with the most tokens
-per second; k = 0 is a plain target step. While plain decoding wins, it probes
-with one short round now and then, backing off exponentially and spaced by what
-probes were measured to cost (catching the proposer up included), so a useless
-drafter costs about 2% and a drafter that starts to fit is picked up again.
+E(k) = 1 + a_1 + a_1 a_2 + ... + a_1...a_k tokens. What it costs is measured per
+k and fitted with a line, t(k) = t_round + k * t_draft: a round has a fixed cost
+beyond a plain step (a wider verify, the proposer's commit, the read) that a cost
+proportional to k alone would charge to every draft, which made long rounds of a
+near-perfect drafter look worse than plain decoding on an H100. Until two
+lengths are timed the slope is the prior (the proposer's size relative to the
+target). t_plain is averaged over the first plain steps after the very first
+(which compiles), as a step queued ahead of the previous read can look free. It
+picks the k in 0..max_k with the most tokens per second; k = 0 is a plain target
+step. Each timing sample is capped at twice its estimate, so one stall (a
+collection, a kernel compiled on first use) cannot make speculation look
+hopeless.
+
+While plain decoding wins, it probes with one short round now and then, backing
+off exponentially and spaced by what probes were measured to cost (catching the
+proposer up included), so a useless drafter costs about 2% and a drafter that
+starts to fit is picked up again. A probe whose draft was kept is followed by a
+second, timed round, and the cost model starts afresh from it: the estimates
+that made plain decoding win are stale by then, and without fresh timing a cost
+overestimated once would keep plain decoding forever.
 """
 
 from __future__ import annotations
@@ -38,49 +49,79 @@ class FixedDraftLength:
 
 class AdaptiveDraftLength:
     adaptive = True
-    decay = 0.8
+    decay = 0.8  # of the acceptance counts, per round
+    weight = 0.2  # of a new timing sample
+    spike = 2.0  # a timing sample counts as at most this multiple of its estimate
     first_probe = 16
     max_backoff = 1024
     probe_budget = 0.02
     catch_up_untimed = 4  # plain steps after which a round's time is not a cost sample
+    forget = 64  # rounds after which a draft length's timing is dropped as stale
 
     def __init__(self, max_k: int = 4, cost_prior: float = 0.3):
+        """``cost_prior``: a draft's cost in plain steps, until two draft lengths are timed."""
         self.max_k = max_k
-        self.cost = cost_prior
-        # Per draft position, decayed counts of drafts kept and of drafts verified
-        # (a prior of 1 in 2).
-        self.kept = [1.0] * max_k
-        self.reached = [2.0] * max_k
+        self.cost_prior = cost_prior
+        # Per draft position, decayed counts of drafts kept and of drafts verified, and
+        # the weight of the prior: 1 in 2 at the first position, at a later one the
+        # rate of the position before (so that a position never reached is neither
+        # written off nor taken for granted).
+        self.kept = [0.0] * max_k
+        self.reached = [0.0] * max_k
+        self.prior = [2.0] * max_k
         self.t_plain: float | None = None
+        self.t_rounds: dict[int, float] = {}  # k -> seconds a round of k drafts takes
+        self._timed_at: dict[int, int] = {}  # k -> the round that last timed it
+        self._rounds = 0
         self.warmup = 4  # plain steps before the first decision; the first one compiles
         self._warmup_s: list[float] = []
         self.plain_streak = 0
         self.backoff = self.first_probe
-        self.cost_measured = False
         # What a probe after a plain run adds, in plain steps: its round plus the
         # proposer catching up on that run, which the cost per draft leaves out.
         self.probe_cost: float | None = None
+        self._retime = False  # the last round was a probe that kept its draft
 
     def expected_tokens(self, k: int) -> float:
         """Tokens a round of k drafts yields on average (the target's own included)."""
-        tokens, reach = 1.0, 1.0
+        tokens, reach, rate = 1.0, 1.0, 0.5
         for i in range(k):
-            reach *= self.kept[i] / self.reached[i]
+            rate = (self.kept[i] + self.prior[i] * rate) / (self.reached[i] + self.prior[i])
+            reach *= rate
             tokens += reach
         return tokens
 
+    def round_cost(self, k: int) -> float:
+        """What a round of k drafts costs, in plain steps, by the line fitted to the
+        rounds timed so far (through a plain step with the prior slope before any);
+        never less than the plain step the round includes."""
+        if k == 0:
+            return 1.0
+        points = [(n, t / self.t_plain) for n, t in self.t_rounds.items()]
+        if len(points) >= 2:
+            mean_k = sum(n for n, _ in points) / len(points)
+            mean_t = sum(t for _, t in points) / len(points)
+            spread = sum((n - mean_k) ** 2 for n, _ in points)
+            slope = max(sum((n - mean_k) * (t - mean_t) for n, t in points) / spread, 0.0)
+        else:
+            (mean_k, mean_t), = points or [(0, 1.0)]
+            slope = self.cost_prior
+        return max(mean_t + slope * (k - mean_k), 1.0)
+
     def _best(self) -> int:
         return max(range(self.max_k + 1),
-                   key=lambda k: self.expected_tokens(k) / (1 + self.cost * k))
+                   key=lambda k: self.expected_tokens(k) / self.round_cost(k))
 
     def next(self) -> int:
         if self.warmup:
             return 0
         best = self._best()
         if best:
-            return best if self.cost_measured else 1
+            return best if self.t_rounds else 1
+        if self._retime:
+            return 1
         # Space probes so that they take at most probe_budget of the decode time.
-        probe = self.cost if self.probe_cost is None else self.probe_cost
+        probe = self.round_cost(1) - 1 if self.probe_cost is None else self.probe_cost
         return 1 if self.plain_streak >= max(self.backoff, probe / self.probe_budget) else 0
 
     def ahead(self) -> int:
@@ -97,7 +138,7 @@ class AdaptiveDraftLength:
                 if not self.warmup:
                     self.t_plain = sum(self._warmup_s[1:]) / len(self._warmup_s[1:])
                 return
-            self.t_plain = 0.8 * self.t_plain + 0.2 * seconds
+            self.t_plain = self._mix(self.t_plain, seconds)
             return
         # After a long plain run the round's time includes the proposer catching up on
         # those tokens: one-off work that says nothing about the cost of drafting.
@@ -106,16 +147,35 @@ class AdaptiveDraftLength:
         for i in range(min(k, accepted + 1)):  # the drafts verified: up to the first rejected
             self.kept[i] = self.decay * self.kept[i] + (i < accepted)
             self.reached[i] = self.decay * self.reached[i] + 1
+            self.prior[i] *= self.decay
+        self._rounds += 1
         if self.t_plain:
-            extra = max(seconds / self.t_plain - 1, 0.0)
-            if timed:
-                self.cost = 0.7 * self.cost + 0.3 * extra / k
-                self.cost_measured = True
+            if self._retime:
+                self.t_rounds = {k: min(seconds, self.spike * self.t_rounds.get(k, seconds))}
+                self._timed_at = {k: self._rounds}
+            elif timed:
+                self._time(k, seconds)
             else:
+                extra = max(seconds / self.t_plain - 1, 0.0)
                 self.probe_cost = extra if self.probe_cost is None \
                     else 0.7 * self.probe_cost + 0.3 * extra
+        self._retime = not timed and accepted == k
         # A round after which plain decoding still wins was a failed probe: wait longer.
         if self._best():
             self.backoff = self.first_probe
         else:
             self.backoff = min(2 * self.backoff, self.max_backoff)
+
+    def _time(self, k: int, seconds: float) -> None:
+        estimate = self.t_rounds.get(k, self.round_cost(k) * self.t_plain)
+        self.t_rounds[k] = self._mix(estimate, seconds) if k in self.t_rounds \
+            else min(seconds, self.spike * estimate)
+        self._timed_at[k] = self._rounds
+        # A length not drafted for a while is timed again when the line says it could
+        # win: a stall in its last rounds must not rule it out for good.
+        for n, at in list(self._timed_at.items()):
+            if self._rounds - at > self.forget:
+                del self.t_rounds[n], self._timed_at[n]
+
+    def _mix(self, estimate: float, sample: float) -> float:
+        return (1 - self.weight) * estimate + self.weight * min(sample, self.spike * estimate)
