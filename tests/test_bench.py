@@ -50,7 +50,7 @@ def test_models_dir_rows_and_two_ranks(models_dir, tmp_path, capsys):
     assert refused["error"] and "trimmable" in refused["error"]
     assert set(doc["checks"]) == {"mtp_vs_mlx_plain", "drafter_vs_mlx_speculative",
                                   "untrained_auto_vs_plain", "group_speculative_vs_group_plain"}
-    assert doc["models"]["target"]["mtp"] is True
+    assert doc["models"]["target"]["mtp"]["parameters"] > 0
     assert "n/a:" in capsys.readouterr().out
 
 
@@ -77,10 +77,11 @@ def test_bad_input(tmp_path, capsys):
 
 
 def test_quantized_models_keep_every_row_equal(models_dir, tmp_path):
-    """--quantize 8 quantizes the target (MTP head kept in float) and the drafters for
+    """--quantize 8 quantizes the target, its MTP head and the drafters for
     every row; greedy outputs still agree row by row with mlx-lm's plain decode."""
     doc = _bench(tmp_path, "--models", str(models_dir), "--quantize", "8", "--ks", "2",
                  "--warmup-tokens", "0")
+    assert doc["models"]["target"]["mtp"]["quantized_bits"] == [8]  # its fc, 2 x 32 wide
     for name, path in (("target", "target"), ("drafter", "drafter")):
         described = doc["models"][name]
         assert described["quantized_bits"] == [8]

@@ -25,7 +25,7 @@ from ..models.load import (
     load,
     parameter_count,
 )
-from ..models.mtp import mtp_layer_count
+from ..models.mtp import load_mtp, mtp_layer_count
 
 DEFAULT_PROMPT_CHARS = 400  # without prompts: the start of the synthetic corpus
 QUANTIZE_GROUP = 64
@@ -36,23 +36,31 @@ class Inputs:
     target: LoadedModel
     drafter: LoadedModel | None
     untrained: LoadedModel | None
-    has_mtp: bool
+    mtp: nn.Module | None  # the target's MTP head, quantized as the target is
     prompts: list[str]
     prompt_ids: list[list[int]]
     manifest: dict | None = None
 
+    @property
+    def has_mtp(self) -> bool:
+        return self.mtp is not None
+
     def describe(self) -> dict:
+        def weights(model: nn.Module) -> dict:
+            floats = {str(v.dtype) for _, v in tree_flatten(model.parameters())
+                      if mx.issubdtype(v.dtype, mx.floating)}
+            bits = {m.bits for _, m in model.named_modules() if hasattr(m, "bits")}
+            return {"parameters": parameter_count(model), "dtype": ",".join(sorted(floats)),
+                    "quantized_bits": sorted(bits)}
+
         def one(m: LoadedModel | None):
             if m is None:
                 return None
-            floats = {str(v.dtype) for _, v in tree_flatten(m.model.parameters())
-                      if mx.issubdtype(v.dtype, mx.floating)}
-            bits = {mod.bits for _, mod in m.model.named_modules() if hasattr(mod, "bits")}
             return {"path": str(m.path), "model_type": m.config.get("model_type"),
-                    "parameters": parameter_count(m.model),
-                    "dtype": ",".join(sorted(floats)), "quantized_bits": sorted(bits)}
+                    **weights(m.model)}
 
-        return {"target": {**one(self.target), "mtp": self.has_mtp},
+        return {"target": {**one(self.target),
+                           "mtp": weights(self.mtp) if self.has_mtp else None},
                 "drafter": one(self.drafter), "untrained_drafter": one(self.untrained),
                 "prompts": len(self.prompts),
                 "prompt_tokens": [len(p) for p in self.prompt_ids],
@@ -63,14 +71,19 @@ def _optional(path: Path) -> str | None:
     return str(path) if (path / "config.json").is_file() else None
 
 
-def _quantized(loaded: LoadedModel, bits: int | None) -> LoadedModel:
-    """The model with its linear and embedding layers quantized in place (those whose
-    input width the group size divides); before anything holds its modules, as the
-    MTP head does."""
+def _quantized(model: nn.Module, bits: int | None) -> nn.Module:
+    """``model`` with its linear and embedding layers quantized in place (those whose
+    input width the group size divides)."""
     if bits:
-        nn.quantize(loaded.model, group_size=QUANTIZE_GROUP, bits=bits,
+        nn.quantize(model, group_size=QUANTIZE_GROUP, bits=bits,
                     class_predicate=lambda _, m: hasattr(m, "to_quantized")
                     and m.weight.shape[-1] % QUANTIZE_GROUP == 0)
+    return model
+
+
+def _load(path: str, bits: int | None) -> LoadedModel:
+    loaded = load(path)
+    _quantized(loaded.model, bits)
     return loaded
 
 
@@ -93,10 +106,14 @@ def gather(args) -> Inputs:
             manifest = json.loads((root / "manifest.json").read_text())
     if not paths["target"]:
         raise ValueError("name the models: --models DIR or --model PATH")
-    target = _quantized(load(paths["target"]), args.quantize)
+    target = _load(paths["target"], args.quantize)
+    # The MTP head is read after the target is quantized, as it holds the target's
+    # embedding, and quantized on its own.
+    mtp = _quantized(load_mtp(target.path, target.model), args.quantize) \
+        if mtp_layer_count(target.path) else None
     drafters = []
     for key in ("drafter", "untrained"):
-        drafter = _quantized(load(paths[key]), args.quantize) if paths[key] else None
+        drafter = _load(paths[key], args.quantize) if paths[key] else None
         if drafter:
             check_same_vocabulary(target, drafter)
         drafters.append(drafter)
@@ -112,5 +129,4 @@ def gather(args) -> Inputs:
     ids = [target.tokenizer.encode(p) for p in prompts]
     if any(not p for p in ids):
         raise ValueError("a prompt encodes to no tokens")
-    return Inputs(target, drafters[0], drafters[1], mtp_layer_count(target.path) > 0,
-                  prompts, ids, manifest)
+    return Inputs(target, drafters[0], drafters[1], mtp, prompts, ids, manifest)

@@ -70,7 +70,7 @@ def single_rows(inputs: Inputs, ks: list[int]) -> list[Row]:
         rows += [row("exo-spec drafter", str(k), exo(models, k)) for k in ks]
         rows.append(row("exo-spec drafter", "auto", exo(models, None)))
     if inputs.has_mtp:
-        models = Models.of(target, None, "mtp")
+        models = Models(target, None, "mtp", inputs.mtp)
         rows += [row("exo-spec mtp", str(k), exo(models, k)) for k in ks]
         rows.append(row("exo-spec mtp", "auto", exo(models, None)))
     if inputs.untrained:
