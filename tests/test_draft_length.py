@@ -89,6 +89,15 @@ def test_a_round_s_fixed_cost_is_not_charged_to_each_draft():
     assert ks[-20:] == [4] * 20
 
 
+def test_a_good_drafter_is_trusted_within_a_short_job():
+    """The same costs over a 128-token job: one kept round is weak evidence against
+    the 1-in-2 prior, and judging after it decoded most of the job plainly."""
+    ks = simulate(AdaptiveDraftLength(cost_prior=0.1), acceptance=0.97, draft_cost=0.55,
+                  round_cost=0.8, tokens=128)
+    assert ks[:4] == [0] * 4  # warm-up
+    assert 0 not in ks[4:] and ks[-10:] == [4] * 10
+
+
 def test_one_stall_does_not_stop_speculation():
     """A round that stalls for 30 plain steps (a collection, a kernel compiled on
     first use) makes plain decoding look better for a while; probes bring the

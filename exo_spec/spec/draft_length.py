@@ -13,7 +13,10 @@ lengths are timed the slope is the prior (the proposer's size relative to the
 target). t_plain is averaged over the first plain steps after the very first
 (which compiles), as a step queued ahead of the previous read can look free. It
 picks the k in 0..max_k with the most tokens per second; k = 0 is a plain target
-step. Each timing sample is capped at twice its estimate, so one stall (a
+step. The first rounds after warm-up draft while they keep every draft (up to
+``explore``): one kept round is too little evidence against the 1-in-2 prior, and
+judging after it once decoded most of a 128-token job plainly with a drafter that
+H100 runs kept 94% of. Each timing sample is capped at twice its estimate, so one stall (a
 collection, a kernel compiled on first use) cannot make speculation look
 hopeless.
 
@@ -57,6 +60,7 @@ class AdaptiveDraftLength:
     probe_budget = 0.02
     catch_up_untimed = 4  # plain steps after which a round's time is not a cost sample
     forget = 64  # rounds after which a draft length's timing is dropped as stale
+    explore = 4  # rounds drafted after warm-up, while they keep every draft, before judging
 
     def __init__(self, max_k: int = 4, cost_prior: float = 0.3):
         """``cost_prior``: a draft's cost in plain steps, until two draft lengths are timed."""
@@ -81,6 +85,7 @@ class AdaptiveDraftLength:
         # proposer catching up on that run, which the cost per draft leaves out.
         self.probe_cost: float | None = None
         self._retime = False  # the last round was a probe that kept its draft
+        self._exploring = self.explore
 
     def expected_tokens(self, k: int) -> float:
         """Tokens a round of k drafts yields on average (the target's own included)."""
@@ -116,8 +121,8 @@ class AdaptiveDraftLength:
         if self.warmup:
             return 0
         best = self._best()
-        if best:
-            return best if self.t_rounds else 1
+        if best or self._exploring:
+            return max(best, 1) if self.t_rounds else 1
         if self._retime:
             return 1
         # Space probes so that they take at most probe_budget of the decode time.
@@ -149,6 +154,7 @@ class AdaptiveDraftLength:
             self.reached[i] = self.decay * self.reached[i] + 1
             self.prior[i] *= self.decay
         self._rounds += 1
+        self._exploring = max(self._exploring - 1, 0) if accepted == k else 0
         if self.t_plain:
             if self._retime:
                 self.t_rounds = {k: min(seconds, self.spike * self.t_rounds.get(k, seconds))}
