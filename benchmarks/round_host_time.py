@@ -1,10 +1,11 @@
 """Host time of each piece of a round: building the lazy graph, launching it
 (``mx.async_eval``) and waiting for it (``mx.eval``), on an 8-layer hybrid of the
-bench target's width with random bf16 weights. On a GPU running a small model
+bench target's width with random bf16 weights (``--quantize 8``: its linear
+layers in 8 bits, as ``exo-spec bench --quantize 8`` runs them). On a GPU running a small model
 the device finishes soon after the launch returns, so these are what a round
 costs. Figures: docs/BENCHMARKS.md.
 
-    python benchmarks/round_host_time.py [--json out.json]
+    python benchmarks/round_host_time.py [--quantize 4|8] [--json out.json]
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
+from exo_spec.bench.inputs import quantized
 from exo_spec.models import synthetic
 from exo_spec.session import load_models, make_decoder
 from exo_spec.spec import Sampling
@@ -94,6 +96,7 @@ def _measure(decoder, k: int, report) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quantize", type=int, choices=(4, 8))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp())
@@ -103,6 +106,8 @@ def main() -> None:
     models = load_models(str(path), mtp=True)
     models.target.model.set_dtype(mx.bfloat16)
     models.mtp.set_dtype(mx.bfloat16)
+    quantized(models.target.model, args.quantize)
+    quantized(models.mtp, args.quantize)
     results = {}
 
     def report(name: str, figures: dict) -> None:
@@ -112,7 +117,8 @@ def main() -> None:
     for k in (1, 3):
         _measure(make_decoder(models, sampling=Sampling(), num_draft=k), k, report)
     if args.json:
-        args.json.write_text(json.dumps({"device": str(mx.default_device()), **results},
+        args.json.write_text(json.dumps({"device": str(mx.default_device()),
+                                         "quantize": args.quantize, **results},
                                         indent=1))
 
 

@@ -71,7 +71,7 @@ def _optional(path: Path) -> str | None:
     return str(path) if (path / "config.json").is_file() else None
 
 
-def _quantized(model: nn.Module, bits: int | None) -> nn.Module:
+def quantized(model: nn.Module, bits: int | None) -> nn.Module:
     """``model`` with its linear and embedding layers quantized in place (those whose
     input width the group size divides)."""
     if bits:
@@ -83,7 +83,7 @@ def _quantized(model: nn.Module, bits: int | None) -> nn.Module:
 
 def _load(path: str, bits: int | None) -> LoadedModel:
     loaded = load(path)
-    _quantized(loaded.model, bits)
+    quantized(loaded.model, bits)
     return loaded
 
 
@@ -109,7 +109,7 @@ def gather(args) -> Inputs:
     target = _load(paths["target"], args.quantize)
     # The MTP head is read after the target is quantized, as it holds the target's
     # embedding, and quantized on its own.
-    mtp = _quantized(load_mtp(target.path, target.model), args.quantize) \
+    mtp = quantized(load_mtp(target.path, target.model), args.quantize) \
         if mtp_layer_count(target.path) else None
     drafters = []
     for key in ("drafter", "untrained"):
