@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from exo_spec.spec import AdaptiveDraftLength, FixedDraftLength
@@ -117,3 +119,47 @@ def test_fixed_length():
     assert FixedDraftLength(3).next() == 3
     with pytest.raises(ValueError):
         FixedDraftLength(0)
+
+
+# Rounds drawn at random: acceptance per draft position, a round's fixed cost and
+# its cost per draft (in plain steps), the policy's prior draft cost.
+SCENARIOS = {
+    "H100, near-perfect drafter": ([0.95] * 4, 0.8, 0.55, 0.1),
+    "H100, MTP head": ([0.85, 0.6, 0.5, 0.45], 0.45, 0.4, 0.1),
+    "Mac, MTP head": ([0.85, 0.7, 0.6, 0.5], 0.1, 0.05, 0.1),
+    "Mac, drafter": ([0.8] * 4, 0.1, 0.15, 0.1),
+    "useless drafter": ([0.0] * 4, 0.3, 0.3, 0.1),
+    "right but too dear": ([0.5] * 4, 0.5, 2.0, 0.3),
+}
+
+
+def throughput(policy, scenario, tokens: int, seed: int) -> float:
+    """Tokens per plain-step time over a job, each round's time jittered by 10%."""
+    rates, round_cost, draft_cost, _ = scenario
+    rng = random.Random(seed)
+    elapsed = produced = 0.0
+    while produced < tokens:
+        k = policy.next()
+        kept = 0
+        while kept < k and rng.random() < rates[kept]:
+            kept += 1
+        cost = (1 + (round_cost + draft_cost * k if k else 0.0)) * rng.uniform(0.9, 1.1)
+        policy.observe(k, kept, PLAIN_S * cost)
+        elapsed += cost
+        produced += kept + 1
+    return produced / elapsed
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_adaptive_comes_close_to_the_best_fixed_choice(name):
+    """Over 512-token jobs, adaptive k keeps at least 93% of the throughput of the
+    best fixed choice made knowing the costs and rates (plain decoding included)."""
+    scenario = SCENARIOS[name]
+    seeds = range(10)
+
+    def mean(make):
+        return sum(throughput(make(), scenario, 512, s) for s in seeds) / len(seeds)
+
+    best = max([1.0] + [mean(lambda k=k: FixedDraftLength(k)) for k in range(1, 5)])
+    adaptive = mean(lambda: AdaptiveDraftLength(cost_prior=scenario[3]))
+    assert adaptive >= 0.93 * best

@@ -52,7 +52,7 @@ class FixedDraftLength:
 
 class AdaptiveDraftLength:
     adaptive = True
-    decay = 0.8  # of the acceptance counts, per round
+    decay = 0.9  # of the acceptance counts, per round
     weight = 0.2  # of a new timing sample
     spike = 2.0  # a timing sample counts as at most this multiple of its estimate
     first_probe = 16
