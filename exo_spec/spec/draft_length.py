@@ -16,9 +16,9 @@ picks the k in 0..max_k with the most tokens per second; k = 0 is a plain target
 step. The first rounds after warm-up draft while they keep every draft (up to
 ``explore``): one kept round is too little evidence against the 1-in-2 prior, and
 judging after it once decoded most of a 128-token job plainly with a drafter that
-H100 runs kept 94% of. Each timing sample is capped at twice its estimate, so one stall (a
-collection, a kernel compiled on first use) cannot make speculation look
-hopeless.
+H100 runs kept 94% of. Each timing sample counts as at most twice its estimate,
+so one stall (a collection, a kernel compiled on first use) cannot make
+speculation look hopeless.
 
 While plain decoding wins, it probes with one short round now and then, backing
 off exponentially and spaced by what probes were measured to cost (catching the
