@@ -1,9 +1,9 @@
 """Host time of each piece of a round: building the lazy graph, launching it
 (``mx.async_eval``) and waiting for it (``mx.eval``), on an 8-layer hybrid of the
-bench target's width with random bf16 weights (``--quantize 8``: its linear
-layers in 8 bits, as ``exo-spec bench --quantize 8`` runs them). On a GPU running a small model
-the device finishes soon after the launch returns, so these are what a round
-costs. Figures: docs/BENCHMARKS.md.
+bench target's width with random bf16 weights (with ``--quantize 8`` its linear
+layers in 8 bits, as ``exo-spec bench --quantize 8`` runs them). On a GPU running
+a small model the device finishes soon after the launch returns, so these are
+what a round costs. Figures: docs/BENCHMARKS.md.
 
     python benchmarks/round_host_time.py [--quantize 4|8] [--json out.json]
 """

@@ -82,10 +82,10 @@ def test_quantized_models_keep_every_row_equal(models_dir, tmp_path):
     doc = _bench(tmp_path, "--models", str(models_dir), "--quantize", "8", "--ks", "2",
                  "--warmup-tokens", "0")
     assert doc["models"]["target"]["mtp"]["quantized_bits"] == [8]  # its fc, 2 x 32 wide
-    for name, path in (("target", "target"), ("drafter", "drafter")):
+    for name in ("target", "drafter"):
         described = doc["models"][name]
         assert described["quantized_bits"] == [8]
-        float_model = load(str(models_dir / path)).model  # counted as stored, unpacked
+        float_model = load(str(models_dir / name)).model  # counted as stored, unpacked
         assert described["parameters"] == sum(
             v.size for _, v in tree_flatten(float_model.parameters()))
     ran = [r for r in doc["rows"] if r["error"] is None]

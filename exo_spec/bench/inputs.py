@@ -107,8 +107,6 @@ def gather(args) -> Inputs:
     if not paths["target"]:
         raise ValueError("name the models: --models DIR or --model PATH")
     target = _load(paths["target"], args.quantize)
-    # The MTP head is read after the target is quantized, as it holds the target's
-    # embedding, and quantized on its own.
     mtp = quantized(load_mtp(target.path, target.model), args.quantize) \
         if mtp_layer_count(target.path) else None
     drafters = []
