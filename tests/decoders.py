@@ -24,9 +24,11 @@ from exo_spec.spec import (
 )
 from exo_spec.spec.round_ahead import RoundAhead
 
-# Every round that can start the next one ahead does (whether that pays is timing;
-# here the riskier path is the one under test).
-ALWAYS_AHEAD = RoundAhead(forced=True)
+
+def always_ahead() -> RoundAhead:
+    """Every round that can start the next one ahead does (whether that pays is timing;
+    here the riskier path is the one under test)."""
+    return RoundAhead(forced=True)
 
 PROMPTS = ["def heappush(heap, item):", "class Queue:\n    def __init__(self"]
 
@@ -57,7 +59,7 @@ def drafter_decoder(target_path: Path, drafter_model, k: int | None, sampling=Sa
     return SpecDecoder(CachedModel(target, max_kv_size=max_kv_size),
                        DraftModel(drafter_model, max_kv_size=max_kv_size),
                        sampling=sampling, draft_length=draft_length(k), eos_token_ids=eos,
-                       round_ahead=ALWAYS_AHEAD)
+                       round_ahead=always_ahead())
 
 
 def mtp_decoder(target_path: Path, k: int | None, sampling=Sampling(),
@@ -65,7 +67,7 @@ def mtp_decoder(target_path: Path, k: int | None, sampling=Sampling(),
     target = loaded(target_path).model
     proposer = Mtp(load_mtp(target_path, target), target)
     return SpecDecoder(CachedModel(target), proposer, sampling=sampling,
-                       draft_length=draft_length(k), eos_token_ids=eos, round_ahead=ALWAYS_AHEAD)
+                       draft_length=draft_length(k), eos_token_ids=eos, round_ahead=always_ahead())
 
 
 def prompt_ids(path: Path, text: str) -> list[int]:

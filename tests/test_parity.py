@@ -17,8 +17,8 @@ from exo_spec.spec.cached_model import make_cache
 from exo_spec.spec.round_ahead import RoundAhead
 
 from decoders import (
-    ALWAYS_AHEAD,
     PROMPTS,
+    always_ahead,
     assert_same_caches,
     drafter_decoder,
     loaded,
@@ -161,7 +161,7 @@ def test_mtp_on_a_quantized_target(checkpoints):
         np.testing.assert_array_equal(np.array(got), np.array(want), err_msg=name)
     prompt = prompt_ids(path, PROMPTS[0])
     decoder = SpecDecoder(CachedModel(target), Mtp(mtp, target), draft_length=FixedDraftLength(2),
-                          round_ahead=ALWAYS_AHEAD)
+                          round_ahead=always_ahead())
     assert run(decoder, prompt, MAX_TOKENS) == greedy_reference(target, prompt, MAX_TOKENS)
 
 

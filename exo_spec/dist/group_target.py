@@ -20,6 +20,7 @@ from .traffic import Traffic
 
 class GroupTarget:
     chains_rounds = False  # followers close one round per command, in order
+
     def __init__(self, local: StageCache | CachedModel, group: mx.distributed.Group,
                  forward: PipelineForward | TensorForward, traffic: Traffic,
                  doorbell: Doorbell | None = None):

@@ -10,6 +10,8 @@ own output hidden state; those speculative positions are trimmed at commit.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import mlx.core as mx
 
 from ..models.heads import body_and_head, embedding
@@ -31,7 +33,7 @@ class Mtp:
         self._next: list[mx.array] = []  # ... and the s_{j+1} that go with them
         self._last: mx.array | None = None  # the head's output for the newest fed pair
         self._chained = 0
-        self._before_ahead: tuple | None = None  # what propose_ahead() may take back
+        self._before_ahead: _Before | None = None  # what propose_ahead() may take back
 
     def prefill(self, tokens: mx.array, hidden: mx.array | None, step: int = 512) -> None:
         following = tokens[1:]
@@ -59,19 +61,21 @@ class Mtp:
 
     def propose_ahead(self, tokens: mx.array, hidden: mx.array | None, k: int,
                       sampling: Sampling) -> tuple[mx.array, mx.array | None]:
-        before = (self.cache[0].offset, list(self._hidden), list(self._next), self._last,
-                  self._chained, tokens.shape[0] - 1)
-        self.commit(tokens.shape[0] - 1, tokens, hidden)
+        assumed = tokens.shape[0] - 1
+        before = _Before(self.cache[0].offset, list(self._hidden), list(self._next),
+                         self._last, self._chained, assumed)
+        self.commit(assumed, tokens, hidden)
         self._before_ahead = before
         return self.propose(k, sampling)
 
     def commit(self, accepted: int, tokens: mx.array, hidden: mx.array | None) -> None:
         before, self._before_ahead = self._before_ahead, None
         if before:
-            if accepted == before[-1]:  # propose_ahead() committed exactly this
+            if accepted == before.accepted:  # propose_ahead() committed exactly this
                 return
-            offset, self._hidden, self._next, self._last, self._chained, _ = before
-            self.cache[0].trim(self.cache[0].offset - offset)
+            self._hidden, self._next = before.hidden, before.next
+            self._last, self._chained = before.last, before.chained
+            self.cache[0].trim(self.cache[0].offset - before.offset)
         if self._chained:
             self.cache[0].trim(self._chained)
             self._chained = 0
@@ -85,3 +89,14 @@ class Mtp:
 
     def _feed(self, tokens: mx.array, hidden: mx.array) -> mx.array:
         return self.mtp(self.embed(tokens)[None], hidden[None], self.cache)[0]
+
+
+class _Before(NamedTuple):
+    """The head's state before propose_ahead() committed ``accepted`` drafts."""
+
+    offset: int
+    hidden: list[mx.array]
+    next: list[mx.array]
+    last: mx.array | None
+    chained: int
+    accepted: int
