@@ -19,8 +19,8 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from exo_spec.bench.inputs import quantized
 from exo_spec.models import synthetic
+from exo_spec.models.load import QUANTIZE_BITS, quantize
 from exo_spec.session import load_models, make_decoder
 from exo_spec.spec import Sampling
 from exo_spec.spec.verify import verify_greedy
@@ -96,7 +96,7 @@ def _measure(decoder, k: int, report) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quantize", type=int, choices=(4, 8))
+    parser.add_argument("--quantize", type=int, choices=QUANTIZE_BITS)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp())
@@ -106,8 +106,8 @@ def main() -> None:
     models = load_models(str(path), mtp=True)
     models.target.model.set_dtype(mx.bfloat16)
     models.mtp.set_dtype(mx.bfloat16)
-    quantized(models.target.model, args.quantize)
-    quantized(models.mtp, args.quantize)
+    quantize(models.target.model, args.quantize)  # after the cast: scales in bf16
+    quantize(models.mtp, args.quantize)
     results = {}
 
     def report(name: str, figures: dict) -> None:

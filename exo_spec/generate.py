@@ -11,7 +11,7 @@ from mlx_lm.tokenizer_utils import TokenizerWrapper
 
 from . import remote
 from .dist.launch import launch_local
-from .models.load import ModelLoadError
+from .models.load import QUANTIZE_BITS, ModelLoadError
 from .session import encode_prompt, load_models, make_decoder
 from .spec import Sampling, SpecDecoder
 
@@ -35,6 +35,10 @@ def add_parser(sub) -> None:
     p.add_argument("--min-p", type=float, default=0.0)
     p.add_argument("--seed", type=int)
     p.add_argument("--max-kv-size", type=int, help="rotating KV cache of this many tokens")
+    p.add_argument("--quantize", type=int, choices=QUANTIZE_BITS, metavar="BITS",
+                   help="quantize a float checkpoint as it loads (4 or 8 bits, group size "
+                        "64: the layout of mlx-community checkpoints); drafter and MTP "
+                        "head too")
     p.add_argument("--ignore-chat-template", action="store_true")
     p.add_argument("--json", action="store_true", help="print one JSON object at the end")
     p.add_argument("--local-ranks", type=int,
@@ -72,7 +76,7 @@ def run(args) -> int:
             raise ValueError("--nodes and --timeout need --coordinator")
         if args.local_ranks is not None or args.split or args.parallel != "pipeline":
             return launch_local(args)
-        models = load_models(args.model, args.draft_model, args.mtp)
+        models = load_models(args.model, args.draft_model, args.mtp, args.quantize)
         decoder = make_decoder(models, sampling=sampling, num_draft=args.num_draft,
                                max_kv_size=args.max_kv_size)
     except (ValueError, ModelLoadError, OSError) as e:

@@ -46,7 +46,8 @@ def generate(args) -> int:
     for flag, given in (("--local-ranks", args.local_ranks is not None),
                         ("--split", bool(args.split)),
                         ("--parallel", args.parallel != "pipeline"),
-                        ("--max-kv-size", args.max_kv_size is not None)):
+                        ("--max-kv-size", args.max_kv_size is not None),
+                        ("--quantize", args.quantize is not None)):
         if given:
             raise ValueError(f"{flag} does not apply with --coordinator "
                              "(the coordinator places the model; --nodes N asks for N nodes)")

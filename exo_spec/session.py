@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.tokenizer_utils import TokenizerWrapper
 
@@ -15,6 +16,7 @@ from .models.load import (
     check_same_vocabulary,
     load,
     parameter_count,
+    quantize,
     read_config,
     resolve,
 )
@@ -39,10 +41,12 @@ class Models:
     mtp: nn.Module | None = None  # mode "mtp": the target's MTP head, read once for every job
 
     @classmethod
-    def of(cls, target: LoadedModel, drafter: LoadedModel | None, mode: str) -> Models:
-        """``Models`` for ``mode``, reading the target's MTP head when it is "mtp"."""
+    def of(cls, target: LoadedModel, drafter: LoadedModel | None, mode: str,
+           bits: int | None = None) -> Models:
+        """``Models`` for ``mode``, reading the target's MTP head (quantized to ``bits``,
+        as the target was loaded) when it is "mtp"."""
         return cls(target, drafter, mode,
-                   load_mtp(target.path, target.model) if mode == "mtp" else None)
+                   load_mtp(target.path, target.model, bits) if mode == "mtp" else None)
 
 
 def choose_mode(target_path, draft_model: str | None, mtp: bool | None, has_mtp: bool) -> str:
@@ -76,16 +80,20 @@ def plan(model: str, path, draft_model: str | None, mtp: bool | None) -> tuple[s
     return mode, draft_model
 
 
-def load_models(model: str, draft_model: str | None = None, mtp: bool | None = None) -> Models:
-    target = load(model)
+def load_models(model: str, draft_model: str | None = None, mtp: bool | None = None,
+                bits: int | None = None) -> Models:
+    """``bits``: quantize every model read here (see ``models.load.quantize``)."""
+    target = load(model, bits=bits)
     mode, drafter_id = plan(model, target.path, draft_model, mtp)
     if mode == "assistant":
-        return Models(target, gemma4_assistant.load_for(resolve(drafter_id), target), mode)
+        assistant = gemma4_assistant.load_for(resolve(drafter_id), target)
+        mx.eval(quantize(assistant.model, bits).parameters())
+        return Models(target, assistant, mode)
     drafter = None
     if mode == "draft":
-        drafter = load(drafter_id)
+        drafter = load(drafter_id, bits=bits)
         check_same_vocabulary(target, drafter)
-    return Models.of(target, drafter, mode)
+    return Models.of(target, drafter, mode, bits)
 
 
 def make_decoder(

@@ -71,16 +71,19 @@ def test_bad_input(tmp_path, capsys):
     assert main(["bench", "--models", str(tmp_path)]) == 2
     assert "has no target/" in capsys.readouterr().err
     assert main(["bench", "--model", str(tmp_path), "--repeats", "0"]) == 2
-    assert main(["bench", "--model", str(tmp_path), "--quantize", "8",
-                 "--local-ranks", "2"]) == 2
-    assert "--quantize applies to the models in this process" in capsys.readouterr().err
 
 
 def test_quantized_models_keep_every_row_equal(models_dir, tmp_path):
     """--quantize 8 quantizes the target, its MTP head and the drafters for
-    every row; greedy outputs still agree row by row with mlx-lm's plain decode."""
+    every row, the group's included (each rank quantizes as it loads); greedy outputs
+    still agree row by row with mlx-lm's plain decode of the quantized target."""
     doc = _bench(tmp_path, "--models", str(models_dir), "--quantize", "8", "--ks", "2",
-                 "--warmup-tokens", "0")
+                 "--warmup-tokens", "0", "--local-ranks", "2", "--group-prompts", "1",
+                 "--group-proposers", "drafter", "--group-ks", "2")
+    group = {r["row"]: r for r in doc["rows"] if r["group"] == "2 ranks pipeline"}
+    assert set(group) == {"group plain", "group drafter"}
+    for row in group.values():
+        assert (row["error"], row["same_output"]) == (None, True), row
     assert doc["models"]["target"]["mtp"]["quantized_bits"] == [8]  # its fc, 2 x 32 wide
     for name in ("target", "drafter"):
         described = doc["models"][name]

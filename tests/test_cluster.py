@@ -437,6 +437,7 @@ def test_cli_generate(cluster, checkpoints, reference, capsys):
         (["--local-ranks", "2"], 2,
          "exo-spec generate: error: --local-ranks does not apply with --coordinator"),
         (["--split", "1,1"], 2, "exo-spec generate: error: --split does not apply"),
+        (["--quantize", "8"], 2, "exo-spec generate: error: --quantize does not apply"),
         (["--coordinator", "127.0.0.1:1"], 1, "exo-spec generate: error: UNAVAILABLE: "),
     ]:
         code, out, err = cli(capsys, "generate", *base, *flags)

@@ -28,7 +28,7 @@ from exo_spec.session import encode_prompt
 from exo_spec.spec.cached_model import make_cache
 
 from decoders import loaded, tiny_qwen3_next
-from reference import greedy_reference
+from reference import greedy_reference, quantized_by_mlx_lm
 
 PROMPT = "def heappush(heap, item):"
 MAX_TOKENS = 12
@@ -48,6 +48,10 @@ def models(checkpoints, tmp_path_factory) -> dict[str, Path]:
         "llama4-noisy": synthetic.write_perturbed(llama4, root / "llama4-noisy", 0.02, seed=8),
         "qwen3_5-noisy": synthetic.write_perturbed(checkpoints.qwen3_5, root / "qwen3_5-noisy",
                                               0.02, seed=9),
+        # wide enough that half of each layer still holds whole groups of 64 quantized
+        "llama128": synthetic.write_llama(root / "llama128", checkpoints.tokenizer,
+                                          hidden_size=128, intermediate_size=256,
+                                          num_hidden_layers=2, seed=6),
     }
 
 
@@ -99,19 +103,23 @@ def test_rotating_kv_cache_across_ranks(models, parallel):
     assert 0 < out["stats"]["accepted"] < out["stats"]["drafted"]
 
 
-@pytest.mark.parametrize("target, split, num_draft", [
+@pytest.mark.parametrize("target, split, flags", [
     ("qwen3_5", "3,1", ["--num-draft", "2"]),
     ("qwen3_5", "3,1", []),
     ("deepseek_v3", "1,1", ["--num-draft", "2"]),  # its body takes no input_embeddings
+    # Every rank quantizes the layers it keeps, rank 0 the MTP head too: the tokens are
+    # mlx-lm's greedy decode of the target mlx-lm quantized the same way.
+    ("qwen3_5", "3,1", ["--num-draft", "2", "--quantize", "8"]),
 ])
-def test_mtp_on_rank_0_matches_greedy_reference(models, target, split, num_draft):
+def test_mtp_on_rank_0_matches_greedy_reference(models, target, split, flags):
     path = models[target]
     proc = cli("--json", "--prompt", PROMPT, "--model", str(path), "--max-tokens",
-               str(MAX_TOKENS), "--local-ranks", "2", "--split", split, "--mtp", *num_draft)
+               str(MAX_TOKENS), "--local-ranks", "2", "--split", split, "--mtp", *flags)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     prompt = encode_prompt(loaded(path).tokenizer, PROMPT)
-    assert out["tokens"] == greedy_reference(loaded(path).model, prompt, MAX_TOKENS)
+    model = quantized_by_mlx_lm(path, 8) if "--quantize" in flags else loaded(path).model
+    assert out["tokens"] == greedy_reference(model, prompt, MAX_TOKENS)
     assert out["stats"]["mode"] == "mtp" and out["stats"]["drafted"] > 0
 
 
@@ -173,11 +181,28 @@ def test_tensor_parallel_matches_greedy_reference(models, target, drafter):
         assert 0 < stats["accepted"] < stats["drafted"]
 
 
+def test_tensor_parallel_quantized_matches_greedy_reference(models):
+    """Each rank quantizes the target as it loads, then keeps its slices of the
+    quantized layers: mlx-lm's greedy decode of the target mlx-lm quantized alike
+    (at 4 bits it parts from the float decode within these tokens)."""
+    path = models["llama128"]
+    proc = cli("--json", "--prompt", PROMPT, "--model", str(path), "--max-tokens",
+               str(MAX_TOKENS), "--local-ranks", "2", "--parallel", "tensor", "--no-spec",
+               "--quantize", "4")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    prompt = encode_prompt(loaded(path).tokenizer, PROMPT)
+    assert out["tokens"] == greedy_reference(quantized_by_mlx_lm(path, 4), prompt, MAX_TOKENS)
+    assert out["tokens"] != greedy_reference(loaded(path).model, prompt, MAX_TOKENS)
+    assert (out["stats"]["ranks"], out["stats"]["parallel"]) == (2, "tensor")
+
+
 @pytest.mark.parametrize(
     "target, args, message",
     [
         ("llama4", ["--local-ranks", "3", "--no-spec"], "num_attention_heads 4 does not divide"),
         ("llama4", ["--local-ranks", "2", "--split", "3,1"], "--split is for --parallel pipeline"),
+        ("llama4", ["--local-ranks", "2", "--quantize", "8"], "hidden_size 64 over 2 ranks"),
     ],
 )
 def test_tensor_parallel_refusals_are_one_line(models, target, args, message):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from ..models.load import ModelLoadError
+from ..models.load import QUANTIZE_BITS, ModelLoadError
 from . import report
 from .inputs import gather
 from .rows import SINGLE, group_rows, single_rows
@@ -48,10 +48,10 @@ def add_parser(sub) -> None:
     p.add_argument("--group-proposers", default="mtp,drafter",
                    help="speculative group rows: mtp, drafter or both")
     p.add_argument("--only-groups", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--quantize", type=int, choices=(4, 8),
-                   help="quantize the loaded models' linear and embedding layers to this "
-                        "many bits (group size 64) for every row, as mlx-community "
-                        "checkpoints are; not with --local-ranks")
+    p.add_argument("--quantize", type=int, choices=QUANTIZE_BITS, metavar="BITS",
+                   help="quantize the models' linear and embedding layers to this many "
+                        "bits (group size 64) as they load, for every row, group rows "
+                        "included, as mlx-community checkpoints are")
     p.add_argument("--json", type=Path, help="write every figure here")
     p.set_defaults(run=run)
 
@@ -64,9 +64,6 @@ def _check(args) -> tuple[list[int], list[str]]:
         raise ValueError("--warmup-tokens must be >= 0")
     if args.local_ranks is not None and args.local_ranks < 2:
         raise ValueError("--local-ranks must be >= 2")
-    if args.quantize and args.local_ranks:
-        raise ValueError("--quantize applies to the models in this process; group rows "
-                         "load theirs from disk (quantize the checkpoint instead)")
     try:
         ks = [int(k) for k in args.ks.split(",") if k]
         group_ks = [k if k == "auto" else str(int(k)) for k in args.group_ks.split(",") if k]

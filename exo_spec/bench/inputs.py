@@ -28,7 +28,6 @@ from ..models.load import (
 from ..models.mtp import load_mtp, mtp_layer_count
 
 DEFAULT_PROMPT_CHARS = 400  # without prompts: the start of the synthetic corpus
-QUANTIZE_GROUP = 64
 
 
 @dataclass
@@ -40,6 +39,7 @@ class Inputs:
     prompts: list[str]
     prompt_ids: list[list[int]]
     manifest: dict | None = None
+    bits: int | None = None  # --quantize: every row quantizes the models it loads
 
     @property
     def has_mtp(self) -> bool:
@@ -71,22 +71,6 @@ def _optional(path: Path) -> str | None:
     return str(path) if (path / "config.json").is_file() else None
 
 
-def quantized(model: nn.Module, bits: int | None) -> nn.Module:
-    """``model`` with its linear and embedding layers quantized in place (those whose
-    input width the group size divides)."""
-    if bits:
-        nn.quantize(model, group_size=QUANTIZE_GROUP, bits=bits,
-                    class_predicate=lambda _, m: hasattr(m, "to_quantized")
-                    and m.weight.shape[-1] % QUANTIZE_GROUP == 0)
-    return model
-
-
-def _load(path: str, bits: int | None) -> LoadedModel:
-    loaded = load(path)
-    quantized(loaded.model, bits)
-    return loaded
-
-
 def gather(args) -> Inputs:
     paths = {"target": args.model, "drafter": args.draft_model,
              "untrained": args.untrained_draft_model}
@@ -106,12 +90,12 @@ def gather(args) -> Inputs:
             manifest = json.loads((root / "manifest.json").read_text())
     if not paths["target"]:
         raise ValueError("name the models: --models DIR or --model PATH")
-    target = _load(paths["target"], args.quantize)
-    mtp = quantized(load_mtp(target.path, target.model), args.quantize) \
+    target = load(paths["target"], bits=args.quantize)
+    mtp = load_mtp(target.path, target.model, args.quantize) \
         if mtp_layer_count(target.path) else None
     drafters = []
     for key in ("drafter", "untrained"):
-        drafter = _load(paths[key], args.quantize) if paths[key] else None
+        drafter = load(paths[key], bits=args.quantize) if paths[key] else None
         if drafter:
             check_same_vocabulary(target, drafter)
         drafters.append(drafter)
@@ -127,4 +111,4 @@ def gather(args) -> Inputs:
     ids = [target.tokenizer.encode(p) for p in prompts]
     if any(not p for p in ids):
         raise ValueError("a prompt encodes to no tokens")
-    return Inputs(target, drafters[0], drafters[1], mtp, prompts, ids, manifest)
+    return Inputs(target, drafters[0], drafters[1], mtp, prompts, ids, manifest, args.quantize)

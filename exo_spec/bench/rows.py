@@ -93,6 +93,8 @@ def group_rows(inputs: Inputs, ranks: int, num_prompts: int, ks: list[str],
         if k != "auto" and flags != ["--no-spec"]:
             flags = [*flags, "--num-draft", k]
         flags = [*flags, "--parallel", parallel]
+        if inputs.bits:
+            flags = [*flags, "--quantize", str(inputs.bits)]
         return Row(group, name, k, lambda i, n: runners.group(
             target, flags, inputs.prompts[i], n, ranks), chosen)
 

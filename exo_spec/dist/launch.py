@@ -3,7 +3,9 @@ the target pipelined over them (``--parallel pipeline``, with ``--split``) or
 sharded across them (``--parallel tensor``).
 
 Each rank is ``python -m exo_spec.dist.runner`` with MLX_RANK and a hostfile of
-loopback ports. Rank 0 prints what the single-node path prints. If any rank
+loopback ports. On a machine with several CUDA GPUs the ranks take them in turn
+(CUDA_VISIBLE_DEVICES, as ``mlx.launch`` pins its ranks); otherwise they share
+the one device. Rank 0 prints what the single-node path prints. If any rank
 exits non-zero, or the group outlives its time limit, every rank is killed and
 the command fails with one line, so a dead rank never leaves the others waiting
 on a receive forever.
@@ -20,10 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import mlx.core as mx
+
 from ..models.load import read_config, resolve, text_config
 from .pipeline import layer_ranges, parse_split, split_refusal
 from .proposal import group_mode
-from .tensor import check_shardable
+from .tensor import check_quantizable, check_shardable
 
 TIME_LIMIT_S = 3600.0
 EXIT_GRACE_S = 10.0  # how long followers may take to leave once rank 0 is done
@@ -40,6 +44,22 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
+def cuda_devices() -> list[str]:
+    """The CUDA GPUs this process may use, as CUDA_VISIBLE_DEVICES names them; none
+    where MLX does not run on CUDA."""
+    cuda = getattr(mx, "cuda", None)
+    if not (cuda and cuda.is_available()):
+        return []
+    if named := os.environ.get("CUDA_VISIBLE_DEVICES"):
+        return named.split(",")
+    return [str(i) for i in range(mx.device_count(mx.gpu))]
+
+
+def gpu_pin(rank: int, devices: list[str]) -> dict[str, str]:
+    """The environment that gives ``rank`` a GPU of its own while there are enough."""
+    return {"CUDA_VISIBLE_DEVICES": devices[rank % len(devices)]} if len(devices) > 1 else {}
+
+
 def _check(args) -> None:
     if args.local_ranks is None or args.local_ranks < 2:
         raise ValueError("--local-ranks must be >= 2 (and --split needs it)")
@@ -49,6 +69,8 @@ def _check(args) -> None:
         if args.split:
             raise ValueError("--split is for --parallel pipeline")
         check_shardable(read_config(path), args.local_ranks)
+        if args.quantize:
+            check_quantizable(read_config(path), args.local_ranks)
     else:
         config = read_config(path)
         if refusal := split_refusal(config):
@@ -65,10 +87,12 @@ def launch_local(args) -> int:
         hostfile = Path(tmp) / "hosts.json"
         ports = _free_ports(args.local_ranks)
         hostfile.write_text(json.dumps([[f"127.0.0.1:{p}"] for p in ports]))
+        gpus = cuda_devices()
         procs = [
             subprocess.Popen(
                 [sys.executable, "-m", "exo_spec.dist.runner", job],
-                env={**os.environ, "MLX_RANK": str(rank), "MLX_HOSTFILE": str(hostfile)},
+                env={**os.environ, "MLX_RANK": str(rank), "MLX_HOSTFILE": str(hostfile),
+                     **gpu_pin(rank, gpus)},
                 stdout=None if rank == 0 else subprocess.DEVNULL,
             )
             for rank in range(args.local_ranks)

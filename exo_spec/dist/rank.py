@@ -73,11 +73,13 @@ def load_rank(
     parallel: str = "pipeline",
     split: Sequence[int] | None = None,
     max_kv_size: int | None = None,
+    bits: int | None = None,
     progress: Callable[[str], None] = lambda message: None,
 ) -> Rank:
     """Refusals (ModelLoadError, or ValueError for a bad split) come before any weight
-    is read; ``progress`` hears "loading target" and "loading drafter"."""
-    target = load(model, lazy=True)
+    is read; ``progress`` hears "loading target" and "loading drafter"; ``bits``
+    quantizes every model this rank reads."""
+    target = load(model, lazy=True, bits=bits)
     rank = group.rank()
     mode, drafter_id = group_mode(model, target.path, draft_model, mtp) if rank == 0 \
         else (None, None)
@@ -95,11 +97,11 @@ def load_rank(
     models = None
     if rank == 0:
         if parallel == "tensor" and mode == "mtp":
-            target = load(model, lazy=True)
+            target = load(model, lazy=True, bits=bits)
         drafter = None
         if drafter_id:
             progress("loading drafter")
-            drafter = load(drafter_id)
+            drafter = load(drafter_id, bits=bits)
             check_same_vocabulary(target, drafter)
-        models = Models.of(target, drafter, mode)
+        models = Models.of(target, drafter, mode, bits)
     return Rank(group, target, models, local, forward, traffic, parallel)

@@ -24,7 +24,7 @@ def main(job: str) -> int:
     try:
         rank = load_rank(group, args.model, args.draft_model, args.mtp, parallel=args.parallel,
                          split=parse_split(args.split) if args.split else None,
-                         max_kv_size=args.max_kv_size)
+                         max_kv_size=args.max_kv_size, bits=args.quantize)
     except (ValueError, ModelLoadError, OSError) as e:
         print(f"exo-spec generate: error: {e}", file=sys.stderr)
         return 2

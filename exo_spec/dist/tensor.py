@@ -7,7 +7,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.utils import _get_classes
 
-from ..models.load import text_config
+from ..models.load import QUANTIZE_GROUP, text_config
 
 
 def check_shardable(config: dict, ranks: int) -> None:
@@ -21,6 +21,20 @@ def check_shardable(config: dict, ranks: int) -> None:
         if text.get(key, ranks) % ranks:
             raise ValueError(f"--parallel tensor: {key} {text[key]} does not divide "
                              f"over {ranks} ranks")
+
+
+def check_quantizable(config: dict, ranks: int) -> None:
+    """Refuse ``--quantize`` where a rank's slice of a quantized layer would not hold
+    whole groups of 64 (a layer split along its input)."""
+    text = text_config(config)
+    hidden, heads = text.get("hidden_size", 0), text.get("num_attention_heads", 1)
+    widths = {"hidden_size": hidden, "intermediate_size": text.get("intermediate_size"),
+              "attention width": heads * text.get("head_dim", hidden // heads)}
+    for name, width in widths.items():
+        if width and width % QUANTIZE_GROUP == 0 and (width // ranks) % QUANTIZE_GROUP:
+            raise ValueError(f"--quantize with --parallel tensor: {name} {width} over "
+                             f"{ranks} ranks leaves slices that are not a multiple of "
+                             f"{QUANTIZE_GROUP}")
 
 
 def shard(model: nn.Module, group: mx.distributed.Group) -> None:

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 from mlx_lm.tokenizer_utils import TokenizerWrapper
@@ -33,6 +34,29 @@ def parameter_count(model: nn.Module) -> int:
             packing = module.scales.size + (module["biases"].size if "biases" in module else 0)
             total += module.weight.size * (32 // module.bits - 1) - packing
     return total
+
+
+QUANTIZE_BITS = (4, 8)
+QUANTIZE_GROUP = 64
+
+
+def quantize(model: nn.Module, bits: int | None) -> nn.Module:
+    """``model`` with its float linear and embedding layers quantized in place to
+    ``bits`` (group size 64, as mlx-community checkpoints are), those whose input
+    width the group size divides; layers already quantized stay as they are. A
+    model's own ``quant_predicate`` (mlx-lm's: MoE routers kept at 8 bits) has the
+    last word, as in ``mlx_lm.convert``."""
+    if not bits:
+        return model
+    own = getattr(model, "quant_predicate", None)
+
+    def predicate(path: str, module: nn.Module) -> bool | dict:
+        if not hasattr(module, "to_quantized") or module.weight.shape[-1] % QUANTIZE_GROUP:
+            return False
+        return own(path, module) if own else True
+
+    nn.quantize(model, group_size=QUANTIZE_GROUP, bits=bits, class_predicate=predicate)
+    return model
 
 
 def resolve(path_or_id: str) -> Path:
@@ -81,8 +105,9 @@ def _classes_without_mtp(config: dict):
     return WithoutMtp, args_class
 
 
-def load(path_or_id: str, *, lazy: bool = False) -> LoadedModel:
-    """``lazy`` leaves the weights unread until evaluated (pipeline ranks keep a share)."""
+def load(path_or_id: str, *, lazy: bool = False, bits: int | None = None) -> LoadedModel:
+    """``lazy`` leaves the weights unread until evaluated (pipeline ranks keep a share);
+    ``bits`` quantizes the model as it loads (see ``quantize``)."""
     path = resolve(path_or_id)
     config = read_config(path)
     if "model_type" not in config:
@@ -92,6 +117,10 @@ def load(path_or_id: str, *, lazy: bool = False) -> LoadedModel:
         tokenizer = load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))
     except (ValueError, FileNotFoundError) as e:
         raise ModelLoadError(f"cannot load {path}: {e}") from e
+    if bits:
+        quantize(model, bits)
+        if not lazy:
+            mx.eval(model.parameters())
     return LoadedModel(model, tokenizer, path, config)
 
 

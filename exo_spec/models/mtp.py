@@ -36,7 +36,7 @@ from mlx_lm.models.cache import KVCache
 from mlx_lm.models.deepseek_v3 import DeepseekV3DecoderLayer
 from mlx_lm.models.qwen3_5 import DecoderLayer as Qwen35DecoderLayer
 
-from .load import ModelLoadError, read_config, text_config
+from .load import ModelLoadError, quantize, read_config, text_config
 
 
 class Qwen35Mtp(nn.Module):
@@ -132,8 +132,9 @@ def _layer_index(name: str) -> int | None:
     return int(name.split(".")[2])
 
 
-def load_mtp(path: Path, target: nn.Module) -> Qwen35Mtp | DeepseekMtp:
-    """Load the MTP head of the checkpoint at ``path`` for the loaded ``target``."""
+def load_mtp(path: Path, target: nn.Module, bits: int | None = None) -> Qwen35Mtp | DeepseekMtp:
+    """Load the MTP head of the checkpoint at ``path`` for the loaded ``target``;
+    ``bits`` quantizes its float layers as ``load`` quantizes the target's."""
     config = read_config(path)
     model_type = config["model_type"]
     if mtp_layer_count(path) == 0:
@@ -152,6 +153,7 @@ def load_mtp(path: Path, target: nn.Module) -> Qwen35Mtp | DeepseekMtp:
     weights = {k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v
                for k, v in weights.items()}
     mtp.load_weights(list(weights.items()), strict=True)
+    quantize(mtp, bits)
     mx.eval(mtp.parameters())
     mtp.eval()
     return mtp
