@@ -13,12 +13,14 @@ lengths are timed the slope is the prior (the proposer's size relative to the
 target). t_plain is averaged over the first plain steps after the very first
 (which compiles), as a step queued ahead of the previous read can look free. It
 picks the k in 0..max_k with the most tokens per second; k = 0 is a plain target
-step. The first rounds after warm-up draft while they keep every draft (up to
-``explore``): one kept round is too little evidence against the 1-in-2 prior, and
-judging after it once decoded most of a 128-token job plainly with a drafter that
-H100 runs kept 94% of. Each timing sample counts as at most twice its estimate,
-so one stall (a collection, a kernel compiled on first use) cannot make
-speculation look hopeless.
+step. The first rounds after warm-up draft (up to ``explore``) while the first
+draft's rate stays at 1 in 2 or better: one round either way is too little
+evidence against the 1-in-2 prior, and judging after it once decoded most of a
+128-token job plainly with a drafter that H100 runs kept 94% of. The first round
+of each draft length in a job is not timed: on a GPU a fresh process builds
+kernels for each new verify width on first use. Each timing sample counts as at
+most twice its estimate, so one stall (a collection) cannot make speculation
+look hopeless.
 
 While plain decoding wins, it probes with one short round now and then, backing
 off exponentially and spaced by what probes were measured to cost (catching the
@@ -86,12 +88,17 @@ class AdaptiveDraftLength:
         self.probe_cost: float | None = None
         self._retime = False  # the last round was a probe that kept its draft
         self._exploring = self.explore
+        self._drafted: set[int] = set()  # the draft lengths this job has run
+
+    def _rate(self, i: int, before: float = 0.5) -> float:
+        """The rate at which the i-th draft is kept, ``before`` being the prior."""
+        return (self.kept[i] + self.prior[i] * before) / (self.reached[i] + self.prior[i])
 
     def expected_tokens(self, k: int) -> float:
         """Tokens a round of k drafts yields on average (the target's own included)."""
         tokens, reach, rate = 1.0, 1.0, 0.5
         for i in range(k):
-            rate = (self.kept[i] + self.prior[i] * rate) / (self.reached[i] + self.prior[i])
+            rate = self._rate(i, rate)
             reach *= rate
             tokens += reach
         return tokens
@@ -149,13 +156,15 @@ class AdaptiveDraftLength:
         # those tokens: one-off work that says nothing about the cost of drafting.
         timed = self.plain_streak <= self.catch_up_untimed
         self.plain_streak = 0
+        first_use = k not in self._drafted  # may have built kernels for its width
+        self._drafted.add(k)
         for i in range(min(k, accepted + 1)):  # the drafts verified: up to the first rejected
             self.kept[i] = self.decay * self.kept[i] + (i < accepted)
             self.reached[i] = self.decay * self.reached[i] + 1
             self.prior[i] *= self.decay
         self._rounds += 1
-        self._exploring = max(self._exploring - 1, 0) if accepted == k else 0
-        if self.t_plain:
+        self._exploring = self._exploring - 1 if self._exploring and self._rate(0) >= 0.5 else 0
+        if self.t_plain and not first_use:
             if self._retime:
                 self.t_rounds = {k: min(seconds, self.spike * self.t_rounds.get(k, seconds))}
                 self._timed_at = {k: self._rounds}
