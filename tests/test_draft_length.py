@@ -8,6 +8,8 @@ import pytest
 
 from exo_spec.spec import AdaptiveDraftLength, FixedDraftLength
 
+from decoders import PROMPTS, drafter_decoder, perturbed, prompt_ids, run
+
 PLAIN_S = 0.010
 
 
@@ -157,6 +159,8 @@ SCENARIOS = {
     "useless drafter": ([0.0] * 4, 0.3, 0.3, 0.1),
     "right but too dear": ([0.5] * 4, 0.5, 2.0, 0.3),
     "2 H200s, 2-rank group, MTP head": ([0.84, 0.71, 0.64, 0.6], 0.0, 0.33, 0.1),
+    "H200, MTP head": ([0.97, 0.78, 0.6, 0.5], 0.25, 0.53, 0.1),
+    "H200, drafter": ([0.98, 0.97, 0.95, 0.9], 0.85, 0.5, 0.11),
 }
 
 
@@ -190,3 +194,47 @@ def test_adaptive_comes_close_to_the_best_fixed_choice(name):
     best = max([1.0] + [mean(lambda k=k: FixedDraftLength(k)) for k in range(1, 5)])
     adaptive = mean(lambda: AdaptiveDraftLength(cost_prior=scenario[3]))
     assert adaptive >= 0.93 * best
+
+
+class Scripted(AdaptiveDraftLength):
+    """Chooses the given lengths in turn, then plain steps, and records what the
+    engine tells it."""
+
+    def __init__(self, ks: list[int]):
+        super().__init__()
+        self.script = iter(ks)
+        self.chosen: list[int] = []
+        self.told: list[tuple[int, float | None]] = []
+
+    def next(self) -> int:
+        self.chosen.append(next(self.script, 0))
+        return self.chosen[-1]
+
+    def ahead(self) -> int:
+        return 0
+
+    def observe(self, k: int, accepted: int, seconds: float | None) -> None:
+        self.told.append((k, seconds))
+
+
+def test_the_engine_runs_each_choice_once_and_times_only_overlapped_plain_steps(checkpoints):
+    """A length chosen while a plain step is read is the next round's: asking again
+    after that step's timing came in let the choice flip back and forth, leaving every
+    other plain step to build its own graph. And only a plain step that overlaps the
+    next (queued ahead of it, queuing the next) is a timing sample."""
+    decoder = drafter_decoder(checkpoints.llama, perturbed(checkpoints.llama, 0.02), None)
+    policy = decoder.draft_length = Scripted([0, 0, 0, 2, 0, 0, 1])
+    run(decoder, prompt_ids(checkpoints.llama, PROMPTS[0]), 16)
+    assert [k for k in policy.chosen if k] == [k for k, _ in policy.told if k] == [2, 1]
+    timed = [(k, seconds is not None) for k, seconds in policy.told]
+    assert timed[:9] == [
+        (0, False),  # the first step: nothing queued it
+        (0, True),
+        (0, False),  # queues no step: a round comes next
+        (2, True),
+        (0, False),  # after a round: built its own graph
+        (0, False),
+        (1, True),
+        (0, False),
+        (0, True),
+    ]

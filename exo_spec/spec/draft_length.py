@@ -3,24 +3,26 @@
 The adaptive policy measures, for each draft position i, the rate a_i at which
 the i-th draft is kept once the ones before it were (an MTP head chained on its
 own output fits its first position far better than its third, so one rate for
-all would overrate long rounds). A round of k drafts then yields
-E(k) = 1 + a_1 + a_1 a_2 + ... + a_1...a_k tokens. What it costs is measured per
-k and fitted with a line, t(k) = t_round + k * t_draft: a round has a fixed cost
-beyond a plain step (a wider verify, the proposer's commit, the read) that a cost
+all would overrate long rounds). A round of k drafts then yields E(k) = 1 + a_1
++ a_1 a_2 + ... + a_1...a_k tokens. What it costs is measured per k and fitted
+with a line, t(k) = t_round + k * t_draft: a round has a fixed cost beyond a
+plain step (a wider verify, the proposer's commit, the read) that a cost
 proportional to k alone would charge to every draft, which made long rounds of a
 near-perfect drafter look worse than plain decoding on an H100. Until two
 lengths are timed the slope is the prior (the proposer's size relative to the
-target). t_plain is averaged over the first plain steps after the very first
-(which compiles), as a step queued ahead of the previous read can look free. It
-picks the k in 0..max_k with the most tokens per second; k = 0 is a plain target
-step. The first rounds after warm-up draft (up to ``explore``) while the first
-draft's rate stays at 1 in 2 or better: one round either way is too little
-evidence against the 1-in-2 prior, and judging after it once decoded most of a
-128-token job plainly with a drafter that H100 runs kept 94% of. The first round
-of each draft length in a job is not timed: on a GPU a fresh process builds
-kernels for each new verify width on first use. Each timing sample counts as at
-most twice its estimate, so one stall (a collection) cannot make speculation
-look hopeless.
+target). t_plain is timed on plain steps that overlap the next one, as decoding
+plainly runs: the engine passes no time for a step that built its own graph
+(after a round: two steps' work) or queued none after it (before a round: free).
+Those made up every other plain sample on an H200 and, capped as spikes, halved
+t_plain within a job, so that plain decoding always won. It picks the k in
+0..max_k with the most tokens per second; k = 0 is a plain target step. The
+first rounds after warm-up draft (up to ``explore``) while the first draft's
+rate stays at 1 in 2 or better: one round either way is too little evidence
+against the 1-in-2 prior, and judging after it once decoded most of a 128-token
+job plainly with a drafter that H100 runs kept 94% of. The first round of each
+draft length in a job is not timed: on a GPU a fresh process builds kernels for
+each new verify width on first use. Each timing sample counts as at most twice
+its estimate, so one stall (a collection) cannot make speculation look hopeless.
 
 While plain decoding wins, it probes with one short round now and then, backing
 off exponentially and spaced by what probes were measured to cost (catching the
@@ -48,7 +50,7 @@ class FixedDraftLength:
     def ahead(self) -> int:
         return self.k
 
-    def observe(self, k: int, accepted: int, seconds: float) -> None:
+    def observe(self, k: int, accepted: int, seconds: float | None) -> None:
         pass
 
 
@@ -79,7 +81,7 @@ class AdaptiveDraftLength:
         self.t_rounds: dict[int, float] = {}  # k -> seconds a round of k drafts takes
         self._timed_at: dict[int, int] = {}  # k -> the round that last timed it
         self._rounds = 0
-        self.warmup = 4  # plain steps before the first decision; the first one compiles
+        self.warmup = 4  # plain steps before the first decision
         self._warmup_s: list[float] = []
         self.plain_streak = 0
         self.backoff = self.first_probe
@@ -141,16 +143,19 @@ class AdaptiveDraftLength:
         assumption that it keeps every draft: none while probing."""
         return self.next() if self._best() else 0
 
-    def observe(self, k: int, accepted: int, seconds: float) -> None:
+    def observe(self, k: int, accepted: int, seconds: float | None) -> None:
+        """``seconds``: what the round took, or None for a plain step that is no
+        measure of one (see the engine)."""
         if k == 0:
             self.plain_streak += 1
             if self.warmup:
                 self.warmup -= 1
-                self._warmup_s.append(seconds)
-                if not self.warmup:
-                    self.t_plain = sum(self._warmup_s[1:]) / len(self._warmup_s[1:])
-                return
-            self.t_plain = self._mix(self.t_plain, seconds)
+                if seconds is not None:
+                    self._warmup_s.append(seconds)
+                if not self.warmup and self._warmup_s:
+                    self.t_plain = sum(self._warmup_s) / len(self._warmup_s)
+            elif seconds is not None:
+                self.t_plain = self._mix(self.t_plain, seconds) if self.t_plain else seconds
             return
         # After a long plain run the round's time includes the proposer catching up on
         # those tokens: one-off work that says nothing about the cost of drafting.

@@ -95,6 +95,7 @@ class SpecDecoder:
             yield out
         decode_start = time.perf_counter()
         ahead = None  # a plain step queued before the previous one was read
+        planned = None  # the draft length chosen while the previous plain step was read
         queued: Round | None = None  # a round started before the previous one was read
         try:
             while not self.finish:
@@ -105,23 +106,33 @@ class SpecDecoder:
                     current, queued = queued, None
                     k = current.k
                 elif self.proposer and ahead is None:
-                    k = min(self.draft_length.next(), remaining - 1)
+                    k = min(planned or self.draft_length.next(), remaining - 1)
                     if k > 0:
                         current = self._start_round(last, k)
+                planned = None
                 if k > 0:
                     accepted, emitted, last, queued = self._speculate(current, remaining)
+                    seconds = time.perf_counter() - t0
                 else:
+                    was_ahead = ahead is not None
                     token, hidden = ahead or self._queue_plain(last)
                     ahead = None
                     # Queue the next plain step before reading this one, as mlx-lm's
                     # generate_step does, so building its graph overlaps this compute.
-                    if remaining > 1 and (not self.proposer or self.draft_length.next() == 0):
-                        ahead = self._queue_plain(token)
+                    # The choice is made once: a round chosen here is the next round.
+                    if remaining > 1:
+                        planned = self.draft_length.next() if self.proposer else 0
+                        if planned == 0:
+                            ahead = self._queue_plain(token)
                     accepted, emitted, last = 0, token.tolist(), token
                     if self.proposer:
                         self.proposer.commit(0, token, hidden)
+                    # Only a step queued ahead that queued the next one times a plain
+                    # step: one that built its own graph took two, the one before a
+                    # round took none.
+                    seconds = time.perf_counter() - t0 if was_ahead and ahead else None
                 stats.rounds += 1
-                self.draft_length.observe(k, accepted, time.perf_counter() - t0)
+                self.draft_length.observe(k, accepted, seconds)
                 out = self._emit(emitted, max_tokens)
                 if out:
                     yield out
