@@ -82,10 +82,12 @@ def main() -> None:
         print(f"{name}: decode ms {[round(s * 1e3, 1) for s in seconds]}, "
               f"{args.tokens / statistics.median(seconds):.1f} tok/s (median)")
     for i, log in enumerate(logs):
-        steps = [s for k, _, s in log if k == 0]
+        steps = [s for k, _, s in log if k == 0 and s is not None]  # None: not a sample
+        untimed = sum(1 for k, _, s in log if k == 0 and s is None)
         rounds = [(at, k, s) for at, (k, _, s) in enumerate(log) if k]
-        print(f"repeat {i}: {len(steps)} plain steps, median {statistics.median(steps) * 1e3:.2f}"
-              f" ms, sum {sum(steps) * 1e3:.1f} ms; {len(rounds)} rounds, "
+        print(f"repeat {i}: {len(steps)} timed plain steps (and {untimed} untimed), median "
+              f"{statistics.median(steps) * 1e3:.2f} ms, sum {sum(steps) * 1e3:.1f} ms; "
+              f"{len(rounds)} rounds, "
               f"{sum(s for *_, s in rounds) * 1e3:.1f} ms: "
               + ", ".join(f"@{at} k={k} {s * 1e3:.1f} ms" for at, k, s in rounds))
 
