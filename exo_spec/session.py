@@ -103,8 +103,11 @@ def make_decoder(
     num_draft: int | None = None,
     max_kv_size: int | None = None,
     cached: CachedModel | None = None,
+    draft_length: AdaptiveDraftLength | None = None,
 ) -> SpecDecoder:
-    """``cached``: the target to verify with (a group's), by default ``models.target`` here."""
+    """``cached``: the target to verify with (a group's), by default ``models.target`` here;
+    ``draft_length``: the adaptive policy of an earlier job on these models, to go on
+    with (unless ``num_draft`` fixes the length)."""
     target = models.target
     cached = cached or CachedModel(target.model, max_kv_size=max_kv_size)
     proposer = None
@@ -117,9 +120,12 @@ def make_decoder(
     elif models.mode == "assistant":
         proposer = Gemma4Assistant(models.drafter.model, cached)
         cost_prior = _parameter_ratio(models.drafter, target)
-    draft_length = (
-        FixedDraftLength(num_draft) if num_draft else AdaptiveDraftLength(cost_prior=cost_prior)
-    )
+    if num_draft:
+        draft_length = FixedDraftLength(num_draft)
+    elif draft_length:
+        draft_length.start_job()
+    else:
+        draft_length = AdaptiveDraftLength(cost_prior=cost_prior)
     return SpecDecoder(
         cached,
         proposer,

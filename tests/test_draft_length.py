@@ -6,7 +6,9 @@ import random
 
 import pytest
 
-from exo_spec.spec import AdaptiveDraftLength, FixedDraftLength
+from exo_spec.session import load_models
+from exo_spec.spec import AdaptiveDraftLength, FixedDraftLength, Sampling
+from exo_spec.worker.targets import Local
 
 from decoders import PROMPTS, drafter_decoder, perturbed, prompt_ids, run
 
@@ -238,3 +240,31 @@ def test_the_engine_runs_each_choice_once_and_times_only_overlapped_plain_steps(
         (0, False),
         (0, True),
     ]
+
+
+def test_the_next_job_goes_on_from_what_the_jobs_before_measured():
+    """A worker's next job on the same models starts where the last one left off: no
+    warm-up or first look spent again on a drafter known to be useless, and a good
+    one drafts long from the first round."""
+    useless = AdaptiveDraftLength()
+    simulate(useless, acceptance=0.0, draft_cost=0.3, tokens=400)
+    useless.start_job()
+    carried = simulate(useless, acceptance=0.0, draft_cost=0.3, tokens=128)
+    fresh = simulate(AdaptiveDraftLength(), acceptance=0.0, draft_cost=0.3, tokens=128)
+    assert sum(1 for k in carried if k) <= 1 < sum(1 for k in fresh if k)
+    good = AdaptiveDraftLength()
+    simulate(good, acceptance=0.95, draft_cost=0.05, tokens=400)
+    good.start_job()
+    assert simulate(good, acceptance=0.95, draft_cost=0.05, tokens=64)[:3] == [4, 4, 4]
+
+
+def test_a_placement_keeps_one_adaptive_policy_across_jobs(checkpoints):
+    local = Local(load_models(str(checkpoints.llama), str(checkpoints.drafter)))
+    first = local.decoder(Sampling(), None)
+    run(first, prompt_ids(checkpoints.llama, PROMPTS[0]), 12)
+    policy = first.draft_length
+    reached = list(policy.reached)
+    assert local.decoder(Sampling(), 2).draft_length.k == 2  # a fixed length leaves it be
+    second = local.decoder(Sampling(temp=0.7), None)
+    assert second.draft_length is policy
+    assert policy.reached == [r * policy.carry for r in reached] and reached[0] > 0

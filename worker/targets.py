@@ -9,7 +9,7 @@ from mlx_lm.tokenizer_utils import TokenizerWrapper
 from ..dist.rank import Rank
 from ..models.load import text_config
 from ..session import Models, make_decoder
-from ..spec import Sampling, SpecDecoder
+from ..spec import AdaptiveDraftLength, Sampling, SpecDecoder
 
 
 class Target(Protocol):
@@ -29,7 +29,22 @@ def _context_length(config: dict) -> int:
     return int(text_config(config).get("max_position_embeddings", 0))
 
 
-class Local:
+class _Placement:
+    """Jobs on one placement go on with the adaptive policy of the ones before: its
+    round costs are this machine's (see ``AdaptiveDraftLength.start_job``)."""
+
+    policy: AdaptiveDraftLength | None = None
+
+    def _decoder(self, models: Models, sampling: Sampling, num_draft: int | None,
+                 **kwargs) -> SpecDecoder:
+        decoder = make_decoder(models, sampling=sampling, num_draft=num_draft,
+                               draft_length=self.policy, **kwargs)
+        if decoder.draft_length.adaptive:
+            self.policy = decoder.draft_length
+        return decoder
+
+
+class Local(_Placement):
     """One machine: weights loaded once, a fresh decoder (and caches) per job."""
 
     def __init__(self, models: Models):
@@ -39,13 +54,13 @@ class Local:
         self.mode = models.mode
 
     def decoder(self, sampling: Sampling, num_draft: int | None) -> SpecDecoder:
-        return make_decoder(self.models, sampling=sampling, num_draft=num_draft)
+        return self._decoder(self.models, sampling, num_draft)
 
     def extra_stats(self, decoder: SpecDecoder) -> dict:
         return {"ranks": 1}
 
 
-class GroupLeader:
+class GroupLeader(_Placement):
     """Rank 0 of a group: every job starts by resetting the whole group."""
 
     def __init__(self, rank: Rank):
@@ -57,8 +72,7 @@ class GroupLeader:
 
     def decoder(self, sampling: Sampling, num_draft: int | None) -> SpecDecoder:
         self.target.reset()
-        return make_decoder(self.rank.models, sampling=sampling, num_draft=num_draft,
-                            cached=self.target)
+        return self._decoder(self.rank.models, sampling, num_draft, cached=self.target)
 
     def extra_stats(self, decoder: SpecDecoder) -> dict:
         return {"ranks": self.rank.group.size(), "parallel": self.rank.parallel,

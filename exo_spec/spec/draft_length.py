@@ -64,7 +64,8 @@ class AdaptiveDraftLength:
     probe_budget = 0.02
     catch_up_untimed = 4  # plain steps after which a round's time is not a cost sample
     forget = 64  # rounds after which a draft length's timing is dropped as stale
-    explore = 4  # rounds drafted after warm-up, while they keep every draft, before judging
+    explore = 4  # rounds drafted after warm-up, while the first draft fits, before judging
+    carry = 0.5  # weight of the acceptance counts so far in the next job's
 
     def __init__(self, max_k: int = 4, cost_prior: float = 0.3):
         """``cost_prior``: a draft's cost in plain steps, until two draft lengths are timed."""
@@ -91,6 +92,15 @@ class AdaptiveDraftLength:
         self._retime = False  # the last round was a probe that kept its draft
         self._exploring = self.explore
         self._drafted: set[int] = set()  # the draft lengths this job has run
+
+    def start_job(self) -> None:
+        """Go on with the next job on the same models in the same process: the round
+        costs measured so far stand (they are the machine's, and kernels built stay
+        built), the acceptance counts at half weight (they are partly the prompt's).
+        A short job then decodes with the length the jobs before it settled on, where
+        a fresh policy spends its first steps on warm-up and a first look."""
+        self.kept = [c * self.carry for c in self.kept]
+        self.reached = [c * self.carry for c in self.reached]
 
     def _rate(self, i: int, before: float = 0.5) -> float:
         """The rate at which the i-th draft is kept, ``before`` being the prior."""
