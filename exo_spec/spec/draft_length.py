@@ -3,10 +3,10 @@
 The adaptive policy measures, for each draft position i, the rate a_i at which
 the i-th draft is kept once the ones before it were (an MTP head chained on its
 own output fits its first position far better than its third, so one rate for
-all would overrate long rounds). A round of k drafts then yields E(k) = 1 + a_1
-+ a_1 a_2 + ... + a_1...a_k tokens. What it costs is measured per k and fitted
-with a line, t(k) = t_round + k * t_draft: a round has a fixed cost beyond a
-plain step (a wider verify, the proposer's commit, the read) that a cost
+all would overrate long rounds). A round of k drafts then yields
+E(k) = 1 + a_1 + a_1 a_2 + ... + a_1...a_k tokens. What it costs is measured per
+k and fitted with a line, t(k) = t_round + k * t_draft: a round has a fixed cost
+beyond a plain step (a wider verify, the proposer's commit, the read) that a cost
 proportional to k alone would charge to every draft, which made long rounds of a
 near-perfect drafter look worse than plain decoding on an H100. Until two
 lengths are timed the slope is the prior (the proposer's size relative to the
@@ -20,8 +20,8 @@ first rounds after warm-up draft (up to ``explore``) while the first draft's
 rate stays at 1 in 2 or better: one round either way is too little evidence
 against the 1-in-2 prior, and judging after it once decoded most of a 128-token
 job plainly with a drafter that H100 runs kept 94% of. The first round of each
-draft length in a job is not timed: on a GPU a fresh process builds kernels for
-each new verify width on first use. Each timing sample counts as at most twice
+draft length is not timed: on a GPU a fresh process builds kernels for each new
+verify width on first use. Each timing sample counts as at most twice
 its estimate, so one stall (a collection) cannot make speculation look hopeless.
 
 While plain decoding wins, it probes with one short round now and then, backing
@@ -91,7 +91,7 @@ class AdaptiveDraftLength:
         self.probe_cost: float | None = None
         self._retime = False  # the last round was a probe that kept its draft
         self._exploring = self.explore
-        self._drafted: set[int] = set()  # the draft lengths this job has run
+        self._drafted: set[int] = set()  # the draft lengths run (by this process)
 
     def start_job(self) -> None:
         """Go on with the next job on the same models in the same process: the round

@@ -130,7 +130,7 @@ class SpecDecoder:
                     # Only a step queued ahead that queued the next one times a plain
                     # step: one that built its own graph took two, the one before a
                     # round took none.
-                    seconds = time.perf_counter() - t0 if was_ahead and ahead else None
+                    seconds = time.perf_counter() - t0 if was_ahead and ahead is not None else None
                 stats.rounds += 1
                 self.draft_length.observe(k, accepted, seconds)
                 out = self._emit(emitted, max_tokens)
