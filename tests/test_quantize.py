@@ -16,6 +16,7 @@ from exo_spec.cli import main
 from exo_spec.dist.launch import cuda_devices, gpu_pin
 from exo_spec.models.load import load
 from exo_spec.models.mtp import load_mtp
+from exo_spec.models.synthetic_gemma4 import write_gemma4_assistant, write_gemma4_text
 from exo_spec.session import encode_prompt, load_models, make_decoder
 from exo_spec.spec import Sampling
 
@@ -78,6 +79,22 @@ def test_drafter_quantized_as_it_loads(checkpoints):
     reference = quantized_by_mlx_lm(path, 4)
     _assert_same_parameters(models.target.model, reference)
     prompt = prompt_ids(path, PROMPTS[1])
+    decoder = make_decoder(models, sampling=Sampling(), num_draft=3)
+    assert run(decoder, prompt, MAX_TOKENS) == greedy_reference(reference, prompt, MAX_TOKENS)
+    assert decoder.stats.drafted > 0
+
+
+def test_gemma4_assistant_quantized_as_it_loads(checkpoints, tmp_path):
+    """A Gemma 4 target and its assistant, both quantized: the assistant reads the
+    target's K/V and hidden state as before, and greedy output equals mlx-lm's."""
+    target = write_gemma4_text(tmp_path / "target", checkpoints.tokenizer, seed=10)
+    assistant = write_gemma4_assistant(tmp_path / "assistant", target, seed=11)
+    models = load_models(str(target), str(assistant), bits=8)
+    assert models.mode == "assistant"
+    assert _quantized_layers(models.target.model, 8) > 0
+    assert _quantized_layers(models.drafter.model, 8) > 0
+    reference = quantized_by_mlx_lm(target, 8)
+    prompt = encode_prompt(models.target.tokenizer, PROMPTS[0])
     decoder = make_decoder(models, sampling=Sampling(), num_draft=3)
     assert run(decoder, prompt, MAX_TOKENS) == greedy_reference(reference, prompt, MAX_TOKENS)
     assert decoder.stats.drafted > 0
