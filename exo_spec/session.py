@@ -87,7 +87,8 @@ def load_models(model: str, draft_model: str | None = None, mtp: bool | None = N
     mode, drafter_id = plan(model, target.path, draft_model, mtp)
     if mode == "assistant":
         assistant = gemma4_assistant.load_for(resolve(drafter_id), target)
-        mx.eval(quantize(assistant.model, bits).parameters())
+        if bits:
+            mx.eval(quantize(assistant.model, bits).parameters())
         return Models(target, assistant, mode)
     drafter = None
     if mode == "draft":

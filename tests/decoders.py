@@ -6,8 +6,9 @@ from functools import cache
 from pathlib import Path
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
-from mlx.utils import tree_map
+from mlx.utils import tree_flatten, tree_map
 from mlx_lm.models import qwen3_next
 from mlx_lm.models.cache import ArraysCache
 
@@ -102,6 +103,15 @@ def _cache_state(cache) -> list[np.ndarray]:
     keys, values = cache.state[:2]
     return [np.array(keys[..., : cache.offset, :]), np.array(values[..., : cache.offset, :]),
             np.array(cache.offset)]
+
+
+def assert_same_parameters(got: nn.Module, want: nn.Module) -> None:
+    """Two modules hold the same parameters: names, dtypes and values."""
+    got, want = dict(tree_flatten(got.parameters())), dict(tree_flatten(want.parameters()))
+    assert got.keys() == want.keys()
+    for name, value in got.items():
+        assert value.dtype == want[name].dtype, name
+        np.testing.assert_array_equal(np.array(value), np.array(want[name]), err_msg=name)
 
 
 def assert_same_caches(got: list, want: list, **tolerance) -> None:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 import mlx.nn as nn
-import numpy as np
 import pytest
-from mlx.utils import tree_flatten
 from mlx_lm.models.cache import QuantizedKVCache, RotatingKVCache
 
 from exo_spec.models.load import load
@@ -20,6 +18,7 @@ from decoders import (
     PROMPTS,
     always_ahead,
     assert_same_caches,
+    assert_same_parameters,
     drafter_decoder,
     loaded,
     mtp_decoder,
@@ -155,10 +154,7 @@ def test_mtp_on_a_quantized_target(checkpoints):
                 and m.weight.shape[-1] % 32 == 0)
     mtp = load_mtp(path, target)
     unquantized = load_mtp(path, loaded(path).model)
-    for (name, got), (_, want) in zip(tree_flatten(mtp.parameters()),
-                                      tree_flatten(unquantized.parameters()), strict=True):
-        assert got.dtype == want.dtype, name
-        np.testing.assert_array_equal(np.array(got), np.array(want), err_msg=name)
+    assert_same_parameters(mtp, unquantized)
     prompt = prompt_ids(path, PROMPTS[0])
     decoder = SpecDecoder(CachedModel(target), Mtp(mtp, target), draft_length=FixedDraftLength(2),
                           round_ahead=always_ahead())

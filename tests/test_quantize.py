@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import json
 
-import mlx.core as mx
 import mlx.nn as nn
-import numpy as np
 import pytest
-from mlx.utils import tree_flatten
 
 from exo_spec.cli import main
 from exo_spec.dist.launch import cuda_devices, gpu_pin
@@ -19,8 +16,9 @@ from exo_spec.models.mtp import load_mtp
 from exo_spec.models.synthetic_gemma4 import write_gemma4_assistant, write_gemma4_text
 from exo_spec.session import encode_prompt, load_models, make_decoder
 from exo_spec.spec import Sampling
+from exo_spec.spec.cuda import on_cuda
 
-from decoders import PROMPTS, prompt_ids, run
+from decoders import PROMPTS, assert_same_parameters, prompt_ids, run
 from reference import greedy_reference, quantized_by_mlx_lm
 
 MAX_TOKENS = 16
@@ -39,14 +37,6 @@ def _quantized_layers(model: nn.Module, bits: int) -> int:
     return count
 
 
-def _assert_same_parameters(got: nn.Module, want: nn.Module) -> None:
-    got, want = dict(tree_flatten(got.parameters())), dict(tree_flatten(want.parameters()))
-    assert got.keys() == want.keys()
-    for name, value in got.items():
-        assert value.dtype == want[name].dtype, name
-        np.testing.assert_array_equal(np.array(value), np.array(want[name]), err_msg=name)
-
-
 @pytest.mark.parametrize("bits", [8, 4])
 def test_mtp_on_a_target_quantized_as_it_loads(checkpoints, bits):
     path = checkpoints.qwen3_5
@@ -54,14 +44,14 @@ def test_mtp_on_a_target_quantized_as_it_loads(checkpoints, bits):
     assert models.mode == "mtp"
     reference = quantized_by_mlx_lm(path, bits)
     # Layer for layer what mlx-lm's own quantization of the float checkpoint holds.
-    _assert_same_parameters(models.target.model, reference)
+    assert_same_parameters(models.target.model, reference)
     assert _quantized_layers(models.target.model, bits) > 0
     # The MTP head too: as nn.quantize leaves a float head with the same settings.
     float_mtp = load_mtp(path, load(str(path)).model)
     nn.quantize(float_mtp, group_size=64, bits=bits,
                 class_predicate=lambda _, m: isinstance(m, (nn.Linear, nn.Embedding))
                 and m.weight.shape[-1] % 64 == 0)
-    _assert_same_parameters(models.mtp, float_mtp)
+    assert_same_parameters(models.mtp, float_mtp)
     assert _quantized_layers(models.mtp, bits) >= 7  # fc, q/k/v/o, gate/up/down
     prompt = prompt_ids(path, PROMPTS[0])
     decoder = make_decoder(models, sampling=Sampling(), num_draft=2)
@@ -77,7 +67,7 @@ def test_drafter_quantized_as_it_loads(checkpoints):
     assert models.mode == "draft"
     assert _quantized_layers(models.drafter.model, 4) == 1  # its one layer's down_proj
     reference = quantized_by_mlx_lm(path, 4)
-    _assert_same_parameters(models.target.model, reference)
+    assert_same_parameters(models.target.model, reference)
     prompt = prompt_ids(path, PROMPTS[1])
     decoder = make_decoder(models, sampling=Sampling(), num_draft=3)
     assert run(decoder, prompt, MAX_TOKENS) == greedy_reference(reference, prompt, MAX_TOKENS)
@@ -135,8 +125,7 @@ def test_ranks_take_the_gpus_in_turn():
 
 def test_cuda_devices(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
-    on_cuda = bool(getattr(mx, "cuda", None) and mx.cuda.is_available())
-    assert cuda_devices() == (["3", "5"] if on_cuda else [])
-    if not on_cuda:
+    assert cuda_devices() == (["3", "5"] if on_cuda() else [])
+    if not on_cuda():
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
         assert cuda_devices() == []

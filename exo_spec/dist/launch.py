@@ -28,6 +28,7 @@ from ..models.load import read_config, resolve, text_config
 from .pipeline import layer_ranges, parse_split, split_refusal
 from .proposal import group_mode
 from .tensor import check_quantizable, check_shardable
+from ..spec.cuda import on_cuda
 
 TIME_LIMIT_S = 3600.0
 EXIT_GRACE_S = 10.0  # how long followers may take to leave once rank 0 is done
@@ -47,8 +48,7 @@ def _free_ports(n: int) -> list[int]:
 def cuda_devices() -> list[str]:
     """The CUDA GPUs this process may use, as CUDA_VISIBLE_DEVICES names them; none
     where MLX does not run on CUDA."""
-    cuda = getattr(mx, "cuda", None)
-    if not (cuda and cuda.is_available()):
+    if not on_cuda():
         return []
     if named := os.environ.get("CUDA_VISIBLE_DEVICES"):
         return named.split(",")
