@@ -39,6 +39,9 @@ def add_parser(sub) -> None:
                    help="quantize a float checkpoint as it loads (4 or 8 bits, group size "
                         "64: the layout of mlx-community checkpoints); drafter and MTP "
                         "head too")
+    p.add_argument("--warmup-tokens", type=int, default=0, metavar="N",
+                   help="first decode N tokens of the prompt, unprinted and uncounted, so "
+                        "the stats show steady-state speed (MLX builds kernels on first use)")
     p.add_argument("--ignore-chat-template", action="store_true")
     p.add_argument("--json", action="store_true", help="print one JSON object at the end")
     p.add_argument("--local-ranks", type=int,
@@ -58,6 +61,8 @@ def add_parser(sub) -> None:
 def _check(args) -> Sampling:
     if args.max_tokens <= 0:
         raise ValueError(f"--max-tokens must be > 0, got {args.max_tokens}")
+    if args.warmup_tokens < 0:
+        raise ValueError(f"--warmup-tokens must be >= 0, got {args.warmup_tokens}")
     if args.num_draft is not None and args.num_draft < 1:
         raise ValueError(f"--num-draft must be >= 1, got {args.num_draft}")
     if args.mtp is False and args.draft_model:
@@ -71,18 +76,33 @@ def run(args) -> int:
     try:
         sampling = _check(args)
         if args.coordinator:
+            if args.warmup_tokens:
+                raise ValueError("--warmup-tokens runs on this machine; a cluster's workers "
+                                 "keep their kernels from job to job")
             return remote.generate(args)
         if args.nodes is not None or args.timeout is not None:
             raise ValueError("--nodes and --timeout need --coordinator")
         if args.local_ranks is not None or args.split or args.parallel != "pipeline":
             return launch_local(args)
         models = load_models(args.model, args.draft_model, args.mtp, args.quantize)
-        decoder = make_decoder(models, sampling=sampling, num_draft=args.num_draft,
-                               max_kv_size=args.max_kv_size)
     except (ValueError, ModelLoadError, OSError) as e:
         print(f"exo-spec generate: error: {e}", file=sys.stderr)
         return 2
-    return decode(args, decoder, models.target.tokenizer)
+
+    def new_decoder() -> SpecDecoder:
+        return make_decoder(models, sampling=sampling, num_draft=args.num_draft,
+                            max_kv_size=args.max_kv_size)
+
+    if args.warmup_tokens:
+        warm_up(args, new_decoder(), models.target.tokenizer)
+    return decode(args, new_decoder(), models.target.tokenizer)
+
+
+def warm_up(args, decoder: SpecDecoder, tokenizer: TokenizerWrapper) -> None:
+    """Decode ``--warmup-tokens`` of the prompt with ``decoder`` and drop them."""
+    prompt = encode_prompt(tokenizer, args.prompt, not args.ignore_chat_template)
+    for _ in decoder.generate(prompt, args.warmup_tokens):
+        pass
 
 
 def decode(args, decoder: SpecDecoder, tokenizer: TokenizerWrapper,

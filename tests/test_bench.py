@@ -76,9 +76,10 @@ def test_bad_input(tmp_path, capsys):
 def test_quantized_models_keep_every_row_equal(models_dir, tmp_path):
     """--quantize 8 quantizes the target, its MTP head and the drafters for
     every row, the group's included (each rank quantizes as it loads); greedy outputs
-    still agree row by row with mlx-lm's plain decode of the quantized target."""
+    still agree row by row with mlx-lm's plain decode of the quantized target, a group
+    launch's timed decode included after its warm-up."""
     doc = _bench(tmp_path, "--models", str(models_dir), "--quantize", "8", "--ks", "2",
-                 "--warmup-tokens", "0", "--local-ranks", "2", "--group-prompts", "1",
+                 "--warmup-tokens", "2", "--local-ranks", "2", "--group-prompts", "1",
                  "--group-proposers", "drafter", "--group-ks", "2")
     group = {r["row"]: r for r in doc["rows"] if r["group"] == "2 ranks pipeline"}
     assert set(group) == {"group plain", "group drafter"}

@@ -38,6 +38,7 @@ def generate_json(*args: str) -> dict:
         ("qwen3_5", ["--mtp", "--num-draft", "2"], "mtp"),
         ("qwen3_5", ["--no-spec"], "none"),
         ("qwen3_5", ["--draft-model", "drafter", "--num-draft", "2"], "draft"),
+        ("qwen3_5", ["--num-draft", "2", "--warmup-tokens", "5"], "mtp"),
     ],
 )
 def test_json_matches_greedy_reference(checkpoints, target, extra, mode):
@@ -99,6 +100,9 @@ def test_sampling_with_seed_is_reproducible(checkpoints, spec):
         (["--model", "{llama}", "--no-spec", "--draft-model", "{drafter}"], "contradict"),
         (["--model", "{llama}", "--mtp", "--no-spec"], "not allowed with"),
         (["--model", "{llama}", "--num-draft", "0"], "--num-draft must be >= 1"),
+        (["--model", "{llama}", "--warmup-tokens", "-1"], "--warmup-tokens must be >= 0"),
+        (["--model", "{llama}", "--coordinator", "127.0.0.1:1", "--warmup-tokens", "2"],
+         "--warmup-tokens runs on this machine"),
         (["--model", "{llama}", "--draft-model", "{foreign}"], "does not share the target's"),
         (["--model", "{broken}"], "unreadable config"),
         (["--model", "{llama}", "--bogus"], "unrecognized arguments"),

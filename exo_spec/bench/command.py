@@ -33,7 +33,8 @@ def add_parser(sub) -> None:
     p.add_argument("--repeats", type=int, default=3,
                    help="timed repeats per row, interleaved across rows")
     p.add_argument("--warmup-tokens", type=int, default=16,
-                   help="untimed run per single-machine row first (0: none)")
+                   help="untimed tokens first: once per single-machine row, and in every "
+                        "group launch before its timed decode (0: none)")
     p.add_argument("--ks", default="1,2,3,4", help="fixed draft lengths to run")
     p.add_argument("--local-ranks", type=int,
                    help="also pipeline the target over N local processes")
@@ -88,12 +89,13 @@ def run(args) -> int:
     rows = [] if args.only_groups else single_rows(inputs, ks)
     if args.local_ranks:
         rows += group_rows(inputs, args.local_ranks, args.group_prompts, group_ks,
-                           args.parallel, tuple(args.group_proposers.split(",")))
+                           args.parallel, tuple(args.group_proposers.split(",")),
+                           args.warmup_tokens)
     _log(f"{len(rows)} rows, {len(inputs.prompts)} prompts, {args.max_tokens} tokens, "
          f"{args.repeats} repeats on {mx.default_device()}")
     if args.warmup_tokens:  # MLX builds its kernels on first use
         for row in rows:
-            if row.group == SINGLE:  # a group launch is fresh processes: nothing to warm
+            if row.group == SINGLE:  # group launches warm up inside (--warmup-tokens)
                 row.run(args.warmup_tokens, row.prompts[:1])
                 mx.synchronize()
     eos = set(inputs.target.tokenizer.eos_token_ids)

@@ -81,10 +81,11 @@ def single_rows(inputs: Inputs, ks: list[int]) -> list[Row]:
 
 def group_rows(inputs: Inputs, ranks: int, num_prompts: int, ks: list[str],
                parallel: str = "pipeline", proposers: tuple[str, ...] = ("mtp", "drafter"),
-               ) -> list[Row]:
+               warmup_tokens: int = 0) -> list[Row]:
     """The target over ``ranks`` local processes (``parallel``: pipeline or tensor):
     plain, then MTP (pipeline only) and the drafter (of ``proposers``) with each draft
-    length in ``ks`` ("auto" or a number)."""
+    length in ``ks`` ("auto" or a number). Each launch first decodes ``warmup_tokens``
+    untimed (``exo-spec generate --warmup-tokens``)."""
     group = f"{ranks} ranks {parallel}"
     target = str(inputs.target.path)
     chosen = list(range(min(num_prompts, len(inputs.prompts))))
@@ -92,7 +93,7 @@ def group_rows(inputs: Inputs, ranks: int, num_prompts: int, ks: list[str],
     def row(name: str, k: str, flags: list[str]) -> Row:
         if k != "auto" and flags != ["--no-spec"]:
             flags = [*flags, "--num-draft", k]
-        flags = [*flags, "--parallel", parallel]
+        flags = [*flags, "--parallel", parallel, "--warmup-tokens", str(warmup_tokens)]
         if inputs.bits:
             flags = [*flags, "--quantize", str(inputs.bits)]
         return Row(group, name, k, lambda i, n: runners.group(

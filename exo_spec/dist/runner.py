@@ -10,10 +10,10 @@ import sys
 
 import mlx.core as mx
 
-from ..generate import decode
+from ..generate import decode, warm_up
 from ..models.load import ModelLoadError
 from ..session import make_decoder
-from ..spec import Sampling
+from ..spec import Sampling, SpecDecoder
 from .pipeline import parse_split
 from .rank import load_rank
 
@@ -35,8 +35,15 @@ def main(job: str) -> int:
         group_target = rank.lead()
         sampling = Sampling(temp=args.temp, top_p=args.top_p, top_k=args.top_k,
                             min_p=args.min_p)
-        decoder = make_decoder(rank.models, sampling=sampling, num_draft=args.num_draft,
-                               max_kv_size=args.max_kv_size, cached=group_target)
+
+        def new_decoder() -> SpecDecoder:
+            return make_decoder(rank.models, sampling=sampling, num_draft=args.num_draft,
+                                max_kv_size=args.max_kv_size, cached=group_target)
+
+        if args.warmup_tokens:
+            warm_up(args, new_decoder(), rank.target.tokenizer)
+            group_target.reset()
+        decoder = new_decoder()
         code = decode(args, decoder, rank.target.tokenizer, lambda: {
             "ranks": group.size(), "parallel": args.parallel,
             **group_target.traffic_per_round(decoder.stats.rounds)})
