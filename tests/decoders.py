@@ -43,11 +43,15 @@ def perturbed(path: Path, scale: float, seed: int = 7):
     """A fresh copy of the model at ``path`` with seeded noise on every weight: a
     drafter that agrees with the target often but not always."""
     model = load(str(path)).model
+    _add_noise(model, scale, seed)
+    return model
+
+
+def _add_noise(model, scale: float, seed: int) -> None:
     mx.random.seed(seed)
     model.update(tree_map(lambda p: p + scale * mx.random.normal(p.shape, p.dtype),
                           model.parameters()))
     mx.eval(model.parameters())
-    return model
 
 
 def draft_length(k: int | None):
@@ -64,9 +68,13 @@ def drafter_decoder(target_path: Path, drafter_model, k: int | None, sampling=Sa
 
 
 def mtp_decoder(target_path: Path, k: int | None, sampling=Sampling(),
-                eos=frozenset()) -> SpecDecoder:
+                eos=frozenset(), noise: float = 0.0) -> SpecDecoder:
+    """``noise``: seeded noise of this scale on the head's weights (see ``perturbed``)."""
     target = loaded(target_path).model
-    proposer = Mtp(load_mtp(target_path, target), target)
+    head = load_mtp(target_path, target)
+    if noise:
+        _add_noise(head, noise, seed=7)
+    proposer = Mtp(head, target)
     return SpecDecoder(CachedModel(target), proposer, sampling=sampling,
                        draft_length=draft_length(k), eos_token_ids=eos, round_ahead=always_ahead())
 

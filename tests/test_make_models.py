@@ -62,6 +62,9 @@ def test_manifest_records_training_and_losses_go_down(built):
     size = SIZES["test"]
     per_sample = size.distill_prompt + size.distill_new_tokens + 1
     assert manifest["drafter"]["distilled_tokens"] == size.distill_count * per_sample
+    head = manifest["target"]["mtp_head_alone"]
+    assert head["steps"] == size.mtp_schedule.max_steps
+    assert head["final_loss"][0] < head["first_loss"][0]
 
 
 def test_prompts_come_from_held_out_files(built):
@@ -79,7 +82,11 @@ def test_mtp_decode_equals_mlx_lm_greedy(built, k):
     expected = greedy_reference(loaded(target).model, prompt, MAX_TOKENS)
     decoder = mtp_decoder(target, k)
     assert run(decoder, prompt, MAX_TOKENS) == expected
-    if k == 1:  # rounds started ahead were both kept and taken back
+    # The trained head keeps every draft on this tiny target's greedy loop; one with
+    # noise on its weights does not, so rounds started ahead are kept and taken back.
+    decoder = mtp_decoder(target, k, noise=0.3)
+    assert run(decoder, prompt, MAX_TOKENS) == expected
+    if k == 1:
         assert 0 < decoder.rounds_taken_back < decoder.rounds_ahead
 
 
@@ -139,6 +146,20 @@ def _target_run(built, schedule, **kwargs):
     loss = partial(architectures.target_loss, mtp_weight=1.0)
     result = train(model, loss, tokens, schedule, name="t", seed=0, log=lambda _: None, **kwargs)
     return model, result
+
+
+def test_mtp_head_alone_leaves_the_target_as_it_was(built):
+    model, _ = _target_run(built, SIZES["test"].target_schedule, max_steps=2)
+    before = dict(tree_flatten(model.parameters()))
+    model.target.freeze()
+    tokens = corpus.token_stream(corpus.training_documents(20_000), built / "tokenizer", EOS)
+    result = train(model, architectures.mtp_loss, tokens, SIZES["test"].mtp_schedule,
+                   name="m", seed=0, log=lambda _: None, max_steps=3)
+    assert result.steps == 3 and len(result.final_loss) == 1
+    after = dict(tree_flatten(model.parameters()))
+    same = {n: mx.array_equal(before[n], after[n]).item() for n in before}
+    assert all(v for n, v in same.items() if not n.startswith("mtp."))
+    assert not all(v for n, v in same.items() if n.startswith("mtp."))
 
 
 def test_bfloat16_compute_keeps_float32_weights(built):

@@ -134,10 +134,22 @@ def target_loss(model: TargetWithMtp, tokens: mx.array, mtp_weight: float):
     body, head = body_and_head(model.target)
     h = body(inputs)
     next_loss = nn.losses.cross_entropy(head(h), targets, reduction="mean")
-    following = embedding(model.target)(inputs[:, 1:])
+    mtp_part = _mtp_loss(model, tokens, h, head)
+    return next_loss + mtp_weight * mtp_part, next_loss, mtp_part
+
+
+def mtp_loss(model: TargetWithMtp, tokens: mx.array):
+    """The MTP head's loss alone, over the trunk's hidden states taken as given: for
+    training the head with the target frozen."""
+    body, head = body_and_head(model.target)
+    return (_mtp_loss(model, tokens, mx.stop_gradient(body(tokens[:, :-1])), head),)
+
+
+def _mtp_loss(model: TargetWithMtp, tokens: mx.array, h: mx.array, head) -> mx.array:
+    """CE of the head's prediction of token j+2 from h_j and the embedding of token j+1."""
+    following = embedding(model.target)(tokens[:, 1:-1])
     x = model.mtp(following, h[:, :-1], [None])
-    mtp_loss = nn.losses.cross_entropy(head(x), targets[:, 1:], reduction="mean")
-    return next_loss + mtp_weight * mtp_loss, next_loss, mtp_loss
+    return nn.losses.cross_entropy(head(x), tokens[:, 2:], reduction="mean")
 
 
 def lm_loss(model: nn.Module, tokens: mx.array):

@@ -20,7 +20,9 @@ alone does not. Soft-label distillation was the alternative: it needs target
 forward passes over all the drafter's batches, or, done inside the target's own
 step, learns from a target that is still untrained itself (tried: in the demo's
 budget such a drafter agreed with the target far less often than one trained
-on the text).
+on the text). Then the MTP head trains alone, the target frozen, on the drafter's
+data: its drafts are checked against the target's greedy choices, which the
+joint training never showed it.
 ``models_for(size)`` keeps one built copy per size in the user's cache.
 """
 
@@ -48,7 +50,7 @@ from .gated_delta import chunked_training
 from .sizes import SIZES, Size
 from .trainer import TrainResult, train
 
-VERSION = 1  # bump when a size's recipe changes, so caches rebuild
+VERSION = 2  # bump when a size's recipe changes, so caches rebuild
 
 
 def _log(line: str) -> None:
@@ -91,8 +93,7 @@ def build(size: Size, out: Path, *, seed: int | None = None, max_steps: int | No
         t_result = train(target, partial(architectures.target_loss, mtp_weight=size.mtp_weight),
                          tokens, size.target_schedule, name="target", seed=seed,
                          compute_dtype=compute, max_steps=max_steps, time_budget_s=budgets[0])
-    checkpoint.write_target(out / "target", target, t_config, tok_dir, compute)
-    # Decode the continuations in the dtype the checkpoint was written in, as users
+    # Decode the continuations in the dtype the checkpoint is written in, as users
     # will (float32 decoding of the bench target failed inside MLX's CUDA graphs).
     target.set_dtype(compute)
 
@@ -105,8 +106,17 @@ def build(size: Size, out: Path, *, seed: int | None = None, max_steps: int | No
         new_tokens=size.distill_new_tokens, seed=seed + 2,
         separator=synthetic._token_id(tok_dir, synthetic.EOS))
     _log(f"{size.distill_count} greedy continuations of the target ({len(samples):,} tokens) "
-         f"for the drafter")
+         f"for the drafter" + (" and the MTP head" if size.mtp_schedule else ""))
     drafter_tokens = distill.mixture(tokens, samples, size.distill_share)
+    m_result = None
+    if size.mtp_schedule:
+        target.target.freeze()
+        target.mtp.set_dtype(mx.float32)  # trained weights stay float32, as everywhere
+        with chunked_training():
+            m_result = train(target, architectures.mtp_loss, drafter_tokens, size.mtp_schedule,
+                             name="MTP head", seed=seed + 4, compute_dtype=compute,
+                             max_steps=max_steps, time_budget_s=budgets[3])
+    checkpoint.write_target(out / "target", target, t_config, tok_dir, compute)
     d_result = train(drafter, architectures.lm_loss, drafter_tokens, size.drafter_schedule,
                      name="drafter", seed=seed + 1, compute_dtype=compute,
                      max_steps=max_steps, time_budget_s=budgets[1])
@@ -139,7 +149,9 @@ def build(size: Size, out: Path, *, seed: int | None = None, max_steps: int | No
                    "vocab_size": size.vocab_size, "include_tests": size.include_tests},
         "target": {"parameters": _count(target.target), "mtp_parameters": _count(target.mtp),
                    "loss_parts": ["total", "next_token", "mtp"], "mtp_weight": size.mtp_weight,
-                   **_summary(t_result)},
+                   **_summary(t_result),
+                   **({"mtp_head_alone": {"data": "drafter's", "loss_parts": ["mtp"],
+                                          **_summary(m_result)}} if m_result else {})},
         "drafter": {"parameters": _count(drafter), "loss_parts": ["next_token"],
                     "distilled_tokens": len(samples), "distill_share": size.distill_share,
                     **_summary(d_result)},
@@ -152,9 +164,11 @@ def build(size: Size, out: Path, *, seed: int | None = None, max_steps: int | No
 
 
 def _split_budget(size: Size, total: float | None) -> list[float | None]:
-    """Time budgets of the target, the drafter and the dense target (if any): the
-    schedules' own, or ``total`` split in their proportions."""
-    schedules = [size.target_schedule, size.drafter_schedule, size.dense_target_schedule]
+    """Time budgets of the target, the drafter, the dense target and the MTP head alone
+    (where the size has them): the schedules' own, or ``total`` split in their
+    proportions."""
+    schedules = [size.target_schedule, size.drafter_schedule, size.dense_target_schedule,
+                 size.mtp_schedule]
     if total is None:
         return [s.time_budget_s if s else None for s in schedules]
     weights = [(s.time_budget_s or s.max_steps) if s else 0 for s in schedules]

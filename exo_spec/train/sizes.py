@@ -43,6 +43,9 @@ class Size:
     # drafter with mlx-lm's speculative decoding, which cannot rewind the hybrid target.
     dense_target_schedule: Schedule | None = None
     mtp_weight: float = 1.0
+    # Then the MTP head alone, the target frozen, on the drafter's data: the target's
+    # greedy continuations are what its drafts are checked against.
+    mtp_schedule: Schedule | None = None
     # The drafter's data: the text, and (this share of its tokens) the trained target's
     # greedy continuations of `distill_count` windows of the text (see distill).
     distill_share: float = 0.5
@@ -69,6 +72,7 @@ SIZES = {
                                   seq_len=64),
         dense_target_schedule=Schedule(max_steps=30, lr=3e-3, warmup_steps=5, batch_size=8,
                                        seq_len=64),
+        mtp_schedule=Schedule(max_steps=30, lr=3e-3, warmup_steps=5, batch_size=8, seq_len=64),
         num_prompts=4,
         distill_count=16,
         distill_new_tokens=16,
@@ -86,6 +90,8 @@ SIZES = {
                                  seq_len=64),
         drafter_schedule=Schedule(max_steps=250, lr=1.5e-3, warmup_steps=20, batch_size=8,
                                   seq_len=64),
+        mtp_schedule=Schedule(max_steps=100, lr=1e-3, warmup_steps=10, batch_size=8,
+                              seq_len=64),
     ),
     # A 100M+ parameter target for one GPU in about five minutes: steps are fitted to
     # wall-clock budgets (capped), so the step count depends on the hardware.
@@ -101,6 +107,8 @@ SIZES = {
                                   seq_len=512, time_budget_s=35.0),
         dense_target_schedule=Schedule(max_steps=20_000, lr=6e-4, warmup_steps=50,
                                        batch_size=32, seq_len=512, time_budget_s=40.0),
+        mtp_schedule=Schedule(max_steps=20_000, lr=3e-4, warmup_steps=20, batch_size=32,
+                              seq_len=512, time_budget_s=20.0),
         include_tests=True,
         distill_count=512,
         distill_prompt=64,

@@ -84,7 +84,9 @@ def _train_step(model: nn.Module, loss_fn: Callable, optimizer: optim.Optimizer,
         # with NVRTC: for the bench target that took over 90 s on an H100 before the
         # first step, where an uncompiled step takes 0.3 s.
         return step, master
-    return mx.compile(step, inputs=state, outputs=state), master
+    # The model is an input too: a compiled function takes arrays it is not given for
+    # constants, and with a frozen target that made the first step take seconds.
+    return mx.compile(step, inputs=[*state, model], outputs=state), master
 
 
 def train(
