@@ -15,7 +15,7 @@ from exo_spec.models.load import load
 from exo_spec.models.mtp import load_mtp
 from exo_spec.models.synthetic_gemma4 import write_gemma4_assistant, write_gemma4_text
 from exo_spec.session import encode_prompt, load_models, make_decoder
-from exo_spec.spec import Sampling
+from exo_spec.spec import Sampling, cuda
 from exo_spec.spec.cuda import on_cuda
 
 from decoders import PROMPTS, assert_same_parameters, prompt_ids, run
@@ -57,6 +57,30 @@ def test_mtp_on_a_target_quantized_as_it_loads(checkpoints, bits):
     decoder = make_decoder(models, sampling=Sampling(), num_draft=2)
     assert run(decoder, prompt, MAX_TOKENS) == greedy_reference(reference, prompt, MAX_TOKENS)
     assert decoder.finish.reason == "length" and decoder.stats.drafted > 0
+
+
+def test_quantized_kernels_are_built_as_a_model_loads(checkpoints, monkeypatch):
+    """What load() runs on CUDA, run here by saying this is CUDA: one forward per row
+    tile of MLX's quantized matmul, each on a scratch cache, for quantized models only;
+    the loaded model then decodes as mlx-lm's quantized target does."""
+    scratch_caches = []
+
+    def make_prompt_cache(model):
+        scratch_caches.append(model)
+        return real_make_prompt_cache(model)
+
+    real_make_prompt_cache = cuda.make_prompt_cache
+    monkeypatch.setattr(cuda, "on_cuda", lambda: True)
+    monkeypatch.setattr(cuda, "make_prompt_cache", make_prompt_cache)
+    path = checkpoints.qwen3_5
+    load(str(path))
+    assert scratch_caches == []
+    target = load(str(path), bits=8).model
+    assert scratch_caches == [target] * len(cuda.QMM_TILE_ROWS)
+    prompt = prompt_ids(path, PROMPTS[0])
+    decoder = make_decoder(load_models(str(path), mtp=False, bits=8), sampling=Sampling())
+    reference = quantized_by_mlx_lm(path, 8)
+    assert run(decoder, prompt, MAX_TOKENS) == greedy_reference(reference, prompt, MAX_TOKENS)
 
 
 def test_drafter_quantized_as_it_loads(checkpoints):

@@ -12,6 +12,8 @@ from mlx.utils import tree_flatten
 from mlx_lm.tokenizer_utils import TokenizerWrapper
 from mlx_lm.utils import _download, _get_classes, load_model, load_tokenizer
 
+from ..spec.cuda import build_quantized_kernels
+
 
 class ModelLoadError(ValueError):
     """A checkpoint that cannot be used, with a message a person can act on."""
@@ -121,6 +123,8 @@ def load(path_or_id: str, *, lazy: bool = False, bits: int | None = None) -> Loa
         quantize(model, bits)
         if not lazy:
             mx.eval(model.parameters())
+    if not lazy:
+        build_quantized_kernels(model)
     return LoadedModel(model, tokenizer, path, config)
 
 
