@@ -8,6 +8,7 @@ import json
 
 import mlx.nn as nn
 import pytest
+from mlx_lm.models import cache as mlx_lm_cache
 
 from exo_spec.cli import main
 from exo_spec.dist.launch import cuda_devices, gpu_pin
@@ -69,9 +70,9 @@ def test_quantized_kernels_are_built_as_a_model_loads(checkpoints, monkeypatch):
         scratch_caches.append(model)
         return real_make_prompt_cache(model)
 
-    real_make_prompt_cache = cuda.make_prompt_cache
+    real_make_prompt_cache = mlx_lm_cache.make_prompt_cache
     monkeypatch.setattr(cuda, "on_cuda", lambda: True)
-    monkeypatch.setattr(cuda, "make_prompt_cache", make_prompt_cache)
+    monkeypatch.setattr(mlx_lm_cache, "make_prompt_cache", make_prompt_cache)
     path = checkpoints.qwen3_5
     load(str(path))
     assert scratch_caches == []

@@ -31,7 +31,6 @@ import time
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models.cache import make_prompt_cache
 
 # One width in each of MLX's row tiles of quantized matmul (16, 32, 64 rows).
 QMM_TILE_ROWS = (8, 17, 33)
@@ -52,6 +51,10 @@ def build_quantized_kernels(model: nn.Module) -> None:
     model without quantized layers, nothing."""
     if not on_cuda() or not any(isinstance(m, QUANTIZED) for m in model.modules()):
         return
+    # Here, not at the top: every command imports this module, and the cluster's
+    # client commands must not pay for importing mlx-lm.
+    from mlx_lm.models.cache import make_prompt_cache
+
     start = time.perf_counter()
     for rows in QMM_TILE_ROWS:
         mx.eval(model(mx.zeros((1, rows), dtype=mx.uint32), cache=make_prompt_cache(model)))
