@@ -93,16 +93,16 @@ def run(args) -> int:
         return make_decoder(models, sampling=sampling, num_draft=args.num_draft,
                             max_kv_size=args.max_kv_size)
 
-    if args.warmup_tokens:
-        warm_up(args, new_decoder(), models.target.tokenizer)
+    warm_up(args, new_decoder, models.target.tokenizer)
     return decode(args, new_decoder(), models.target.tokenizer)
 
 
-def warm_up(args, decoder: SpecDecoder, tokenizer: TokenizerWrapper) -> None:
-    """Decode ``--warmup-tokens`` of the prompt with ``decoder`` and drop them."""
-    prompt = encode_prompt(tokenizer, args.prompt, not args.ignore_chat_template)
-    for _ in decoder.generate(prompt, args.warmup_tokens):
-        pass
+def warm_up(args, new_decoder: Callable[[], SpecDecoder], tokenizer: TokenizerWrapper) -> None:
+    """Decode ``--warmup-tokens`` of the prompt with a decoder of its own and drop them."""
+    if args.warmup_tokens:
+        prompt = encode_prompt(tokenizer, args.prompt, not args.ignore_chat_template)
+        for _ in new_decoder().generate(prompt, args.warmup_tokens):
+            pass
 
 
 def decode(args, decoder: SpecDecoder, tokenizer: TokenizerWrapper,

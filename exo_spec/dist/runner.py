@@ -37,12 +37,11 @@ def main(job: str) -> int:
                             min_p=args.min_p)
 
         def new_decoder() -> SpecDecoder:
+            group_target.reset()  # as a worker starts each job on its group
             return make_decoder(rank.models, sampling=sampling, num_draft=args.num_draft,
                                 max_kv_size=args.max_kv_size, cached=group_target)
 
-        if args.warmup_tokens:
-            warm_up(args, new_decoder(), rank.target.tokenizer)
-            group_target.reset()
+        warm_up(args, new_decoder, rank.target.tokenizer)
         decoder = new_decoder()
         code = decode(args, decoder, rank.target.tokenizer, lambda: {
             "ranks": group.size(), "parallel": args.parallel,
