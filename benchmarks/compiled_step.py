@@ -5,10 +5,11 @@ the same forward as mlx-lm runs it (the graph built op by op in Python each time
 
 The bench target's architecture (make-models ``--size bench``: a qwen3_5 hybrid
 of four GatedDeltaNet and four attention layers, 1024 wide) with random bf16
-weights and a 512-token vocabulary, a 197-token prompt in its caches, widths 1..4. mlx-lm's caches keep their offsets
-as Python ints, which a trace bakes in, so the compiled forward here takes every
-cache array as an input and is replayed at one position: it measures what a
-compiled decode step would cost, not a way to decode. Both are checked to pick
+weights and a 512-token vocabulary, a 197-token prompt in its caches, widths
+1..4. mlx-lm's caches keep their offsets as Python ints, which a trace bakes in,
+so the compiled forward here takes every cache array as an input and is replayed
+at one position: it measures what a compiled decode step would cost, not a way
+to decode. Both are checked to pick
 the same tokens. Figures: docs/BENCHMARKS.md.
 """
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -29,27 +29,11 @@ from exo_spec.models.load import QUANTIZE_BITS, quantize
 from exo_spec.train import architectures
 from exo_spec.train.sizes import SIZES
 
+from host_timing import host_ms
+
 REPEATS, WARMUP = 80, 20
+
 PROMPT = list(range(3, 200))
-
-
-def host_ms(build, undo=lambda: None) -> dict:
-    """Medians of building the graph, launching it and waiting for it."""
-    samples = []
-    for i in range(REPEATS):
-        t0 = time.perf_counter()
-        arrays = build()
-        t1 = time.perf_counter()
-        mx.async_eval(arrays)
-        t2 = time.perf_counter()
-        mx.eval(arrays)
-        undo()
-        if i >= WARMUP:
-            samples.append((t1 - t0, t2 - t1, time.perf_counter() - t2))
-    build_ms, launch_ms, wait_ms = (1e3 * statistics.median(s[j] for s in samples)
-                                    for j in range(3))
-    return {"build_ms": round(build_ms, 3), "launch_ms": round(launch_ms, 3),
-            "wait_ms": round(wait_ms, 3), "host_ms": round(build_ms + launch_ms, 3)}
 
 
 def cache_arrays(cache: list) -> list[mx.array]:
@@ -99,8 +83,10 @@ def measure(model, cache: list, width: int) -> dict:
                 c.cache = list(saved)
 
     row = {
-        "as_mlx_lm": host_ms(lambda: [mx.argmax(model(tokens, cache=cache)[0], -1)], rewind),
-        "compiled": host_ms(lambda: compiled(tokens, *arrays)[:1]),
+        "as_mlx_lm": host_ms(lambda: [mx.argmax(model(tokens, cache=cache)[0], -1)], rewind,
+                             repeats=REPEATS, warmup=WARMUP),
+        "compiled": host_ms(lambda: compiled(tokens, *arrays)[:1],
+                            repeats=REPEATS, warmup=WARMUP),
         "compiled_first_call_ms": round(first_ms, 1),
     }
     print(f"width {width}: host {row['as_mlx_lm']['host_ms']:.3f} ms as mlx-lm builds it, "

@@ -25,24 +25,9 @@ from exo_spec.session import load_models, make_decoder
 from exo_spec.spec import Sampling
 from exo_spec.spec.verify import verify_greedy
 
+from host_timing import host_ms
+
 REPEATS, WARMUP = 60, 10
-
-
-def timed(build, undo) -> dict:
-    samples = []
-    for i in range(REPEATS):
-        t0 = time.perf_counter()
-        arrays = build()
-        t1 = time.perf_counter()
-        mx.async_eval(arrays)
-        t2 = time.perf_counter()
-        mx.eval(arrays)
-        t3 = time.perf_counter()
-        undo()
-        if i >= WARMUP:
-            samples.append((t1 - t0, t2 - t1, t3 - t2))
-    return {name: round(1e3 * statistics.median(s[i] for s in samples), 3)
-            for i, name in enumerate(("build_ms", "launch_ms", "wait_ms"))}
 
 
 def _target_pieces(target, width: int, report) -> None:
@@ -57,9 +42,9 @@ def _target_pieces(target, width: int, report) -> None:
         target.begin_round(width)
         return list(target(fed, hidden=True))
 
-    report(f"target, {width} positions", timed(lambda: [mx.argmax(target(fed)[0], -1)], trim))
+    report(f"target, {width} positions", host_ms(lambda: [mx.argmax(target(fed)[0], -1)], trim))
     report(f"target, {width} positions, captured",
-           timed(captured, lambda: target.end_round(fed, 0)))
+           host_ms(captured, lambda: target.end_round(fed, 0)))
 
 
 def _measure(decoder, k: int, report) -> None:
@@ -72,14 +57,14 @@ def _measure(decoder, k: int, report) -> None:
             _target_pieces(target, width, report)
         drafts = mx.array([1, 2, 3], dtype=mx.uint32)
         report("verify_greedy, k=3",
-               timed(lambda: list(verify_greedy(mx.zeros((4, 8192)), drafts)), lambda: None))
+               host_ms(lambda: list(verify_greedy(mx.zeros((4, 8192)), drafts)), lambda: None))
     kept = mx.array(list(range(5, 6 + k)), dtype=mx.uint32)
 
     def propose():
         mtp.commit(k, kept, mx.zeros((k + 1, hidden.shape[-1]), dtype=mx.bfloat16))
         return [mtp.propose(k, Sampling())[0]]
 
-    report(f"MTP: feed {k + 1} pairs, draft {k}", timed(propose, lambda: None))
+    report(f"MTP: feed {k + 1} pairs, draft {k}", host_ms(propose, lambda: None))
     last = mx.array([7], dtype=mx.uint32)
     samples = []
     for i in range(REPEATS):
