@@ -95,7 +95,8 @@ def build(size: Size, out: Path, *, seed: int | None = None, max_steps: int | No
                          compute_dtype=compute, max_steps=max_steps, time_budget_s=budgets[0])
     # Decode the continuations in the dtype the checkpoint is written in, as users
     # will (float32 decoding of the bench target failed inside MLX's CUDA graphs).
-    target.set_dtype(compute)
+    # The head keeps its float32 weights: it trains on.
+    target.target.set_dtype(compute)
 
     d_config = architectures.llama_config(size.drafter, tok_dir)
     drafter = architectures.build_llama(d_config, seed + 1)
@@ -111,7 +112,6 @@ def build(size: Size, out: Path, *, seed: int | None = None, max_steps: int | No
     m_result = None
     if size.mtp_schedule:
         target.target.freeze()
-        target.mtp.set_dtype(mx.float32)  # trained weights stay float32, as everywhere
         with chunked_training():
             m_result = train(target, architectures.mtp_loss, drafter_tokens, size.mtp_schedule,
                              name="MTP head", seed=seed + 4, compute_dtype=compute,
