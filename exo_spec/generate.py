@@ -12,7 +12,7 @@ from mlx_lm.tokenizer_utils import TokenizerWrapper
 from . import remote
 from .dist.launch import launch_local
 from .models.load import QUANTIZE_BITS, ModelLoadError
-from .session import encode_prompt, load_models, make_decoder
+from .session import Jobs, encode_prompt, load_models
 from .spec import Sampling, SpecDecoder
 
 
@@ -41,7 +41,8 @@ def add_parser(sub) -> None:
                         "head too")
     p.add_argument("--warmup-tokens", type=int, default=0, metavar="N",
                    help="first decode N tokens of the prompt, unprinted and uncounted, so "
-                        "the stats show steady-state speed (MLX builds kernels on first use)")
+                        "the stats show steady-state speed (MLX builds kernels on first use; "
+                        "adaptive k goes on with what the warm-up measured)")
     p.add_argument("--ignore-chat-template", action="store_true")
     p.add_argument("--json", action="store_true", help="print one JSON object at the end")
     p.add_argument("--local-ranks", type=int,
@@ -89,9 +90,11 @@ def run(args) -> int:
         print(f"exo-spec generate: error: {e}", file=sys.stderr)
         return 2
 
+    jobs = Jobs()  # the timed job goes on with what the warm-up measured, as a worker's would
+
     def new_decoder() -> SpecDecoder:
-        return make_decoder(models, sampling=sampling, num_draft=args.num_draft,
-                            max_kv_size=args.max_kv_size)
+        return jobs.new_decoder(models, sampling=sampling, num_draft=args.num_draft,
+                                max_kv_size=args.max_kv_size)
 
     warm_up(args, new_decoder, models.target.tokenizer)
     return decode(args, new_decoder(), models.target.tokenizer)

@@ -136,6 +136,22 @@ def make_decoder(
     )
 
 
+class Jobs:
+    """Decoders for one job after another on the same models, each going on with the
+    adaptive policy of the jobs before: its round costs are this machine's, its kernels
+    stay built (see ``AdaptiveDraftLength.start_job``). A worker's placement decodes
+    this way, and so do ``generate``'s timed job after its warm-up and a bench row."""
+
+    policy: AdaptiveDraftLength | None = None
+
+    def new_decoder(self, models: Models, **kwargs) -> SpecDecoder:
+        """``make_decoder(models, **kwargs)``, with the policy of the jobs before."""
+        decoder = make_decoder(models, draft_length=self.policy, **kwargs)
+        if decoder.draft_length.adaptive:
+            self.policy = decoder.draft_length
+        return decoder
+
+
 def _parameter_ratio(drafter: LoadedModel, target: LoadedModel) -> float:
     return max(parameter_count(drafter.model) / parameter_count(target.model), 0.05)
 

@@ -39,6 +39,7 @@ def generate_json(*args: str) -> dict:
         ("qwen3_5", ["--no-spec"], "none"),
         ("qwen3_5", ["--draft-model", "drafter", "--num-draft", "2"], "draft"),
         ("qwen3_5", ["--num-draft", "2", "--warmup-tokens", "5"], "mtp"),
+        ("llama", ["--draft-model", "drafter", "--warmup-tokens", "20"], "draft"),
     ],
 )
 def test_json_matches_greedy_reference(checkpoints, target, extra, mode):

@@ -6,6 +6,8 @@ import random
 
 import pytest
 
+from exo_spec import generate
+from exo_spec.cli import build_parser
 from exo_spec.session import load_models
 from exo_spec.spec import AdaptiveDraftLength, FixedDraftLength, Sampling
 from exo_spec.worker.targets import Local
@@ -268,3 +270,16 @@ def test_a_placement_keeps_one_adaptive_policy_across_jobs(checkpoints):
     second = local.decoder(Sampling(temp=0.7), None)
     assert second.draft_length is policy
     assert policy.reached == [r * policy.carry for r in reached] and reached[0] > 0
+
+
+def test_generate_goes_on_from_its_warm_up(checkpoints, monkeypatch, capsys):
+    """The timed job of ``generate --warmup-tokens`` starts where the warm-up's adaptive
+    policy left off, as a worker's next job would, not from the prior again."""
+    carried = []
+    monkeypatch.setattr(AdaptiveDraftLength, "start_job", lambda self: carried.append(self))
+    args = build_parser("generate").parse_args(
+        ["generate", "--model", str(checkpoints.llama), "--draft-model",
+         str(checkpoints.drafter), "--prompt", PROMPTS[0], "--max-tokens", "8",
+         "--warmup-tokens", "20", "--json"])
+    assert generate.run(args) == 0
+    assert len(carried) == 1 and sum(carried[0].reached) > 0

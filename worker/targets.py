@@ -8,8 +8,8 @@ from mlx_lm.tokenizer_utils import TokenizerWrapper
 
 from ..dist.rank import Rank
 from ..models.load import text_config
-from ..session import Models, make_decoder
-from ..spec import AdaptiveDraftLength, Sampling, SpecDecoder
+from ..session import Jobs, Models
+from ..spec import Sampling, SpecDecoder
 
 
 class Target(Protocol):
@@ -29,22 +29,7 @@ def _context_length(config: dict) -> int:
     return int(text_config(config).get("max_position_embeddings", 0))
 
 
-class _Placement:
-    """Jobs on one placement go on with the adaptive policy of the ones before: its
-    round costs are this machine's (see ``AdaptiveDraftLength.start_job``)."""
-
-    policy: AdaptiveDraftLength | None = None
-
-    def _decoder(self, models: Models, sampling: Sampling, num_draft: int | None,
-                 **kwargs) -> SpecDecoder:
-        decoder = make_decoder(models, sampling=sampling, num_draft=num_draft,
-                               draft_length=self.policy, **kwargs)
-        if decoder.draft_length.adaptive:
-            self.policy = decoder.draft_length
-        return decoder
-
-
-class Local(_Placement):
+class Local(Jobs):
     """One machine: weights loaded once, a fresh decoder (and caches) per job."""
 
     def __init__(self, models: Models):
@@ -54,13 +39,13 @@ class Local(_Placement):
         self.mode = models.mode
 
     def decoder(self, sampling: Sampling, num_draft: int | None) -> SpecDecoder:
-        return self._decoder(self.models, sampling, num_draft)
+        return self.new_decoder(self.models, sampling=sampling, num_draft=num_draft)
 
     def extra_stats(self, decoder: SpecDecoder) -> dict:
         return {"ranks": 1}
 
 
-class GroupLeader(_Placement):
+class GroupLeader(Jobs):
     """Rank 0 of a group: every job starts by resetting the whole group."""
 
     def __init__(self, rank: Rank):
@@ -72,7 +57,8 @@ class GroupLeader(_Placement):
 
     def decoder(self, sampling: Sampling, num_draft: int | None) -> SpecDecoder:
         self.target.reset()
-        return self._decoder(self.rank.models, sampling, num_draft, cached=self.target)
+        return self.new_decoder(self.rank.models, sampling=sampling, num_draft=num_draft,
+                                cached=self.target)
 
     def extra_stats(self, decoder: SpecDecoder) -> dict:
         return {"ranks": self.rank.group.size(), "parallel": self.rank.parallel,

@@ -4,8 +4,10 @@ On one machine, all on the same target: mlx-lm ``generate_step`` (the baseline),
 mlx-lm ``speculative_generate_step`` with the drafter (k=1..4), exo-spec plain,
 with the drafter (k=1..4 and adaptive), with the target's MTP head (k=1..4 and
 adaptive), and adaptive with the untrained drafter (drafts that never fit, so
-adaptive k must fall back to plain decoding). With ``--local-ranks N``: the same
-target pipelined over N local processes, plain beside speculative.
+adaptive k must fall back to plain decoding). An adaptive row keeps one policy
+through its warm-up, prompts and repeats, as a worker does across its jobs. With
+``--local-ranks N``: the same target pipelined over N local processes, plain
+beside speculative.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..session import Models
+from ..session import Jobs, Models
 from . import runners
 from .inputs import Inputs
 from .timing import PromptRun, Run
@@ -56,7 +58,8 @@ def single_rows(inputs: Inputs, ks: list[int]) -> list[Row]:
         return Row(SINGLE, name, k, decode, everyone)
 
     def exo(models: Models, num_draft: int | None):
-        return lambda i, n: runners.exo(models, num_draft, ids[i], n)
+        jobs = Jobs()
+        return lambda i, n: runners.exo(jobs, models, num_draft, ids[i], n)
 
     rows = [row(PLAIN, "-", lambda i, n: runners.mlx_plain(target.model, ids[i], n))]
     if inputs.drafter:

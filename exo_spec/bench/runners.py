@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import mlx.core as mx
 from mlx_lm.generate import generate_step, speculative_generate_step
 
-from ..session import Models, make_decoder
+from ..session import Jobs, Models
 from ..spec import Sampling
 from .timing import PromptRun, timed
 
@@ -52,8 +52,11 @@ def mlx_spec(model, drafter, k: int, prompt: list[int], max_tokens: int) -> Prom
     return PromptRun(tokens, seconds, rounds, drafted, sum(flags))
 
 
-def exo(models: Models, num_draft: int | None, prompt: list[int], max_tokens: int) -> PromptRun:
-    decoder = make_decoder(models, sampling=Sampling(), num_draft=num_draft)
+def exo(jobs: Jobs, models: Models, num_draft: int | None, prompt: list[int],
+        max_tokens: int) -> PromptRun:
+    """One job of a row's ``jobs``: an adaptive row goes on with the policy of its jobs
+    before, as a worker does."""
+    decoder = jobs.new_decoder(models, sampling=Sampling(), num_draft=num_draft)
     decoder.eos = set()  # run to max_tokens, as mlx-lm's step functions do
     tokens, seconds = timed(decoder.generate(prompt, max_tokens))
     s = decoder.stats

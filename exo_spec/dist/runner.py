@@ -12,7 +12,7 @@ import mlx.core as mx
 
 from ..generate import decode, warm_up
 from ..models.load import ModelLoadError
-from ..session import make_decoder
+from ..session import Jobs
 from ..spec import Sampling, SpecDecoder
 from .pipeline import parse_split
 from .rank import load_rank
@@ -36,10 +36,12 @@ def main(job: str) -> int:
         sampling = Sampling(temp=args.temp, top_p=args.top_p, top_k=args.top_k,
                             min_p=args.min_p)
 
+        jobs = Jobs()
+
         def new_decoder() -> SpecDecoder:
             group_target.reset()  # as a worker starts each job on its group
-            return make_decoder(rank.models, sampling=sampling, num_draft=args.num_draft,
-                                max_kv_size=args.max_kv_size, cached=group_target)
+            return jobs.new_decoder(rank.models, sampling=sampling, num_draft=args.num_draft,
+                                    max_kv_size=args.max_kv_size, cached=group_target)
 
         warm_up(args, new_decoder, rank.target.tokenizer)
         decoder = new_decoder()
