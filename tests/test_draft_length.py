@@ -154,7 +154,8 @@ def test_fixed_length():
 
 
 # Rounds drawn at random: acceptance per draft position, a round's fixed cost and
-# its cost per draft (in plain steps), the policy's prior draft cost.
+# its cost per draft (in plain steps; or, as a tuple, what a round of k = 1..4
+# drafts adds to a plain step), the policy's prior draft cost.
 SCENARIOS = {
     "H100, near-perfect drafter": ([0.95] * 4, 0.8, 0.55, 0.1),
     "H100, MTP head": ([0.85, 0.6, 0.5, 0.45], 0.45, 0.4, 0.1),
@@ -165,6 +166,11 @@ SCENARIOS = {
     "2 H200s, 2-rank group, MTP head": ([0.84, 0.71, 0.64, 0.6], 0.0, 0.33, 0.1),
     "H200, MTP head": ([0.97, 0.78, 0.6, 0.5], 0.25, 0.53, 0.1),
     "H200, drafter": ([0.98, 0.97, 0.95, 0.9], 0.85, 0.5, 0.11),
+    # Timed per length on an H200 (the eighth session's trace): a verify of 4 or more
+    # positions leaves MLX's attention kernel for up to 3 query rows, so the cost of a
+    # round is not a line in k.
+    "H200, MTP head, costs per length": ([0.96, 0.72, 0.84, 0.8], (0.72, 1.16, 1.92, 2.5),
+                                         0.0, 0.1),
 }
 
 
@@ -178,7 +184,13 @@ def throughput(policy, scenario, tokens: int, seed: int) -> float:
         kept = 0
         while kept < k and rng.random() < rates[kept]:
             kept += 1
-        cost = (1 + (round_cost + draft_cost * k if k else 0.0)) * rng.uniform(0.9, 1.1)
+        if not k:
+            extra = 0.0
+        elif isinstance(round_cost, tuple):  # what a round of each length adds
+            extra = round_cost[k - 1]
+        else:
+            extra = round_cost + draft_cost * k
+        cost = (1 + extra) * rng.uniform(0.9, 1.1)
         policy.observe(k, kept, PLAIN_S * cost)
         elapsed += cost
         produced += kept + 1
@@ -187,7 +199,7 @@ def throughput(policy, scenario, tokens: int, seed: int) -> float:
 
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_adaptive_comes_close_to_the_best_fixed_choice(name):
-    """Over 512-token jobs, adaptive k keeps at least 93% of the throughput of the
+    """Over 512-token jobs, adaptive k keeps at least 95% of the throughput of the
     best fixed choice made knowing the costs and rates (plain decoding included)."""
     scenario = SCENARIOS[name]
     seeds = range(10)
@@ -197,7 +209,15 @@ def test_adaptive_comes_close_to_the_best_fixed_choice(name):
 
     best = max([1.0] + [mean(lambda k=k: FixedDraftLength(k)) for k in range(1, 5)])
     adaptive = mean(lambda: AdaptiveDraftLength(cost_prior=scenario[3]))
-    assert adaptive >= 0.93 * best
+    assert adaptive >= 0.95 * best
+
+
+def test_a_timed_length_costs_what_it_was_timed_at_not_what_the_line_says():
+    policy = AdaptiveDraftLength()
+    policy.t_plain = PLAIN_S
+    policy.t_rounds = {1: 1.7 * PLAIN_S, 2: 2.2 * PLAIN_S, 4: 3.5 * PLAIN_S}
+    assert [round(policy.round_cost(k), 6) for k in (1, 2, 4)] == [1.7, 2.2, 3.5]
+    assert 2.6 < policy.round_cost(3) < 3.0  # between its neighbours, off the line
 
 
 class Scripted(AdaptiveDraftLength):

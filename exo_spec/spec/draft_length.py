@@ -3,26 +3,34 @@
 The adaptive policy measures, for each draft position i, the rate a_i at which
 the i-th draft is kept once the ones before it were (an MTP head chained on its
 own output fits its first position far better than its third, so one rate for
-all would overrate long rounds). A round of k drafts then yields
-E(k) = 1 + a_1 + a_1 a_2 + ... + a_1...a_k tokens. What it costs is measured per
-k and fitted with a line, t(k) = t_round + k * t_draft: a round has a fixed cost
-beyond a plain step (a wider verify, the proposer's commit, the read) that a cost
-proportional to k alone would charge to every draft, which made long rounds of a
-near-perfect drafter look worse than plain decoding on an H100. Until two
-lengths are timed the slope is the prior (the proposer's size relative to the
-target). t_plain is timed on plain steps that overlap the next one, as decoding
+all would overrate long rounds). A round of k drafts then yields E(k) = 1 + a_1
++ a_1 a_2 + ... + a_1...a_k tokens. What a round of k drafts costs is its own
+timing where k was timed lately; other lengths are read off a line fitted to
+those, t(k) = t_round + k * t_draft: a round has a fixed cost beyond a plain
+step (a wider verify, the proposer's commit, the read) that a cost proportional
+to k alone would charge to every draft, which made long rounds of a near-perfect
+drafter look worse than plain decoding on an H100. Until two lengths are timed
+the slope is the prior (the proposer's size relative to the target). The line is
+not the cost where a length was timed: on an H200 a verify of 4 positions leaves
+MLX's attention kernel for up to 3 query rows, and the line through k = 1 and 4
+priced k = 2 17% over its timing, so an MTP head kept drafting 1 where 2 was 8%
+faster. t_plain is timed on plain steps that overlap the next one, as decoding
 plainly runs: the engine passes no time for a step that built its own graph
 (after a round: two steps' work) or queued none after it (before a round: free).
 Those made up every other plain sample on an H200 and, capped as spikes, halved
 t_plain within a job, so that plain decoding always won. It picks the k in
-0..max_k with the most tokens per second; k = 0 is a plain target step. The
-first rounds after warm-up draft (up to ``explore``) while the first draft's
-rate stays at 1 in 2 or better: one round either way is too little evidence
-against the 1-in-2 prior, and judging after it once decoded most of a 128-token
-job plainly with a drafter that H100 runs kept 94% of. The first round of each
-draft length is not timed: on a GPU a fresh process builds kernels for each new
-verify width on first use. Each timing sample counts as at most twice
-its estimate, so one stall (a collection) cannot make speculation look hopeless.
+0..max_k with the most tokens per second, k = 0 being a plain target step, each
+rate raised by ``optimism`` standard errors of its estimate: rounds of one draft
+say nothing of the second, so a position seldom reached would otherwise keep
+what a few unlucky rounds left it at (on that H200, a second-draft rate of 0.44
+where 0.72 was true). The first rounds after warm-up draft (up to ``explore``)
+while the first draft's rate stays at 1 in 2 or better: one round either way is
+too little evidence against the 1-in-2 prior, and judging after it once decoded
+most of a 128-token job plainly with a drafter that H100 runs kept 94% of. The
+first round of each draft length is not timed: on a GPU a fresh process builds
+kernels for each new verify width on first use. Each timing sample counts as at
+most twice its estimate, so one stall (a collection) cannot make speculation
+look hopeless.
 
 While plain decoding wins, it probes with one short round now and then, backing
 off exponentially and spaced by what probes were measured to cost (catching the
@@ -66,6 +74,7 @@ class AdaptiveDraftLength:
     forget = 64  # rounds after which a draft length's timing is dropped as stale
     explore = 4  # rounds drafted after warm-up, while the first draft fits, before judging
     carry = 0.5  # weight of the acceptance counts so far in the next job's
+    optimism = 0.5  # standard errors added to each rate when choosing
 
     def __init__(self, max_k: int = 4, cost_prior: float = 0.3):
         """``cost_prior``: a draft's cost in plain steps, until two draft lengths are timed."""
@@ -106,21 +115,25 @@ class AdaptiveDraftLength:
         """The rate at which the i-th draft is kept, ``before`` being the prior."""
         return (self.kept[i] + self.prior[i] * before) / (self.reached[i] + self.prior[i])
 
-    def expected_tokens(self, k: int) -> float:
-        """Tokens a round of k drafts yields on average (the target's own included)."""
+    def expected_tokens(self, k: int, optimism: float = 0.0) -> float:
+        """Tokens a round of k drafts yields on average (the target's own included);
+        with ``optimism``, each rate is raised by that many standard errors."""
         tokens, reach, rate = 1.0, 1.0, 0.5
         for i in range(k):
             rate = self._rate(i, rate)
-            reach *= rate
+            seen = self.reached[i] + self.prior[i]
+            reach *= min(rate + optimism * (rate * (1 - rate) / seen) ** 0.5, 1.0)
             tokens += reach
         return tokens
 
     def round_cost(self, k: int) -> float:
-        """What a round of k drafts costs, in plain steps, by the line fitted to the
-        rounds timed so far (through a plain step with the prior slope before any);
-        never less than the plain step the round includes."""
+        """What a round of k drafts costs, in plain steps: as timed, or by the line
+        fitted to the lengths timed so far (through a plain step with the prior slope
+        before any); never less than the plain step the round includes."""
         if k == 0:
             return 1.0
+        if k in self.t_rounds:
+            return max(self.t_rounds[k] / self.t_plain, 1.0)
         points = [(n, t / self.t_plain) for n, t in self.t_rounds.items()]
         if len(points) >= 2:
             mean_k = sum(n for n, _ in points) / len(points)
@@ -134,7 +147,7 @@ class AdaptiveDraftLength:
 
     def _best(self) -> int:
         return max(range(self.max_k + 1),
-                   key=lambda k: self.expected_tokens(k) / self.round_cost(k))
+                   key=lambda k: self.expected_tokens(k, self.optimism) / self.round_cost(k))
 
     def next(self) -> int:
         if self.warmup:
