@@ -75,6 +75,21 @@ def test_probes_are_spaced_by_what_they_cost():
     assert ks[-200:].count(0) == 200
 
 
+def test_a_stalled_probe_does_not_stop_probing():
+    """A probe that stalled for 100 plain steps (on a GPU, kernels built for the
+    proposer's catch-up) neither spaces probes 5000 steps apart nor doubles the
+    estimate of what later ones cost."""
+    policy = AdaptiveDraftLength()
+    simulate(policy, acceptance=0.0, draft_cost=0.3, tokens=200)
+    policy.probe_cost = 100.0  # a first probe that stalled: no estimate to hold it to
+    policy.plain_streak = policy.max_backoff
+    assert policy.next() == 1
+    policy.probe_cost = 1.0
+    policy.plain_streak = policy.catch_up_untimed + 1
+    policy.observe(1, 0, PLAIN_S * 101.0)
+    assert policy.probe_cost <= 0.7 + 0.3 * policy.spike
+
+
 def test_good_drafter_drafts_long():
     ks = simulate(AdaptiveDraftLength(max_k=4), acceptance=0.95, draft_cost=0.05, tokens=400)
     assert ks[-20:] == [4] * 20

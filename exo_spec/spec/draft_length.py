@@ -157,9 +157,12 @@ class AdaptiveDraftLength:
             return max(best, 1) if self.t_rounds else 1
         if self._retime:
             return 1
-        # Space probes so that they take at most probe_budget of the decode time.
+        # Space probes so that they take at most probe_budget of the decode time, and
+        # no further apart than max_backoff: a probe that stalled (on a GPU, a kernel
+        # built for a new catch-up width) must not stop probing for good.
         probe = self.round_cost(1) - 1 if self.probe_cost is None else self.probe_cost
-        return 1 if self.plain_streak >= max(self.backoff, probe / self.probe_budget) else 0
+        spacing = min(max(self.backoff, probe / self.probe_budget), self.max_backoff)
+        return 1 if self.plain_streak >= spacing else 0
 
     def ahead(self) -> int:
         """The draft length of a round started before the current one is read, on the
@@ -194,14 +197,15 @@ class AdaptiveDraftLength:
         self._exploring = self._exploring - 1 if self._exploring and self._rate(0) >= 0.5 else 0
         if self.t_plain and not first_use:
             if self._retime:
-                self.t_rounds = {k: min(seconds, self.spike * self.t_rounds.get(k, seconds))}
+                estimate = self.round_cost(k) * self.t_plain
+                self.t_rounds = {k: min(seconds, self.spike * estimate)}
                 self._timed_at = {k: self._rounds}
             elif timed:
                 self._time(k, seconds)
             else:
                 extra = max(seconds / self.t_plain - 1, 0.0)
                 self.probe_cost = extra if self.probe_cost is None \
-                    else 0.7 * self.probe_cost + 0.3 * extra
+                    else 0.7 * self.probe_cost + 0.3 * min(extra, self.spike * self.probe_cost)
         self._retime = not timed and accepted == k
         # A round after which plain decoding still wins was a failed probe: wait longer.
         if self._best():
