@@ -87,7 +87,7 @@ def test_a_stalled_probe_does_not_stop_probing():
     policy.probe_cost = 1.0
     policy.plain_streak = policy.catch_up_untimed + 1
     policy.observe(1, 0, PLAIN_S * 101.0)
-    assert policy.probe_cost <= 0.7 + 0.3 * policy.spike
+    assert policy.probe_cost <= 1 - policy.probe_weight + policy.probe_weight * policy.spike
 
 
 def test_good_drafter_drafts_long():
@@ -311,7 +311,9 @@ def test_generate_goes_on_from_its_warm_up(checkpoints, monkeypatch, capsys):
     """The timed job of ``generate --warmup-tokens`` starts where the warm-up's adaptive
     policy left off, as a worker's next job would, not from the prior again."""
     carried = []
-    monkeypatch.setattr(AdaptiveDraftLength, "start_job", lambda self: carried.append(self))
+    start_job = AdaptiveDraftLength.start_job
+    monkeypatch.setattr(AdaptiveDraftLength, "start_job",
+                        lambda self: (carried.append(self), start_job(self)))
     args = build_parser("generate").parse_args(
         ["generate", "--model", str(checkpoints.llama), "--draft-model",
          str(checkpoints.drafter), "--prompt", PROMPTS[0], "--max-tokens", "8",

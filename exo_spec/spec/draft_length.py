@@ -66,6 +66,7 @@ class AdaptiveDraftLength:
     adaptive = True
     decay = 0.9  # of the acceptance counts, per round
     weight = 0.2  # of a new timing sample
+    probe_weight = 0.3  # of a new sample of what a probe costs
     spike = 2.0  # a timing sample counts as at most this multiple of its estimate
     first_probe = 16
     max_backoff = 1024
@@ -115,7 +116,7 @@ class AdaptiveDraftLength:
         """The rate at which the i-th draft is kept, ``before`` being the prior."""
         return (self.kept[i] + self.prior[i] * before) / (self.reached[i] + self.prior[i])
 
-    def expected_tokens(self, k: int, optimism: float = 0.0) -> float:
+    def expected_tokens(self, k: int, optimism: float) -> float:
         """Tokens a round of k drafts yields on average (the target's own included);
         with ``optimism``, each rate is raised by that many standard errors."""
         tokens, reach, rate = 1.0, 1.0, 0.5
@@ -197,15 +198,14 @@ class AdaptiveDraftLength:
         self._exploring = self._exploring - 1 if self._exploring and self._rate(0) >= 0.5 else 0
         if self.t_plain and not first_use:
             if self._retime:
-                estimate = self.round_cost(k) * self.t_plain
-                self.t_rounds = {k: min(seconds, self.spike * estimate)}
+                self.t_rounds = {k: self._capped(self._estimate(k), seconds)}
                 self._timed_at = {k: self._rounds}
             elif timed:
                 self._time(k, seconds)
             else:
                 extra = max(seconds / self.t_plain - 1, 0.0)
                 self.probe_cost = extra if self.probe_cost is None \
-                    else 0.7 * self.probe_cost + 0.3 * min(extra, self.spike * self.probe_cost)
+                    else self._mix(self.probe_cost, extra, self.probe_weight)
         self._retime = not timed and accepted == k
         # A round after which plain decoding still wins was a failed probe: wait longer.
         if self._best():
@@ -214,9 +214,9 @@ class AdaptiveDraftLength:
             self.backoff = min(2 * self.backoff, self.max_backoff)
 
     def _time(self, k: int, seconds: float) -> None:
-        estimate = self.t_rounds.get(k, self.round_cost(k) * self.t_plain)
+        estimate = self._estimate(k)
         self.t_rounds[k] = self._mix(estimate, seconds) if k in self.t_rounds \
-            else min(seconds, self.spike * estimate)
+            else self._capped(estimate, seconds)
         self._timed_at[k] = self._rounds
         # A length not drafted for a while is timed again when the line says it could
         # win: a stall in its last rounds must not rule it out for good.
@@ -224,5 +224,13 @@ class AdaptiveDraftLength:
             if self._rounds - at > self.forget:
                 del self.t_rounds[n], self._timed_at[n]
 
-    def _mix(self, estimate: float, sample: float) -> float:
-        return (1 - self.weight) * estimate + self.weight * min(sample, self.spike * estimate)
+    def _estimate(self, k: int) -> float:
+        """Seconds a round of k drafts is expected to take."""
+        return self.t_rounds.get(k, self.round_cost(k) * self.t_plain)
+
+    def _capped(self, estimate: float, sample: float) -> float:
+        return min(sample, self.spike * estimate)
+
+    def _mix(self, estimate: float, sample: float, weight: float | None = None) -> float:
+        weight = self.weight if weight is None else weight
+        return (1 - weight) * estimate + weight * self._capped(estimate, sample)
