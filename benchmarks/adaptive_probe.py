@@ -19,10 +19,12 @@ from pathlib import Path
 
 import mlx.core as mx
 
+from exo_spec.decoder_factory import make_decoder
+from exo_spec.engine import Sampling
+from exo_spec.model_set import ModelSet
 from exo_spec.models import synthetic
 from exo_spec.models.load import load
-from exo_spec.session import Models, make_decoder
-from exo_spec.spec import Sampling
+from exo_spec.spec_mode import ProposerKind
 
 PROMPT = list(range(5, 205))
 
@@ -40,7 +42,7 @@ def write_pair(root: Path, large: bool) -> tuple[Path, Path]:
             synthetic.write_llama(root / "drafter", tok, seed=2, **drafter))
 
 
-def decode(models: Models, tokens: int, rounds: list | None = None) -> float:
+def decode(models: ModelSet, tokens: int, rounds: list | None = None) -> float:
     """Decode seconds; ``rounds`` gets (k, accepted, seconds) of every step."""
     decoder = make_decoder(models, sampling=Sampling())
     decoder.eos = set()
@@ -69,7 +71,8 @@ def main() -> None:
     if args.large:
         target.model.set_dtype(mx.bfloat16)
         drafter.model.set_dtype(mx.bfloat16)
-    plain, useless = Models(target, None, "none"), Models(target, drafter, "draft")
+    plain = ModelSet(target, None, ProposerKind.NONE)
+    useless = ModelSet(target, drafter, ProposerKind.DRAFT)
     decode(plain, args.tokens)
     decode(useless, args.tokens)
     times: dict[str, list[float]] = {"plain": [], "adaptive, useless drafter": []}

@@ -6,7 +6,7 @@ quantized matmul of 8 rows or more compiles a kernel with NVRTC, one per row til
 A random bfloat16 llama of the bench drafter's shape, quantized to 8 bits (group
 size 64) as ``--quantize 8`` loads models, fed widths 1..40, 48 and 64 over a
 100-token cache, each twice: the first use and again. ``--prebuild`` first runs
-``exo_spec.spec.cuda.build_quantized_kernels`` (what loading a quantized model
+``exo_spec.engine.cuda.build_quantized_kernels`` (what loading a quantized model
 does on CUDA), so the first uses should then cost what the second ones do. MLX
 keeps compiled kernels under ``MLX_PTX_CACHE_DIR`` (default
 ``/tmp/mlx/<version>/ptx``): point it at an empty directory to see the cost a
@@ -25,7 +25,7 @@ import mlx.nn as nn
 from mlx_lm.models import llama
 from mlx_lm.models.cache import make_prompt_cache
 
-from exo_spec.spec.cuda import build_quantized_kernels
+from exo_spec.engine.cuda import build_quantized_kernels
 
 WIDTHS = [*range(1, 41), 48, 64]
 

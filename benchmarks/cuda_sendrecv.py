@@ -5,7 +5,7 @@
 Every pattern runs as two fresh processes (MLX_RANK 0 and 1, a loopback
 hostfile) under a time limit; a process that is still running when the limit
 is reached dumps its Python stack (faulthandler) and is killed. The patterns go
-from the plainest to what exo_spec.dist.forward.PipelineForward does:
+from the plainest to what exo_spec.group.forward.PipelineForward does:
 
   all_sum        an all_sum of a GPU array (reported to work)
   cpu_stream     send/recv on arrays made on the CPU stream

@@ -14,9 +14,12 @@ import json
 import statistics
 from pathlib import Path
 
-from exo_spec.session import encode_prompt, load_models, make_decoder
-from exo_spec.spec import Sampling
-from exo_spec.spec.round_ahead import RoundAhead
+from exo_spec.decoder_factory import make_decoder
+from exo_spec.engine import Sampling
+from exo_spec.engine.round_ahead import RoundAhead
+from exo_spec.model_set import load_models
+from exo_spec.prompt import encode_prompt
+from exo_spec.spec_mode import SpecMode
 
 POLICIES = {"on": True, "off": False, "measured": None}
 
@@ -28,7 +31,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    models = load_models(str(args.models / "target"), mtp=True)
+    models = load_models(str(args.models / "target"), spec=SpecMode.MTP)
     text = json.loads((args.models / "prompts.json").read_text())[0]
     prompt = encode_prompt(models.target.tokenizer, text, chat_template=False)
     runs = {(k, name): [] for k in map(int, args.ks.split(",")) for name in POLICIES}

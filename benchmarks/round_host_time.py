@@ -19,11 +19,13 @@ from pathlib import Path
 
 import mlx.core as mx
 
+from exo_spec.decoder_factory import make_decoder
+from exo_spec.engine import Sampling
+from exo_spec.engine.verify import verify_greedy
+from exo_spec.model_set import load_models
 from exo_spec.models import synthetic
 from exo_spec.models.load import QUANTIZE_BITS, quantize
-from exo_spec.session import load_models, make_decoder
-from exo_spec.spec import Sampling
-from exo_spec.spec.verify import verify_greedy
+from exo_spec.spec_mode import SpecMode
 
 from host_timing import host_ms
 
@@ -88,7 +90,7 @@ def main() -> None:
     synthetic.write_tokenizer(root / "tokenizer")
     path = synthetic.write_qwen3_5(root / "target", root / "tokenizer", num_hidden_layers=8,
                                    hidden_size=1024)
-    models = load_models(str(path), mtp=True)
+    models = load_models(str(path), spec=SpecMode.MTP)
     models.target.model.set_dtype(mx.bfloat16)
     models.mtp.set_dtype(mx.bfloat16)
     quantize(models.target.model, args.quantize)  # after the cast: scales in bf16

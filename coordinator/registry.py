@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from ..v1 import worker_pb2, worker_pb2_grpc
-from .planner import size
+from .placement_plan import size
 
 log = logging.getLogger(__name__)
 

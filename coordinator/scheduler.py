@@ -27,10 +27,10 @@ import grpc
 
 from ..v1 import inference_pb2, worker_pb2
 from . import job as jobs
-from . import placement as placements
+from . import placement_record as placements
 from .job import End, Job, JobError
-from .placement import Placement
-from .placer import Placer
+from .placement_lifecycle import Placer
+from .placement_record import Placement
 from .registry import READY, Registry
 
 log = logging.getLogger(__name__)

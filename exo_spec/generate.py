@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sys
-from collections.abc import Callable
 
-import mlx.core as mx
-from mlx_lm.tokenizer_utils import TokenizerWrapper
+from .spec_mode import SpecMode, check_request
 
-from . import remote
-from .dist.launch import launch_local
-from .models.load import QUANTIZE_BITS, ModelLoadError
-from .session import Jobs, encode_prompt, load_models
-from .spec import Sampling, SpecDecoder
+QUANTIZE_BITS = (4, 8)  # models.load.QUANTIZE_BITS, without importing MLX for --help
+FLAG_NAMES = {"mtp": "--mtp", "none": "--no-spec", "draft_model": "--draft-model",
+              "num_draft": "--num-draft"}
 
 
 def add_parser(sub) -> None:
@@ -23,9 +18,9 @@ def add_parser(sub) -> None:
     p.add_argument("--draft-model",
                    help="drafter sharing the target's tokenizer, or a Gemma 4 assistant")
     spec = p.add_mutually_exclusive_group()
-    spec.add_argument("--mtp", dest="mtp", action="store_true", default=None,
-                      help="draft with the checkpoint's own MTP heads")
-    spec.add_argument("--no-spec", dest="mtp", action="store_false",
+    spec.add_argument("--mtp", dest="spec", action="store_const", const=SpecMode.MTP,
+                      default=SpecMode.AUTO, help="draft with the checkpoint's own MTP heads")
+    spec.add_argument("--no-spec", dest="spec", action="store_const", const=SpecMode.NONE,
                       help="plain decoding, no speculation")
     p.add_argument("--num-draft", type=int, help="fixed draft length (default: adaptive)")
     p.add_argument("--max-tokens", type=int, default=256)
@@ -59,83 +54,52 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def _check(args) -> Sampling:
+def _check(args):
+    """The job's ``Sampling``; ValueError for flags out of range or contradicting."""
+    from .engine.sampling import Sampling
+
     if args.max_tokens <= 0:
         raise ValueError(f"--max-tokens must be > 0, got {args.max_tokens}")
     if args.warmup_tokens < 0:
         raise ValueError(f"--warmup-tokens must be >= 0, got {args.warmup_tokens}")
     if args.num_draft is not None and args.num_draft < 1:
         raise ValueError(f"--num-draft must be >= 1, got {args.num_draft}")
-    if args.mtp is False and args.draft_model:
-        raise ValueError("--no-spec and --draft-model contradict each other")
-    if args.mtp is False and args.num_draft:
-        raise ValueError("--no-spec and --num-draft contradict each other")
+    check_request(args.spec, args.draft_model, args.num_draft, names=FLAG_NAMES)
     return Sampling(temp=args.temp, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p)
 
 
 def run(args) -> int:
+    from .models.load import ModelLoadError
+
     try:
         sampling = _check(args)
         if args.coordinator:
             if args.warmup_tokens:
                 raise ValueError("--warmup-tokens runs on this machine; a cluster's workers "
                                  "keep their kernels from job to job")
+            from . import remote
+
             return remote.generate(args)
         if args.nodes is not None or args.timeout is not None:
             raise ValueError("--nodes and --timeout need --coordinator")
         if args.local_ranks is not None or args.split or args.parallel != "pipeline":
+            from .group.launch import launch_local
+
             return launch_local(args)
-        models = load_models(args.model, args.draft_model, args.mtp, args.quantize)
+        from .model_set import load_models
+
+        models = load_models(args.model, args.draft_model, args.spec, args.quantize)
     except (ValueError, ModelLoadError, OSError) as e:
         print(f"exo-spec generate: error: {e}", file=sys.stderr)
         return 2
+    from .job_series import JobSeries
+    from .local_job import decode, warm_up
 
-    jobs = Jobs()  # the timed job goes on with what the warm-up measured, as a worker's would
+    jobs = JobSeries()  # the timed job goes on with what the warm-up measured, as a worker's
 
-    def new_decoder() -> SpecDecoder:
+    def new_decoder():
         return jobs.new_decoder(models, sampling=sampling, num_draft=args.num_draft,
                                 max_kv_size=args.max_kv_size)
 
     warm_up(args, new_decoder, models.target.tokenizer)
     return decode(args, new_decoder(), models.target.tokenizer)
-
-
-def warm_up(args, new_decoder: Callable[[], SpecDecoder], tokenizer: TokenizerWrapper) -> None:
-    """Decode ``--warmup-tokens`` of the prompt with a decoder of its own and drop them."""
-    if args.warmup_tokens:
-        prompt = encode_prompt(tokenizer, args.prompt, not args.ignore_chat_template)
-        for _ in new_decoder().generate(prompt, args.warmup_tokens):
-            pass
-
-
-def decode(args, decoder: SpecDecoder, tokenizer: TokenizerWrapper,
-           extra_stats: Callable[[], dict] | None = None) -> int:
-    """Run ``decoder`` on the prompt and print text (or JSON) and stats, with
-    ``extra_stats()`` asked for once generation is done."""
-    if args.seed is not None:
-        mx.random.seed(args.seed)
-    prompt = encode_prompt(tokenizer, args.prompt, not args.ignore_chat_template)
-    tokens: list[int] = []
-    detok = tokenizer.detokenizer
-    detok.reset()
-    for chunk in decoder.generate(prompt, args.max_tokens):
-        tokens.extend(chunk)
-        if not args.json:
-            for t in chunk:
-                detok.add_token(t)
-            sys.stdout.write(detok.last_segment)
-            sys.stdout.flush()
-    stats = decoder.stats
-    if args.json:
-        result = {
-            "text": tokenizer.decode(tokens),
-            "tokens": tokens,
-            "finish_reason": decoder.finish.reason,
-            "stats": {**stats.to_dict(), **(extra_stats() if extra_stats else {})},
-        }
-        print(json.dumps(result))
-    else:
-        detok.finalize()
-        sys.stdout.write(detok.last_segment + "\n")
-        print(stats.summary(), file=sys.stderr)
-    return 0

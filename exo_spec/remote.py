@@ -18,7 +18,7 @@ import sys
 import grpc
 
 from .client import Client, ExoSpecError, generate_request
-from .spec.stats import summary
+from .engine.stats import summary
 from .v1 import common_pb2, inference_pb2
 
 TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
@@ -57,7 +57,7 @@ def generate(args) -> int:
         raise ValueError(f"--timeout must be > 0, got {args.timeout}")
     request = generate_request(
         args.model, args.prompt, draft_model=args.draft_model or "",
-        spec={True: "mtp", False: "none", None: "auto"}[args.mtp], max_tokens=args.max_tokens,
+        spec=args.spec, max_tokens=args.max_tokens,
         temperature=args.temp, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
         seed=args.seed, num_draft=args.num_draft or 0,
         ignore_chat_template=args.ignore_chat_template, nodes=args.nodes or 0)

@@ -12,9 +12,7 @@ from mlx.utils import tree_flatten, tree_map
 from mlx_lm.models import qwen3_next
 from mlx_lm.models.cache import ArraysCache
 
-from exo_spec.models.load import load
-from exo_spec.models.mtp import load_mtp
-from exo_spec.spec import (
+from exo_spec.engine import (
     AdaptiveDraftLength,
     CachedModel,
     DraftModel,
@@ -23,7 +21,9 @@ from exo_spec.spec import (
     Sampling,
     SpecDecoder,
 )
-from exo_spec.spec.round_ahead import RoundAhead
+from exo_spec.engine.round_ahead import RoundAhead
+from exo_spec.models.load import load
+from exo_spec.models.mtp import load_mtp
 
 
 def always_ahead() -> RoundAhead:

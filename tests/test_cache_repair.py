@@ -1,7 +1,7 @@
 """After a round with rejections every cache equals a run over the kept tokens alone.
 
 GatedDeltaNet caches (qwen3_5 / qwen3_next hybrids) are rewound from the states
-recorded during the round (exo_spec.spec.recurrent_capture), with no replay pass.
+recorded during the round (exo_spec.engine.recurrent_capture), with no replay pass.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import pytest
 from mlx_lm.models import qwen3_5, qwen3_next
 from mlx_lm.models.cache import ArraysCache
 
-from exo_spec.dist.pipeline import Stage
-from exo_spec.dist.stage_cache import StageCache
+from exo_spec.engine import CachedModel
+from exo_spec.group.pipeline import Stage
+from exo_spec.group.stage_cache import StageCache
 from exo_spec.models.load import load
-from exo_spec.spec import CachedModel
 
 from decoders import (
     PROMPTS,

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from exo_spec.session import encode_prompt
+from exo_spec.prompt import encode_prompt
 
 from decoders import loaded
 from reference import greedy_reference

@@ -23,7 +23,7 @@ from exo_spec.client import AsyncClient, Client, ExoSpecError
 from exo_spec.coordinator.discovery import SERVICE_TYPE, MdnsDiscovery
 from exo_spec.coordinator.registry import LOST, READY, Registry
 from exo_spec.local_cluster import COORDINATOR_LINE, WORKER_LINE, Background
-from exo_spec.session import encode_prompt
+from exo_spec.prompt import encode_prompt
 from exo_spec.v1 import inference_pb2, worker_pb2, worker_pb2_grpc
 from exo_spec.worker.advertise import SERVICE_TYPE as ADVERTISED
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from exo_spec.spec import cuda
+from exo_spec.engine import cuda
 
 
 def test_turns_cudnn_attention_off_on_cuda_only(monkeypatch):

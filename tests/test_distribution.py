@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy.stats import chisquare
 
-from exo_spec.spec.sampling import Sampling, probs
-from exo_spec.spec.verify import verify_sampled
+from exo_spec.engine.sampling import Sampling, probs
+from exo_spec.engine.verify import verify_sampled
 
 from decoders import PROMPTS, drafter_decoder, loaded, mtp_decoder, perturbed, prompt_ids, run
 

@@ -8,9 +8,9 @@ import pytest
 
 from exo_spec import generate
 from exo_spec.cli import build_parser
-from exo_spec.session import load_models
-from exo_spec.spec import AdaptiveDraftLength, FixedDraftLength, Sampling
-from exo_spec.worker.targets import Local
+from exo_spec.engine import AdaptiveDraftLength, FixedDraftLength, Sampling
+from exo_spec.model_set import load_models
+from exo_spec.worker.runner.targets import Local
 
 from decoders import PROMPTS, drafter_decoder, perturbed, prompt_ids, run
 

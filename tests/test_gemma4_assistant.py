@@ -18,16 +18,19 @@ from mlx_lm.models.cache import KVCache, RotatingKVCache
 from scipy.stats import chisquare
 
 from exo_spec import cli
+from exo_spec.decoder_factory import make_decoder
+from exo_spec.engine import CachedModel, FixedDraftLength, Sampling, SpecDecoder
+from exo_spec.engine.assistant import Gemma4Assistant, read_kv, shared_kv_layers
+from exo_spec.engine.round_ahead import RoundAhead
+from exo_spec.engine.sampling import probs
+from exo_spec.model_set import load_models
 from exo_spec.models import gemma4_assistant, synthetic
 from exo_spec.models.cards import CARD_FILE
 from exo_spec.models.heads import body_and_head
 from exo_spec.models.load import ModelLoadError, load
 from exo_spec.models.synthetic_gemma4 import write_gemma4_assistant, write_gemma4_text
-from exo_spec.session import encode_prompt, load_models, make_decoder
-from exo_spec.spec import CachedModel, FixedDraftLength, Sampling, SpecDecoder
-from exo_spec.spec.assistant import Gemma4Assistant, read_kv, shared_kv_layers
-from exo_spec.spec.round_ahead import RoundAhead
-from exo_spec.spec.sampling import probs
+from exo_spec.prompt import encode_prompt
+from exo_spec.spec_mode import SpecMode
 
 from reference import greedy_reference
 
@@ -313,7 +316,7 @@ def test_model_card_names_the_default_assistant(pair, tmp_path):
     shutil.copytree(pair.centroid, tmp_path / "assistant")
     (target / CARD_FILE).write_text(json.dumps({"drafter_model_ids": ["../assistant"]}))
     assert load_models(str(target)).mode == "assistant"
-    assert load_models(str(target), mtp=False).mode == "none"
+    assert load_models(str(target), spec=SpecMode.NONE).mode == "none"
     assert load_models(str(pair.target)).mode == "none"
 
 

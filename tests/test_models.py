@@ -6,11 +6,12 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+from exo_spec.decoder_factory import make_decoder
+from exo_spec.engine import Sampling
+from exo_spec.model_set import load_models
 from exo_spec.models.heads import body_and_head
 from exo_spec.models.load import ModelLoadError, check_same_vocabulary, load
 from exo_spec.models.mtp import load_mtp, mtp_layer_count
-from exo_spec.session import load_models, make_decoder
-from exo_spec.spec import Sampling
 
 from decoders import loaded
 

@@ -18,7 +18,7 @@ import pytest
 
 from exo_spec.models import synthetic
 from exo_spec.models.load import load
-from exo_spec.session import encode_prompt
+from exo_spec.prompt import encode_prompt
 
 from reference import greedy_reference
 

@@ -7,12 +7,12 @@ import mlx.nn as nn
 import pytest
 from mlx_lm.models.cache import QuantizedKVCache, RotatingKVCache
 
+from exo_spec.engine import CachedModel, FixedDraftLength, Mtp, SpecDecoder, recurrent_capture
+from exo_spec.engine.cached_model import make_cache
+from exo_spec.engine.round_ahead import RoundAhead
 from exo_spec.models.load import load
 from exo_spec.models.mtp import load_mtp
 from exo_spec.models.synthetic import write_llama
-from exo_spec.spec import CachedModel, FixedDraftLength, Mtp, SpecDecoder, recurrent_capture
-from exo_spec.spec.cached_model import make_cache
-from exo_spec.spec.round_ahead import RoundAhead
 
 from decoders import (
     PROMPTS,

@@ -17,15 +17,15 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from exo_spec.dist.pipeline import Stage, layer_count
-from exo_spec.dist.protocol import FORWARD, Command
-from exo_spec.dist.stage_cache import StageCache
-from exo_spec.dist.tensor import check_shardable
+from exo_spec.engine.cached_model import make_cache
+from exo_spec.group.pipeline import Stage, layer_count
+from exo_spec.group.protocol import FORWARD, Command
+from exo_spec.group.stage_cache import StageCache
+from exo_spec.group.tensor import check_shardable
 from exo_spec.models import synthetic
 from exo_spec.models.load import load
 from exo_spec.models.synthetic_gemma4 import write_gemma4_text
-from exo_spec.session import encode_prompt
-from exo_spec.spec.cached_model import make_cache
+from exo_spec.prompt import encode_prompt
 
 from decoders import loaded, tiny_qwen3_next
 from reference import greedy_reference, quantized_by_mlx_lm

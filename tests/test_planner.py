@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from exo_spec.coordinator.planner import (
+from exo_spec.coordinator.placement_plan import (
     RANK_OVERHEAD,
     ModelFacts,
     NodeSpace,

@@ -11,13 +11,16 @@ import pytest
 from mlx_lm.models import cache as mlx_lm_cache
 
 from exo_spec.cli import main
-from exo_spec.dist.launch import cuda_devices, gpu_pin
+from exo_spec.decoder_factory import make_decoder
+from exo_spec.engine import Sampling, cuda
+from exo_spec.engine.cuda import on_cuda
+from exo_spec.group.launch import cuda_devices, gpu_pin
+from exo_spec.model_set import load_models
 from exo_spec.models.load import load
 from exo_spec.models.mtp import load_mtp
 from exo_spec.models.synthetic_gemma4 import write_gemma4_assistant, write_gemma4_text
-from exo_spec.session import encode_prompt, load_models, make_decoder
-from exo_spec.spec import Sampling, cuda
-from exo_spec.spec.cuda import on_cuda
+from exo_spec.prompt import encode_prompt
+from exo_spec.spec_mode import SpecMode
 
 from decoders import PROMPTS, assert_same_parameters, prompt_ids, run
 from reference import greedy_reference, quantized_by_mlx_lm
@@ -79,7 +82,7 @@ def test_quantized_kernels_are_built_as_a_model_loads(checkpoints, monkeypatch):
     target = load(str(path), bits=8).model
     assert scratch_caches == [target] * len(cuda.QMM_TILE_ROWS)
     prompt = prompt_ids(path, PROMPTS[0])
-    decoder = make_decoder(load_models(str(path), mtp=False, bits=8), sampling=Sampling())
+    decoder = make_decoder(load_models(str(path), spec=SpecMode.NONE, bits=8), sampling=Sampling())
     reference = quantized_by_mlx_lm(path, 8)
     assert run(decoder, prompt, MAX_TOKENS) == greedy_reference(reference, prompt, MAX_TOKENS)
 

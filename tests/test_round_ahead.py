@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from exo_spec.spec.round_ahead import RoundAhead
+from exo_spec.engine.round_ahead import RoundAhead
 
 
 def _run(policy: RoundAhead, rounds: int, build_s: float, wait_s: float,

@@ -22,9 +22,10 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 from exo_spec import __version__, frames
 from exo_spec.local_cluster import WORKER_LINE, Background
 from exo_spec.models.synthetic_gemma4 import write_gemma4_text
-from exo_spec.session import encode_prompt
+from exo_spec.prompt import encode_prompt
+from exo_spec.spec_mode import SpecMode
 from exo_spec.v1 import common_pb2, worker_pb2, worker_pb2_grpc
-from exo_spec.worker.inspect import inspect_model
+from exo_spec.worker.model_info import inspect_model
 from exo_spec.worker.refusal import Refusal
 
 from decoders import loaded
@@ -180,7 +181,7 @@ def test_inspect_model_says_which_models_cannot_span_nodes(workers, checkpoints,
     info = stub.InspectModel(worker_pb2.InspectModelRequest(model=str(gemma)))
     assert "gemma4_text cannot be split across ranks" in info.split_refusal
     with pytest.raises(Refusal) as e:
-        inspect_model(str(gemma), None, False, "w0", ranks=2)
+        inspect_model(str(gemma), None, SpecMode.NONE, "w0", ranks=2)
     assert e.value.code == "FAILED_PRECONDITION" and "cannot be split" in e.value.message
 
 
@@ -249,7 +250,7 @@ def test_unknown_placements(workers):
 
 def test_the_runner_finishes_a_cancelled_job_and_exits_when_stdin_closes(checkpoints):
     """The runner's own protocol, under the worker: frames in, frames out."""
-    spec = {"model": str(checkpoints.llama), "draft_model": None, "mtp": None, "split": None,
+    spec = {"model": str(checkpoints.llama), "draft_model": None, "spec": "auto", "split": None,
             "ranks": 1, "group_timeout_s": 60}
     runner = subprocess.Popen([sys.executable, "-m", "exo_spec.worker.runner", json.dumps(spec)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)

@@ -17,10 +17,11 @@ from inspect import isasyncgenfunction
 import grpc
 
 from .. import __version__
-from ..dist.pipeline import layer_ranges
+from ..group.pipeline import layer_ranges
+from ..spec_mode import SpecMode
 from ..v1 import worker_pb2, worker_pb2_grpc
-from .inspect import inspect_model, mtp_flag
 from .messages import job_frame, run_event
+from .model_info import inspect_model, spec_mode
 from .node import Node
 from .placements import Placements
 from .refusal import Refusal
@@ -69,7 +70,7 @@ class WorkerControl(worker_pb2_grpc.WorkerControlServicer):
     @_refusals
     async def InspectModel(self, request, context):
         inspection = await asyncio.to_thread(
-            inspect_model, request.model, request.draft_model or None, mtp_flag(request.spec),
+            inspect_model, request.model, request.draft_model or None, spec_mode(request.spec),
             self.node.node_id)
         return inspection.to_proto()
 
@@ -87,21 +88,21 @@ class WorkerControl(worker_pb2_grpc.WorkerControlServicer):
         if not hosts or rank >= len(hosts):
             raise Refusal("INVALID_ARGUMENT",
                           f"rank {rank} of a placement with {len(hosts)} hosts")
-        mtp = mtp_flag(request.spec)
+        spec = spec_mode(request.spec)
         draft_model = request.draft_model or None
         # Only rank 0 holds the proposer: other ranks check the target alone (and
         # answer ready_mode "none"); the placement's mode is rank 0's.
         inspection = await asyncio.to_thread(
             inspect_model, request.model, draft_model if rank == 0 else None,
-            mtp if rank == 0 else False, self.node.node_id, ranks=len(hosts))
+            spec if rank == 0 else SpecMode.NONE, self.node.node_id, ranks=len(hosts))
         split = list(request.split) or None
         try:
             layer_ranges(inspection.num_layers, len(hosts), split)
         except ValueError as e:
             raise Refusal("INVALID_ARGUMENT", str(e)) from None
-        spec = {"model": request.model, "draft_model": draft_model, "mtp": mtp, "split": split,
+        load = {"model": request.model, "draft_model": draft_model, "spec": spec, "split": split,
                 "ranks": len(hosts), "group_timeout_s": self.group_timeout_s}
-        placement = await self.placements.start(request.placement_id, rank, hosts, spec)
+        placement = await self.placements.start(request.placement_id, rank, hosts, load)
         log.info("%s: starting (%s)", placement, request.model)
         ready = False
         try:

@@ -21,7 +21,7 @@ from .advertise import Advertiser
 from .control import WorkerControl
 from .node import Node, this_node
 from .placements import Placements
-from .watchdog import DEFAULT_TIMEOUT_S
+from .runner.watchdog import DEFAULT_TIMEOUT_S
 
 SERVICE = worker_pb2.DESCRIPTOR.services_by_name["WorkerControl"].full_name
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..spec import Sampling
+from ..engine import Sampling
 from ..v1 import common_pb2, worker_pb2
 from .refusal import Refusal
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..session import Jobs, Models
+from ..job_series import JobSeries
+from ..model_set import ModelSet
+from ..spec_mode import ProposerKind
 from . import runners
 from .inputs import Inputs
 from .timing import PromptRun, Run
@@ -57,8 +59,8 @@ def single_rows(inputs: Inputs, ks: list[int]) -> list[Row]:
     def row(name: str, k: str, decode: Callable[[int, int], PromptRun]) -> Row:
         return Row(SINGLE, name, k, decode, everyone)
 
-    def exo(models: Models, num_draft: int | None):
-        jobs = Jobs()
+    def exo(models: ModelSet, num_draft: int | None):
+        jobs = JobSeries()
         return lambda i, n: runners.exo(jobs, models, num_draft, ids[i], n)
 
     rows = [row(PLAIN, "-", lambda i, n: runners.mlx_plain(target.model, ids[i], n))]
@@ -67,18 +69,18 @@ def single_rows(inputs: Inputs, ks: list[int]) -> list[Row]:
         rows += [row("mlx-lm speculative", str(k),
                      lambda i, n, k=k: runners.mlx_spec(target.model, drafter, k, ids[i], n))
                  for k in ks]
-    rows.append(row("exo-spec plain", "-", exo(Models(target, None, "none"), None)))
+    rows.append(row("exo-spec plain", "-", exo(ModelSet(target, None, ProposerKind.NONE), None)))
     if inputs.drafter:
-        models = Models(target, inputs.drafter, "draft")
+        models = ModelSet(target, inputs.drafter, ProposerKind.DRAFT)
         rows += [row("exo-spec drafter", str(k), exo(models, k)) for k in ks]
         rows.append(row("exo-spec drafter", "auto", exo(models, None)))
     if inputs.has_mtp:
-        models = Models(target, None, "mtp", inputs.mtp)
+        models = ModelSet(target, None, ProposerKind.MTP, inputs.mtp)
         rows += [row("exo-spec mtp", str(k), exo(models, k)) for k in ks]
         rows.append(row("exo-spec mtp", "auto", exo(models, None)))
     if inputs.untrained:
         rows.append(row("exo-spec untrained drafter", "auto",
-                        exo(Models(target, inputs.untrained, "draft"), None)))
+                        exo(ModelSet(target, inputs.untrained, ProposerKind.DRAFT), None)))
     return rows
 
 

@@ -16,8 +16,9 @@ from collections.abc import Iterator
 import mlx.core as mx
 from mlx_lm.generate import generate_step, speculative_generate_step
 
-from ..session import Jobs, Models
-from ..spec import Sampling
+from ..engine import Sampling
+from ..job_series import JobSeries
+from ..model_set import ModelSet
 from .timing import PromptRun, timed
 
 GROUP_TIMEOUT_S = 900.0
@@ -52,7 +53,7 @@ def mlx_spec(model, drafter, k: int, prompt: list[int], max_tokens: int) -> Prom
     return PromptRun(tokens, seconds, rounds, drafted, sum(flags))
 
 
-def exo(jobs: Jobs, models: Models, num_draft: int | None, prompt: list[int],
+def exo(jobs: JobSeries, models: ModelSet, num_draft: int | None, prompt: list[int],
         max_tokens: int) -> PromptRun:
     """One job of a row's ``jobs``: an adaptive row goes on with the policy of its jobs
     before, as a worker does."""

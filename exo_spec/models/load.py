@@ -12,7 +12,7 @@ from mlx.utils import tree_flatten
 from mlx_lm.tokenizer_utils import TokenizerWrapper
 from mlx_lm.utils import _download, _get_classes, load_model, load_tokenizer
 
-from ..spec.cuda import build_quantized_kernels
+from ..engine.cuda import build_quantized_kernels
 
 
 class ModelLoadError(ValueError):

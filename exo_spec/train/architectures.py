@@ -125,7 +125,7 @@ def init_weights(model: nn.Module, seed: int, num_layers: int, std: float = 0.02
 
 def target_loss(model: TargetWithMtp, tokens: mx.array, mtp_weight: float):
     """Next-token CE of the target plus ``mtp_weight`` times the MTP head's CE on the
-    token after next. Wired as exo_spec.spec.mtp runs it: at position j the head reads
+    token after next. Wired as exo_spec.engine.mtp runs it: at position j the head reads
     the target's final-normed hidden state h_j (the lm_head's input) and the target's
     embedding of token j+1, attends causally over those pairs, and its output goes
     through the target's lm_head to predict token j+2. The MTP loss trains the trunk

@@ -21,7 +21,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_map
 
-from ..spec.cuda import on_cuda
+from ..engine.cuda import on_cuda
 from .sizes import Schedule
 
 CALIBRATION_STEPS = 5  # timed after the first (compiling) step, to size a time budget

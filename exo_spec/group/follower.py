@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from ..spec.cached_model import CachedModel
+from ..engine.cached_model import CachedModel
 from .doorbell import Bell
 from .forward import PipelineForward, TensorForward
 from .protocol import PARK, RESET, STOP, TRAFFIC, exchange

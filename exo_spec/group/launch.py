@@ -2,7 +2,7 @@
 the target pipelined over them (``--parallel pipeline``, with ``--split``) or
 sharded across them (``--parallel tensor``).
 
-Each rank is ``python -m exo_spec.dist.runner`` with MLX_RANK and a hostfile of
+Each rank is ``python -m exo_spec.group.local_rank`` with MLX_RANK and a hostfile of
 loopback ports. On a machine with several CUDA GPUs the ranks take them in turn
 (CUDA_VISIBLE_DEVICES, as ``mlx.launch`` pins its ranks); otherwise they share
 the one device. Rank 0 prints what the single-node path prints. If any rank
@@ -24,11 +24,11 @@ from pathlib import Path
 
 import mlx.core as mx
 
+from ..engine.cuda import on_cuda
 from ..models.load import read_config, resolve, text_config
+from ..proposer_choice import choose_group_proposer
 from .pipeline import layer_ranges, parse_split, split_refusal
-from .proposal import group_mode
 from .tensor import check_quantizable, check_shardable
-from ..spec.cuda import on_cuda
 
 TIME_LIMIT_S = 3600.0
 EXIT_GRACE_S = 10.0  # how long followers may take to leave once rank 0 is done
@@ -64,7 +64,7 @@ def _check(args) -> None:
     if args.local_ranks is None or args.local_ranks < 2:
         raise ValueError("--local-ranks must be >= 2 (and --split needs it)")
     path = resolve(args.model)
-    group_mode(args.model, path, args.draft_model, args.mtp)  # refuse it here
+    choose_group_proposer(args.model, path, args.draft_model, args.spec)  # refuse it here
     if args.parallel == "tensor":
         if args.split:
             raise ValueError("--split is for --parallel pipeline")
@@ -90,7 +90,7 @@ def launch_local(args) -> int:
         gpus = cuda_devices()
         procs = [
             subprocess.Popen(
-                [sys.executable, "-m", "exo_spec.dist.runner", job],
+                [sys.executable, "-m", "exo_spec.group.local_rank", job],
                 env={**os.environ, "MLX_RANK": str(rank), "MLX_HOSTFILE": str(hostfile),
                      **gpu_pin(rank, gpus)},
                 stdout=None if rank == 0 else subprocess.DEVNULL,

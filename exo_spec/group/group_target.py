@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from ..spec.cached_model import CachedModel
+from ..engine.cached_model import CachedModel
 from .doorbell import Doorbell
 from .forward import PipelineForward, TensorForward
 from .protocol import FORWARD, PARK, RESET, STOP, TRAFFIC, Command, exchange

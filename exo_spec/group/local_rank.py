@@ -10,10 +10,11 @@ import sys
 
 import mlx.core as mx
 
-from ..generate import decode, warm_up
+from ..engine import Sampling, SpecDecoder
+from ..job_series import JobSeries
+from ..local_job import decode, warm_up
 from ..models.load import ModelLoadError
-from ..session import Jobs
-from ..spec import Sampling, SpecDecoder
+from ..spec_mode import SpecMode
 from .pipeline import parse_split
 from .rank import load_rank
 
@@ -22,7 +23,8 @@ def main(job: str) -> int:
     args = argparse.Namespace(**json.loads(job))
     group = mx.distributed.init(backend="ring", strict=True)
     try:
-        rank = load_rank(group, args.model, args.draft_model, args.mtp, parallel=args.parallel,
+        rank = load_rank(group, args.model, args.draft_model, SpecMode(args.spec),
+                         parallel=args.parallel,
                          split=parse_split(args.split) if args.split else None,
                          max_kv_size=args.max_kv_size, bits=args.quantize)
     except (ValueError, ModelLoadError, OSError) as e:
@@ -36,12 +38,12 @@ def main(job: str) -> int:
         sampling = Sampling(temp=args.temp, top_p=args.top_p, top_k=args.top_k,
                             min_p=args.min_p)
 
-        jobs = Jobs()
+        jobs = JobSeries()
 
         def new_decoder() -> SpecDecoder:
             group_target.reset()  # as a worker starts each job on its group
             return jobs.new_decoder(rank.models, sampling=sampling, num_draft=args.num_draft,
-                                    max_kv_size=args.max_kv_size, cached=group_target)
+                                    max_kv_size=args.max_kv_size, target=group_target)
 
         warm_up(args, new_decoder, rank.target.tokenizer)
         decoder = new_decoder()

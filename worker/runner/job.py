@@ -14,9 +14,9 @@ from collections.abc import Callable
 import mlx.core as mx
 from mlx_lm.tokenizer_utils import TokenizerWrapper
 
-from ..session import encode_prompt
-from ..spec import Sampling
-from .refusal import Refusal
+from ...engine import Sampling
+from ...prompt import encode_prompt
+from ..refusal import Refusal
 from .targets import Target
 
 

@@ -1,5 +1,5 @@
 """The speculative decoding engine. Importing the package configures MLX's CUDA
-backend (``cuda``); its classes load on first use, so that ``exo_spec.spec.stats``
+backend (``cuda``); its classes load on first use, so that ``exo_spec.engine.stats``
 does not pull in mlx-lm."""
 
 from importlib import import_module
@@ -15,7 +15,7 @@ _MODULES = {
     "FixedDraftLength": "draft_length",
     "Mtp": "mtp",
     "Sampling": "sampling",
-    "SpecDecoder": "engine",
+    "SpecDecoder": "decoder",
 }
 
 __all__ = sorted(_MODULES)

@@ -6,10 +6,11 @@ from typing import Protocol
 
 from mlx_lm.tokenizer_utils import TokenizerWrapper
 
-from ..dist.rank import Rank
-from ..models.load import text_config
-from ..session import Jobs, Models
-from ..spec import Sampling, SpecDecoder
+from ...engine import Sampling, SpecDecoder
+from ...group.rank import Rank
+from ...job_series import JobSeries
+from ...model_set import ModelSet
+from ...models.load import text_config
 
 
 class Target(Protocol):
@@ -29,10 +30,10 @@ def _context_length(config: dict) -> int:
     return int(text_config(config).get("max_position_embeddings", 0))
 
 
-class Local(Jobs):
+class Local(JobSeries):
     """One machine: weights loaded once, a fresh decoder (and caches) per job."""
 
-    def __init__(self, models: Models):
+    def __init__(self, models: ModelSet):
         self.models = models
         self.tokenizer = models.target.tokenizer
         self.context_length = _context_length(models.target.config)
@@ -45,7 +46,7 @@ class Local(Jobs):
         return {"ranks": 1}
 
 
-class GroupLeader(Jobs):
+class GroupLeader(JobSeries):
     """Rank 0 of a group: every job starts by resetting the whole group."""
 
     def __init__(self, rank: Rank):
@@ -58,7 +59,7 @@ class GroupLeader(Jobs):
     def decoder(self, sampling: Sampling, num_draft: int | None) -> SpecDecoder:
         self.target.reset()
         return self.new_decoder(self.rank.models, sampling=sampling, num_draft=num_draft,
-                                cached=self.target)
+                                target=self.target)
 
     def extra_stats(self, decoder: SpecDecoder) -> dict:
         return {"ranks": self.rank.group.size(), "parallel": self.rank.parallel,

@@ -20,15 +20,16 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
+from ..engine import CachedModel
+from ..model_set import ModelSet
 from ..models.load import LoadedModel, check_same_vocabulary, load
-from ..session import Models
-from ..spec import CachedModel
+from ..proposer_choice import choose_group_proposer
+from ..spec_mode import ProposerKind, SpecMode
 from .doorbell import Bell, Doorbell, leader_host
 from .follower import follow
 from .forward import PipelineForward, TensorForward
 from .group_target import GroupTarget
 from .pipeline import Stage, layer_count, layer_ranges
-from .proposal import group_mode
 from .stage_cache import StageCache
 from .tensor import shard
 from .traffic import Traffic
@@ -38,7 +39,7 @@ from .traffic import Traffic
 class Rank:
     group: mx.distributed.Group
     target: LoadedModel
-    models: Models | None  # rank 0 only: the target and the proposer's models
+    models: ModelSet | None  # rank 0 only: the target and the proposer's models
     local: StageCache | CachedModel
     forward: PipelineForward | TensorForward
     traffic: Traffic
@@ -68,7 +69,7 @@ def load_rank(
     group: mx.distributed.Group,
     model: str,
     draft_model: str | None = None,
-    mtp: bool | None = None,
+    spec: SpecMode = SpecMode.AUTO,
     *,
     parallel: str = "pipeline",
     split: Sequence[int] | None = None,
@@ -81,7 +82,7 @@ def load_rank(
     quantizes every model this rank reads."""
     target = load(model, lazy=True, bits=bits)
     rank = group.rank()
-    mode, drafter_id = group_mode(model, target.path, draft_model, mtp) if rank == 0 \
+    mode, drafter_id = choose_group_proposer(model, target.path, draft_model, spec) if rank == 0 \
         else (None, None)
     traffic = Traffic()
     if parallel == "tensor":
@@ -96,12 +97,12 @@ def load_rank(
         forward = PipelineForward(local, group, traffic)
     models = None
     if rank == 0:
-        if parallel == "tensor" and mode == "mtp":
+        if parallel == "tensor" and mode == ProposerKind.MTP:
             target = load(model, lazy=True, bits=bits)
         drafter = None
         if drafter_id:
             progress("loading drafter")
             drafter = load(drafter_id, bits=bits)
             check_same_vocabulary(target, drafter)
-        models = Models.of(target, drafter, mode, bits)
+        models = ModelSet.of(target, drafter, mode, bits)
     return Rank(group, target, models, local, forward, traffic, parallel)

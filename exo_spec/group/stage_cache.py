@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 
-from ..spec.cached_model import CachedModel, make_cache
+from ..engine.cached_model import CachedModel, make_cache
 from .pipeline import Stage
 
 

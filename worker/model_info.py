@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..dist.pipeline import split_refusal
+from ..group.pipeline import split_refusal
 from ..models.cards import default_drafter
 from ..models.load import (
     ModelLoadError,
@@ -25,21 +25,18 @@ from ..models.load import (
     text_config,
 )
 from ..models.mtp import mtp_layer_count
-from ..session import plan
-from ..v1 import common_pb2, worker_pb2
+from ..proposer_choice import assistant_across_ranks, choose_proposer
+from ..spec_mode import ConflictingRequest, ProposerKind, SpecMode, check_request, no_mtp_heads
+from ..v1 import worker_pb2
 from .refusal import Refusal
 
-MTP_FLAG = {  # session.plan's ``mtp`` argument for each SpecMode
-    common_pb2.SPEC_MODE_AUTO: None,
-    common_pb2.SPEC_MODE_MTP: True,
-    common_pb2.SPEC_MODE_NONE: False,
-}
 
-
-def mtp_flag(spec: int) -> bool | None:
-    if spec not in MTP_FLAG:
-        raise Refusal("INVALID_ARGUMENT", f"unknown spec mode {spec}")
-    return MTP_FLAG[spec]
+def spec_mode(value: int) -> SpecMode:
+    """The request's ``SpecMode``; INVALID_ARGUMENT for a value the proto lacks."""
+    try:
+        return SpecMode.from_proto(value)
+    except ValueError as e:
+        raise Refusal("INVALID_ARGUMENT", str(e)) from None
 
 
 def find(model: str, node_id: str) -> Path:
@@ -61,7 +58,7 @@ def weight_bytes(path: Path) -> int:
 @dataclass(frozen=True)
 class Inspection:
     path: Path
-    mode: str  # "mtp", "draft", "assistant" or "none"
+    mode: ProposerKind
     draft_model: str | None
     num_layers: int
     weight_bytes: int
@@ -76,7 +73,7 @@ class Inspection:
             context_length=self.context_length, split_refusal=self.split_refusal)
 
 
-def inspect_model(model: str, draft_model: str | None, mtp: bool | None, node_id: str,
+def inspect_model(model: str, draft_model: str | None, spec: SpecMode, node_id: str,
                   *, ranks: int = 1) -> Inspection:
     """``ranks`` > 1: the placement spans that many nodes (no assistants there yet)."""
     if not model:
@@ -87,17 +84,17 @@ def inspect_model(model: str, draft_model: str | None, mtp: bool | None, node_id
     except ModelLoadError as e:
         raise Refusal("INVALID_ARGUMENT", str(e)) from None
     text = text_config(config)
-    if mtp is True and draft_model:
-        raise Refusal("INVALID_ARGUMENT", "SPEC_MODE_MTP and a draft model are exclusive")
-    if mtp is False and draft_model:
-        raise Refusal("INVALID_ARGUMENT", "SPEC_MODE_NONE and a draft model contradict")
-    if mtp is True and mtp_layer_count(path) == 0:
+    try:
+        check_request(spec, draft_model, None)
+    except ConflictingRequest as e:
+        raise Refusal("INVALID_ARGUMENT", str(e)) from None
+    if spec == SpecMode.MTP and mtp_layer_count(path) == 0:
         raise Refusal("FAILED_PRECONDITION",
-                      f"SPEC_MODE_MTP: {model} has no MTP heads (model_type "
+                      f"SPEC_MODE_MTP: {no_mtp_heads(model)} (model_type "
                       f"{config.get('model_type')})")
     draft_path = find(draft_model, node_id) if draft_model else None
     try:
-        mode, drafter = plan(model, path, draft_model, mtp)
+        mode, drafter = choose_proposer(model, path, draft_model, spec)
     except ModelLoadError as e:
         card_drafter = None if draft_model else default_drafter(model, path)
         if card_drafter:
@@ -105,14 +102,12 @@ def inspect_model(model: str, draft_model: str | None, mtp: bool | None, node_id
         raise Refusal("INVALID_ARGUMENT", str(e)) from None
     if drafter and draft_path is None:
         draft_path = find(drafter, node_id)
-    if mode == "assistant" and ranks > 1:
-        raise Refusal("FAILED_PRECONDITION",
-                      f"Gemma 4 assistant {drafter} reads the target's K/V: "
-                      "not supported across nodes yet")
+    if mode == ProposerKind.ASSISTANT and ranks > 1:
+        raise Refusal("FAILED_PRECONDITION", assistant_across_ranks(drafter))
     refusal = split_refusal(config)
     if refusal and ranks > 1:
         raise Refusal("FAILED_PRECONDITION", f"{model}: {refusal}")
-    if mode == "draft":
+    if mode == ProposerKind.DRAFT:
         try:
             check_same_vocabulary(load(str(path), lazy=True), load(str(draft_path), lazy=True))
         except ModelLoadError as e:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from ..v1 import inference_pb2
 from .job import Job
-from .planner import Plan
+from .placement_plan import Plan
 
 LOADING = inference_pb2.PLACEMENT_STATE_LOADING
 READY = inference_pb2.PLACEMENT_STATE_READY

@@ -26,10 +26,10 @@ import grpc
 
 from ..serving import address
 from ..v1 import inference_pb2, worker_pb2
-from . import placement as placements
+from . import placement_record as placements
 from .job import Job, JobError
-from .placement import Placement
-from .planner import ModelFacts, NodeSpace, PlacementError, Plan, plan_evicting
+from .placement_plan import ModelFacts, NodeSpace, PlacementError, Plan, plan_evicting
+from .placement_record import Placement
 from .registry import READY, NodeRecord, Registry
 
 log = logging.getLogger(__name__)

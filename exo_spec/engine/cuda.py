@@ -10,7 +10,7 @@ cuDNN, MLX runs its own kernels, which take any length: a vector kernel for up
 to 3 query rows, matmul + softmax beyond. ``configure()`` turns cuDNN attention
 off (``MLX_CUDA_USE_CUDNN_SDPA=0``) on a CUDA machine unless that variable is
 set already. MLX reads it once, at the first attention call of the process, so
-this runs when ``exo_spec.spec`` is imported, before any model runs; it applies
+this runs when ``exo_spec.engine`` is imported, before any model runs; it applies
 to everything in the process, mlx-lm's own decoding too.
 
 Quantized weights. MLX multiplies up to 7 rows by 4- or 8-bit weights with a

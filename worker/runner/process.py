@@ -6,7 +6,7 @@ library prints can corrupt them. It loads its weights once ("progress" frames,
 then "ready" with the proposer mode, or an "error"), then serves jobs one after
 the other until stdin closes, which is how the worker releases it, or dies.
 
-SPEC_JSON: ``model``, ``draft_model``, ``mtp`` (``session.plan``'s flag),
+SPEC_JSON: ``model``, ``draft_model``, ``spec`` (a ``SpecMode`` value),
 ``split`` (layers per rank or null), ``ranks`` and ``group_timeout_s`` (see
 ``watchdog``). With more than one rank the worker also sets MLX_RANK and
 MLX_HOSTFILE, and the runner joins the ring: rank 0 drafts and leads every job
@@ -30,10 +30,11 @@ from typing import BinaryIO
 
 import mlx.core as mx
 
-from .. import frames
-from ..dist.rank import Rank, load_rank
-from ..models.load import ModelLoadError
-from ..session import load_models
+from ... import frames
+from ...group.rank import Rank, load_rank
+from ...model_set import load_models
+from ...models.load import ModelLoadError
+from ...spec_mode import SpecMode
 from .job import run_job
 from .targets import GroupLeader, Local
 from .watchdog import Watchdog
@@ -77,13 +78,13 @@ def load(spec: dict, send) -> Local | GroupLeader | Rank:
     def progress(message: str) -> None:
         send({"type": "progress", "message": message})
 
-    mtp = spec["mtp"]
+    mode = SpecMode(spec["spec"])
     if spec["ranks"] == 1:
         progress("loading target and drafter" if spec["draft_model"] else "loading target")
-        return Local(load_models(spec["model"], spec["draft_model"], mtp))
+        return Local(load_models(spec["model"], spec["draft_model"], mode))
     progress(f"joining a group of {spec['ranks']}")
     group = mx.distributed.init(backend="ring", strict=True)
-    rank = load_rank(group, spec["model"], spec["draft_model"], mtp, split=spec["split"],
+    rank = load_rank(group, spec["model"], spec["draft_model"], mode, split=spec["split"],
                      progress=progress)
     # Ready means the whole group is: rank 0 takes no job before every rank holds its
     # share (a job's first command would wait on a rank still loading).
@@ -155,9 +156,3 @@ def main(spec_json: str) -> int:
             return 1
         return 0
     return serve(target, commands, send, spec["group_timeout_s"])
-
-
-if __name__ == "__main__":
-    code = main(sys.argv[1])
-    sys.stderr.flush()
-    os._exit(code)  # not sys.exit: the command thread may be blocked reading stdin

@@ -13,8 +13,8 @@ import os
 
 import mlx.core as mx
 
-from ..spec.cached_model import CachedModel
-from ..spec.cuda import on_cuda
+from ..engine.cached_model import CachedModel
+from ..engine.cuda import on_cuda
 from .stage_cache import StageCache
 from .traffic import Traffic
 

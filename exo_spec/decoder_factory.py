@@ -1,0 +1,63 @@
+"""A ``SpecDecoder`` for one job on a ``ModelSet``: the proposer its mode names, the
+draft-length policy, and the target to verify with."""
+
+from __future__ import annotations
+
+from .engine import (
+    AdaptiveDraftLength,
+    CachedModel,
+    DraftModel,
+    FixedDraftLength,
+    Mtp,
+    Sampling,
+    SpecDecoder,
+)
+from .engine.assistant import Gemma4Assistant
+from .engine.target import Target
+from .model_set import ModelSet
+from .models.load import LoadedModel, parameter_count
+from .spec_mode import ProposerKind
+
+MTP_COST_PRIOR = 0.1  # an MTP layer costs a small fraction of the target's pass
+
+
+def make_decoder(
+    models: ModelSet,
+    *,
+    sampling: Sampling,
+    num_draft: int | None = None,
+    max_kv_size: int | None = None,
+    target: Target | None = None,
+    draft_length: AdaptiveDraftLength | None = None,
+) -> SpecDecoder:
+    """``target``: what to verify with (a group's), by default ``models.target`` on this
+    machine; ``draft_length``: the adaptive policy of an earlier job on these models, to
+    go on with (unless ``num_draft`` fixes the length)."""
+    target = target or CachedModel(models.target.model, max_kv_size=max_kv_size)
+    proposer = None
+    cost_prior = MTP_COST_PRIOR
+    if models.mode == ProposerKind.MTP:
+        proposer = Mtp(models.mtp, models.target.model)
+    elif models.mode == ProposerKind.DRAFT:
+        proposer = DraftModel(models.drafter.model, max_kv_size=max_kv_size)
+        cost_prior = _parameter_ratio(models.drafter, models.target)
+    elif models.mode == ProposerKind.ASSISTANT:
+        proposer = Gemma4Assistant(models.drafter.model, target)
+        cost_prior = _parameter_ratio(models.drafter, models.target)
+    if num_draft:
+        draft_length = FixedDraftLength(num_draft)
+    elif draft_length:
+        draft_length.start_job()
+    else:
+        draft_length = AdaptiveDraftLength(cost_prior=cost_prior)
+    return SpecDecoder(
+        target,
+        proposer,
+        sampling=sampling,
+        draft_length=draft_length,
+        eos_token_ids=set(models.target.tokenizer.eos_token_ids),
+    )
+
+
+def _parameter_ratio(drafter: LoadedModel, target: LoadedModel) -> float:
+    return max(parameter_count(drafter.model) / parameter_count(target.model), 0.05)

@@ -1,0 +1,50 @@
+"""The models one decoder needs, loaded once for every job: the target, and the
+weights its proposer drafts with (a drafter, a Gemma 4 assistant, or the target's
+own MTP head)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .models import gemma4_assistant
+from .models.load import LoadedModel, check_same_vocabulary, load, quantize, resolve
+from .models.mtp import load_mtp
+from .proposer_choice import choose_proposer
+from .spec_mode import ProposerKind, SpecMode
+
+
+@dataclass
+class ModelSet:
+    target: LoadedModel
+    drafter: LoadedModel | None
+    mode: ProposerKind
+    mtp: nn.Module | None = None  # mode MTP: the target's MTP head
+
+    @classmethod
+    def of(cls, target: LoadedModel, drafter: LoadedModel | None, mode: ProposerKind,
+           bits: int | None = None) -> ModelSet:
+        """The set for ``mode``, reading the target's MTP head (quantized to ``bits``, as
+        the target was loaded) when it is MTP."""
+        return cls(target, drafter, mode,
+                   load_mtp(target.path, target.model, bits) if mode == ProposerKind.MTP
+                   else None)
+
+
+def load_models(model: str, draft_model: str | None = None, spec: SpecMode = SpecMode.AUTO,
+                bits: int | None = None) -> ModelSet:
+    """``bits``: quantize every model read here (see ``models.load.quantize``)."""
+    target = load(model, bits=bits)
+    mode, drafter_id = choose_proposer(model, target.path, draft_model, spec)
+    if mode == ProposerKind.ASSISTANT:
+        assistant = gemma4_assistant.load_for(resolve(drafter_id), target)
+        if bits:
+            mx.eval(quantize(assistant.model, bits).parameters())
+        return ModelSet(target, assistant, mode)
+    drafter = None
+    if mode == ProposerKind.DRAFT:
+        drafter = load(drafter_id, bits=bits)
+        check_same_vocabulary(target, drafter)
+    return ModelSet.of(target, drafter, mode, bits)
