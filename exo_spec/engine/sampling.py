@@ -1,4 +1,4 @@
-"""Sampling settings and the distribution they define over the vocabulary.
+"""The distribution a job's ``Sampling`` settings define over the vocabulary.
 
 Filters follow mlx-lm's ``make_sampler`` order (top-p, then min-p, then top-k),
 each applied to the log-probabilities at temperature 1, then the temperature.
@@ -9,31 +9,10 @@ so both the target's and the drafter's are computed here the same way.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import mlx.core as mx
 
-
-@dataclass(frozen=True)
-class Sampling:
-    temp: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-
-    def __post_init__(self):
-        if not (self.temp >= 0 and math.isfinite(self.temp)):
-            raise ValueError(f"temperature must be >= 0, got {self.temp}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top-p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top-k must be >= 0, got {self.top_k}")
-        if not 0 <= self.min_p <= 1:
-            raise ValueError(f"min-p must be in [0, 1], got {self.min_p}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temp == 0
+from ..sampling import Sampling
 
 
 def log_probs(logits: mx.array, sampling: Sampling) -> mx.array:
