@@ -96,7 +96,7 @@ def test_sampling_with_seed_is_reproducible(checkpoints, spec):
         (["--model", "/nonexistent/model"], "model not found"),
         (["--model", "{llama}", "--max-tokens", "0"], "--max-tokens must be > 0"),
         (["--model", "{llama}", "--temp", "-1"], "temperature must be >= 0"),
-        (["--model", "{llama}", "--top-p", "1.5"], "top-p"),
+        (["--model", "{llama}", "--top-p", "1.5"], "top_p"),
         (["--model", "{llama}", "--mtp"], "has no MTP weights"),
         (["--model", "{llama}", "--no-spec", "--draft-model", "{drafter}"], "contradict"),
         (["--model", "{llama}", "--mtp", "--no-spec"], "not allowed with"),
