@@ -1,5 +1,6 @@
-"""The checked-in gRPC stubs match the protos, and coordinator/ and worker/ install
-as exo_spec.coordinator and exo_spec.worker, editable and from a wheel."""
+"""The checked-in gRPC stubs match the protos, ruff lints every other Python file,
+and coordinator/ and worker/ install as exo_spec.coordinator and exo_spec.worker,
+editable and from a wheel."""
 
 from __future__ import annotations
 
@@ -17,6 +18,19 @@ def test_stubs_match_protos():
     done = subprocess.run([sys.executable, "proto/generate.py", "--check"], cwd=ROOT,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_ruff_lints_every_python_file_but_the_generated_stubs():
+    """ruff's default excludes skip folders with common names (dist/, build/, ...):
+    a package named so would silently go unlinted."""
+    tracked = subprocess.run(["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.split()
+    ruff = Path(sys.executable).with_name("ruff")
+    linted = subprocess.run([str(ruff), "check", "--show-files", "."], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout.split()
+    linted = {Path(p).resolve().relative_to(ROOT).as_posix() for p in linted}
+    generated = {p for p in tracked if p.startswith("exo_spec/v1/")}
+    assert generated and set(tracked) - generated - linted == set()
 
 
 def test_editable_install_maps_roles():
