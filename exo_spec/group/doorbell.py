@@ -3,8 +3,8 @@
 MLX's ring backend polls its sockets, so a rank waiting in a collective keeps a
 core busy. A worker's placement outlives its jobs, and between jobs each of its
 followers would spin at 100% CPU in the next command's ``all_sum`` for as long as
-the placement stays warm (measured: one core per idle follower, which also slowed
-every other placement on the node). Rank 0 therefore ends a job by telling the
+the placement stays warm (one core per idle follower, taken from every other
+placement on the node). Rank 0 therefore ends a job by telling the
 followers to park (``protocol.PARK``); a parked follower blocks in ``recv`` on a
 plain TCP connection to rank 0, and rank 0 rings it awake, one byte, before the
 next job's first command. Only that byte travels this way; tensors and commands

@@ -15,11 +15,10 @@ import mlx.nn as nn
 import numpy as np
 from mlx_lm.models.cache import make_prompt_cache
 
-# Continuations decoded at once. On an H100 (MLX 0.32.4 CUDA) the bench target's
-# distillation failed at the first decode step ("cudaGraphAddKernelNode ... invalid
-# argument") with 512 and with 64 windows of 64 tokens, in float32 and bfloat16;
-# the demo's 256 windows of 32 tokens over 4 heads did not. Batch x window x heads
-# crossed 65,535 (CUDA's limit on a grid's y and z sizes) in every failing case.
+# Continuations decoded at once. CUDA limits a grid's y and z sizes to 65,535, and
+# batch x window x heads past it makes MLX's CUDA backend fail at the first decode
+# step ("cudaGraphAddKernelNode ... invalid argument"); 16 keeps the bench target
+# under it.
 BATCH_SIZE = 16
 
 

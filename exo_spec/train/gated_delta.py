@@ -2,8 +2,8 @@
 
 mlx-lm trains GatedDeltaNet with its reference recurrence, one step per token:
 a Python loop of T small steps (each kept for the backward pass), which costs
-far more in launches and graph nodes than in arithmetic; measured on an H100 it
-made a 100M target take seconds per step. The same function computed chunk by
+far more in launches and graph nodes than in arithmetic: seconds per step for a
+100M target on a GPU. The same function computed chunk by
 chunk (Yang, Kautz, Hatamizadeh, "Gated Delta Networks", 2024, the chunkwise
 form) loops over T / CHUNK chunks plus CHUNK substitution steps instead, with
 the rest done as batched matrix products. Inference keeps mlx-lm's own code.

@@ -18,9 +18,9 @@ continuations of windows of it (see distill): cheap to make, and they teach the
 drafter the habits the target falls into when it decodes greedily, which text
 alone does not. Soft-label distillation was the alternative: it needs target
 forward passes over all the drafter's batches, or, done inside the target's own
-step, learns from a target that is still untrained itself (tried: in the demo's
-budget such a drafter agreed with the target far less often than one trained
-on the text). Then the MTP head trains alone, the target frozen, on the drafter's
+step, learns from a target that is still untrained itself (in the demo's budget
+such a drafter agrees with the target far less often than one trained on the
+text). Then the MTP head trains alone, the target frozen, on the drafter's
 data: its drafts are checked against the target's greedy choices, which the
 joint training never showed it.
 ``models_for(size)`` keeps one built copy per size in the user's cache.

@@ -81,8 +81,8 @@ def _train_step(model: nn.Module, loss_fn: Callable, optimizer: optim.Optimizer,
 
     if on_cuda():
         # Compiling fuses elementwise ops into kernels that MLX's CUDA backend builds
-        # with NVRTC: for the bench target that took over 90 s on an H100 before the
-        # first step, where an uncompiled step takes 0.3 s.
+        # with NVRTC: for the bench target over a minute before the first step, where
+        # an uncompiled step takes a fraction of a second.
         return step, master
     # The model is an input too: a compiled function takes arrays it is not given for
     # constants, and with a frozen target that made the first step take seconds.
