@@ -25,7 +25,7 @@ import mlx.core as mx
 from mlx_lm.models.cache import KVCache, make_prompt_cache
 
 from exo_spec.models import synthetic
-from exo_spec.models.load import QUANTIZE_BITS, quantize
+from exo_spec.models.quantize import QUANTIZE_BITS, quantize
 from exo_spec.train import architectures
 from exo_spec.train.sizes import SIZES
 

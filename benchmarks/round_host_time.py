@@ -24,7 +24,7 @@ from exo_spec.engine import Sampling
 from exo_spec.engine.verify import verify_greedy
 from exo_spec.model_set import load_models
 from exo_spec.models import synthetic
-from exo_spec.models.load import QUANTIZE_BITS, quantize
+from exo_spec.models.quantize import QUANTIZE_BITS, quantize
 from exo_spec.spec_mode import SpecMode
 
 from host_timing import host_ms

@@ -6,17 +6,16 @@ import argparse
 import importlib
 import sys
 
-# The module that defines and runs each subcommand. Only the one named on the command
-# line is imported: mlx-lm alone takes a second to import, which `exo-spec nodes` and
-# `exo-spec jobs` have no use for.
+# The module that defines and runs each subcommand (see ``commands``). Only the one
+# named on the command line is imported.
 COMMANDS = {
     "demo": "demo",
-    "generate": "generate",
+    "generate": "commands.generate",
     "coordinator": "coordinator.main",
     "nodes": "remote",
     "jobs": "remote",
-    "bench": "bench.command",
-    "make-models": "train.make_models",
+    "bench": "commands.bench",
+    "make-models": "commands.make_models",
     "worker": "worker.main",
 }
 

@@ -10,8 +10,9 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .models import gemma4_assistant
-from .models.load import LoadedModel, check_same_vocabulary, load, quantize, resolve
+from .models.load import LoadedModel, check_same_vocabulary, load, resolve
 from .models.mtp import load_mtp
+from .models.quantize import quantize
 from .proposer_choice import choose_proposer
 from .spec_mode import ProposerKind, SpecMode
 
@@ -35,7 +36,7 @@ class ModelSet:
 
 def load_models(model: str, draft_model: str | None = None, spec: SpecMode = SpecMode.AUTO,
                 bits: int | None = None) -> ModelSet:
-    """``bits``: quantize every model read here (see ``models.load.quantize``)."""
+    """``bits``: quantize every model read here (see ``models.quantize``)."""
     target = load(model, bits=bits)
     mode, drafter_id = choose_proposer(model, target.path, draft_model, spec)
     if mode == ProposerKind.ASSISTANT:

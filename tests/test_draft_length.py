@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from exo_spec import generate
 from exo_spec.cli import build_parser
+from exo_spec.commands import generate
 from exo_spec.engine import AdaptiveDraftLength, FixedDraftLength, Sampling
 from exo_spec.model_set import load_models
 from exo_spec.worker.runner.targets import Local

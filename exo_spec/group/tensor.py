@@ -7,7 +7,8 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.utils import _get_classes
 
-from ..models.load import QUANTIZE_GROUP, text_config
+from ..models.load import text_config
+from ..models.quantize import QUANTIZE_GROUP
 
 
 def check_shardable(config: dict, ranks: int) -> None:

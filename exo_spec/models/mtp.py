@@ -36,7 +36,8 @@ from mlx_lm.models.cache import KVCache
 from mlx_lm.models.deepseek_v3 import DeepseekV3DecoderLayer
 from mlx_lm.models.qwen3_5 import DecoderLayer as Qwen35DecoderLayer
 
-from .load import ModelLoadError, quantize, read_config, text_config
+from .load import ModelLoadError, read_config, text_config
+from .quantize import quantize
 
 
 class Qwen35Mtp(nn.Module):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from .spec_mode import SpecMode, check_request
+from ..models.quantize import QUANTIZE_BITS
+from ..sampling import Sampling
+from ..spec_mode import SpecMode, check_request
 
-QUANTIZE_BITS = (4, 8)  # models.load.QUANTIZE_BITS, without importing MLX for --help
 FLAG_NAMES = {"mtp": "--mtp", "none": "--no-spec", "draft_model": "--draft-model",
               "num_draft": "--num-draft"}
 
@@ -56,8 +57,6 @@ def add_parser(sub) -> None:
 
 def _check(args):
     """The job's ``Sampling``; ValueError for flags out of range or contradicting."""
-    from .engine.sampling import Sampling
-
     if args.max_tokens <= 0:
         raise ValueError(f"--max-tokens must be > 0, got {args.max_tokens}")
     if args.warmup_tokens < 0:
@@ -69,7 +68,7 @@ def _check(args):
 
 
 def run(args) -> int:
-    from .models.load import ModelLoadError
+    from ..models.load import ModelLoadError
 
     try:
         sampling = _check(args)
@@ -77,23 +76,23 @@ def run(args) -> int:
             if args.warmup_tokens:
                 raise ValueError("--warmup-tokens runs on this machine; a cluster's workers "
                                  "keep their kernels from job to job")
-            from . import remote
+            from .. import remote
 
             return remote.generate(args)
         if args.nodes is not None or args.timeout is not None:
             raise ValueError("--nodes and --timeout need --coordinator")
         if args.local_ranks is not None or args.split or args.parallel != "pipeline":
-            from .group.launch import launch_local
+            from ..group.launch import launch_local
 
             return launch_local(args)
-        from .model_set import load_models
+        from ..model_set import load_models
 
         models = load_models(args.model, args.draft_model, args.spec, args.quantize)
     except (ValueError, ModelLoadError, OSError) as e:
         print(f"exo-spec generate: error: {e}", file=sys.stderr)
         return 2
-    from .job_series import JobSeries
-    from .local_job import decode, warm_up
+    from ..job_series import JobSeries
+    from ..local_job import decode, warm_up
 
     jobs = JobSeries()  # the timed job goes on with what the warm-up measured, as a worker's
 
