@@ -1,10 +1,11 @@
 """Length-prefixed msgpack frames: how a worker and its runner processes talk over
 the runner's stdin and stdout.
 
-A frame is a 4-byte big-endian payload length, then one msgpack map. ``read``
-serves blocking binary streams (the runner's side), ``read_async`` an asyncio
-``StreamReader`` (the worker's side); both return None at a clean end of stream
-and raise ``FrameError`` when it ends inside a frame.
+A frame is a 4-byte big-endian payload length, then one msgpack map (what the maps
+say is ``exo_spec.worker.messages``). ``read`` serves blocking binary streams (the
+runner's side), ``read_async`` an asyncio ``StreamReader`` (the worker's side); both
+return None at a clean end of stream and raise ``FrameError`` when it ends inside a
+frame.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ HEADER = struct.Struct(">I")
 MAX_FRAME = 64 << 20  # a job's prompt and result text fit many times over
 
 
-class FrameError(EOFError):
-    """The stream ended inside a frame or carries a frame too large to be one."""
+class FrameError(ValueError):
+    """A frame that cannot be read: the stream ended inside it, it is too large to be
+    one, or it holds no message."""
 
 
-def encode(message: dict) -> bytes:
-    payload = msgpack.packb(message, use_bin_type=True)
+def encode(frame: dict) -> bytes:
+    payload = msgpack.packb(frame, use_bin_type=True)
     if len(payload) > MAX_FRAME:
         raise FrameError(f"frame of {len(payload)} bytes exceeds {MAX_FRAME}")
     return HEADER.pack(len(payload)) + payload
@@ -34,8 +36,8 @@ def decode(payload: bytes) -> dict:
     return msgpack.unpackb(payload, raw=False)
 
 
-def write(stream: BinaryIO, message: dict) -> None:
-    stream.write(encode(message))
+def write(stream: BinaryIO, frame: dict) -> None:
+    stream.write(encode(frame))
     stream.flush()
 
 

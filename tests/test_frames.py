@@ -1,4 +1,5 @@
-"""Length-prefixed msgpack frames, over a real pipe and an asyncio stream."""
+"""Length-prefixed msgpack frames, over a real pipe and an asyncio stream, and the
+worker's messages they carry."""
 
 from __future__ import annotations
 
@@ -6,9 +7,25 @@ import asyncio
 import io
 import os
 
+import grpc
 import pytest
 
 from exo_spec import frames
+from exo_spec.sampling import Sampling
+from exo_spec.spec_mode import ProposerKind, SpecMode
+from exo_spec.status import StatusError
+from exo_spec.worker.messages import (
+    Cancel,
+    Error,
+    Finished,
+    Job,
+    LoadConfig,
+    Progress,
+    Ready,
+    Tokens,
+    from_frame,
+    to_frame,
+)
 
 MESSAGES = [
     {"type": "job", "job_id": "j1", "prompt": "héllo\n" * 3, "seed": None, "max_tokens": 8},
@@ -62,3 +79,40 @@ def test_an_oversized_header_is_refused_before_reading_the_payload():
     header = frames.HEADER.pack(frames.MAX_FRAME + 1)
     with pytest.raises(frames.FrameError, match="announces"):
         frames.read(io.BytesIO(header + b"x"))
+
+
+def test_every_message_comes_back_as_it_was_sent():
+    sent = [
+        Job(job_id="j1", prompt="héllo", max_tokens=8, sampling=Sampling(temp=0.5, top_k=3),
+            seed=7, num_draft=None, ignore_chat_template=True),
+        Cancel(job_id="j1"),
+        Progress("loading target"),
+        Ready(ProposerKind.DRAFT),
+        Tokens("j1", [1, 300, 70000], "hé"),
+        Finished("j1", "length", "héllo", [1, 300], {"mode": "draft", "acceptance_rate": 0.5}),
+        Error.of(StatusError(grpc.StatusCode.INVALID_ARGUMENT, "the prompt is empty"), "j1"),
+        Error.of(StatusError("UNAVAILABLE", "rank 0 is gone")),
+    ]
+    read_fd, write_fd = os.pipe()
+    with os.fdopen(write_fd, "wb") as w:
+        for m in sent:
+            frames.write(w, to_frame(m))
+    with os.fdopen(read_fd, "rb") as r:
+        assert [from_frame(frames.read(r)) for _ in sent] == sent
+    assert to_frame(sent[-1]) == {"type": "error", "code": "UNAVAILABLE",
+                                  "message": "rank 0 is gone", "job_id": None}
+    config = LoadConfig(model="m", draft_model=None, spec=SpecMode.MTP, split=[1, 3], ranks=2,
+                        group_timeout_s=5.0)
+    assert LoadConfig.from_json(config.to_json()) == config
+
+
+@pytest.mark.parametrize("frame", [
+    {"type": "bogus"},
+    {"job_id": "j1"},
+    {"type": "cancel", "job": "j1"},
+    {"type": "ready", "mode": "NOT_A_MODE"},
+    [1, 2],
+])
+def test_a_frame_that_is_no_message_is_a_frame_error(frame):
+    with pytest.raises(frames.FrameError):
+        from_frame(frame)

@@ -5,7 +5,6 @@ over a real ring group of two."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import subprocess
 import sys
@@ -23,10 +22,22 @@ from exo_spec import __version__, frames
 from exo_spec.local_cluster import WORKER_LINE, Background
 from exo_spec.models.synthetic_gemma4 import write_gemma4_text
 from exo_spec.prompt import encode_prompt
+from exo_spec.sampling import Sampling
 from exo_spec.spec_mode import SpecMode
+from exo_spec.status import StatusError
 from exo_spec.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from exo_spec.worker.messages import (
+    Cancel,
+    Finished,
+    Job,
+    LoadConfig,
+    Progress,
+    Ready,
+    Tokens,
+    from_frame,
+    to_frame,
+)
 from exo_spec.worker.model_info import inspect_model
-from exo_spec.worker.refusal import Refusal
 
 from decoders import loaded
 from reference import greedy_reference
@@ -180,9 +191,10 @@ def test_inspect_model_says_which_models_cannot_span_nodes(workers, checkpoints,
         model=str(checkpoints.llama))).split_refusal == ""
     info = stub.InspectModel(worker_pb2.InspectModelRequest(model=str(gemma)))
     assert "gemma4_text cannot be split across ranks" in info.split_refusal
-    with pytest.raises(Refusal) as e:
+    with pytest.raises(StatusError) as e:
         inspect_model(str(gemma), None, SpecMode.NONE, "w0", ranks=2)
-    assert e.value.code == "FAILED_PRECONDITION" and "cannot be split" in e.value.message
+    assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "cannot be split" in e.value.message
 
 
 @pytest.mark.parametrize("model, draft_model, spec, code, message", [
@@ -249,23 +261,28 @@ def test_unknown_placements(workers):
 
 
 def test_the_runner_finishes_a_cancelled_job_and_exits_when_stdin_closes(checkpoints):
-    """The runner's own protocol, under the worker: frames in, frames out."""
-    spec = {"model": str(checkpoints.llama), "draft_model": None, "spec": "auto", "split": None,
-            "ranks": 1, "group_timeout_s": 60}
-    runner = subprocess.Popen([sys.executable, "-m", "exo_spec.worker.runner", json.dumps(spec)],
+    """The runner's own protocol, under the worker: messages in, messages out."""
+    config = LoadConfig(model=str(checkpoints.llama), draft_model=None, spec=SpecMode.AUTO,
+                        split=None, ranks=1, group_timeout_s=60)
+    runner = subprocess.Popen([sys.executable, "-m", "exo_spec.worker.runner", config.to_json()],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def send(message) -> None:
+        frames.write(runner.stdin, to_frame(message))
+
+    def receive():
+        return from_frame(frames.read(runner.stdout))
+
     try:
-        assert [frames.read(runner.stdout)["type"] for _ in range(2)] == ["progress", "ready"]
-        job = {"type": "job", "job_id": "j", "prompt": PROMPT, "max_tokens": LONG,
-               "sampling": {"temp": 0.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0},
-               "seed": None, "num_draft": None, "ignore_chat_template": False}
-        frames.write(runner.stdin, job)
-        assert frames.read(runner.stdout)["type"] == "tokens"
-        frames.write(runner.stdin, {"type": "cancel", "job_id": "j"})
-        while (frame := frames.read(runner.stdout))["type"] == "tokens":
+        assert [type(receive()) for _ in range(2)] == [Progress, Ready]
+        send(Job(job_id="j", prompt=PROMPT, max_tokens=LONG, sampling=Sampling(), seed=None,
+                 num_draft=None, ignore_chat_template=False))
+        assert type(receive()) is Tokens
+        send(Cancel(job_id="j"))
+        while type(message := receive()) is Tokens:
             pass
-        assert (frame["type"], frame["finish_reason"]) == ("finished", "cancelled")
-        assert 0 < len(frame["token_ids"]) < LONG
+        assert (type(message), message.finish_reason) == (Finished, "cancelled")
+        assert 0 < len(message.token_ids) < LONG
         runner.stdin.close()
         assert runner.wait(10) == 0
     finally:

@@ -1,8 +1,8 @@
 """The worker: ``exo-spec worker`` on every Mac.
 
 Advertises the node by mDNS (advertise), describes it (node), serves
-WorkerControl (control), inspects models without loading them (inspect), and
-keeps one runner process per placement (placements) that loads its rank once
-and serves jobs over msgpack frames (runner, targets, job), with a watchdog on a
-group's rank 0 (watchdog).
+WorkerControl (control), inspects models without loading them (model_info), and
+keeps one runner process per placement (placements) that loads its rank once and
+serves jobs (runner), both sides speaking the typed messages of ``messages`` in
+msgpack frames.
 """

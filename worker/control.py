@@ -1,7 +1,7 @@
 """The WorkerControl service: how a coordinator drives this worker.
 
-Every refusal is a ``Refusal`` carrying its gRPC status; ``_refusals`` turns it
-into the call's status, unary or streaming.
+Every refusal is a ``StatusError``; ``_refusals`` ends the call with its status,
+unary or streaming.
 """
 
 from __future__ import annotations
@@ -14,17 +14,17 @@ import uuid
 from contextlib import aclosing
 from inspect import isasyncgenfunction
 
-import grpc
+from grpc import StatusCode
 
 from .. import __version__
 from ..group.pipeline import layer_ranges
 from ..spec_mode import SpecMode
+from ..status import StatusError
 from ..v1 import worker_pb2, worker_pb2_grpc
-from .messages import job_frame, run_event
-from .model_info import inspect_model, spec_mode
+from .messages import Finished, Job, LoadConfig, Ready
+from .model_info import inspect_model
 from .node import Node
 from .placements import Placements
-from .refusal import Refusal
 
 log = logging.getLogger(__name__)
 
@@ -37,19 +37,27 @@ def _refusals(method):
             try:
                 async for event in method(self, request, context):
                     yield event
-            except Refusal as e:
+            except StatusError as e:
                 log.info("%s refused: %s", method.__name__, e.message)
-                await context.abort(grpc.StatusCode[e.code], e.message)
+                await context.abort(e.code, e.message)
         return stream
 
     @functools.wraps(method)
     async def unary(self, request, context):
         try:
             return await method(self, request, context)
-        except Refusal as e:
+        except StatusError as e:
             log.info("%s refused: %s", method.__name__, e.message)
-            await context.abort(grpc.StatusCode[e.code], e.message)
+            await context.abort(e.code, e.message)
     return unary
+
+
+def _spec_mode(value: int) -> SpecMode:
+    """The request's ``SpecMode``; INVALID_ARGUMENT for a value the proto lacks."""
+    try:
+        return SpecMode.from_proto(value)
+    except ValueError as e:
+        raise StatusError(StatusCode.INVALID_ARGUMENT, str(e)) from None
 
 
 class WorkerControl(worker_pb2_grpc.WorkerControlServicer):
@@ -69,10 +77,10 @@ class WorkerControl(worker_pb2_grpc.WorkerControlServicer):
 
     @_refusals
     async def InspectModel(self, request, context):
-        inspection = await asyncio.to_thread(
-            inspect_model, request.model, request.draft_model or None, spec_mode(request.spec),
+        facts = await asyncio.to_thread(
+            inspect_model, request.model, request.draft_model or None, _spec_mode(request.spec),
             self.node.node_id)
-        return inspection.to_proto()
+        return facts.to_proto()
 
     @_refusals
     async def ReservePort(self, request, context):
@@ -84,35 +92,33 @@ class WorkerControl(worker_pb2_grpc.WorkerControlServicer):
     async def LoadPlacement(self, request, context):
         hosts, rank = list(request.hosts), request.rank
         if not request.placement_id:
-            raise Refusal("INVALID_ARGUMENT", "no placement_id")
+            raise StatusError(StatusCode.INVALID_ARGUMENT, "no placement_id")
         if not hosts or rank >= len(hosts):
-            raise Refusal("INVALID_ARGUMENT",
-                          f"rank {rank} of a placement with {len(hosts)} hosts")
-        spec = spec_mode(request.spec)
+            raise StatusError(StatusCode.INVALID_ARGUMENT,
+                              f"rank {rank} of a placement with {len(hosts)} hosts")
+        spec = _spec_mode(request.spec)
         draft_model = request.draft_model or None
         # Only rank 0 holds the proposer: other ranks check the target alone (and
         # answer ready_mode "none"); the placement's mode is rank 0's.
-        inspection = await asyncio.to_thread(
+        facts = await asyncio.to_thread(
             inspect_model, request.model, draft_model if rank == 0 else None,
             spec if rank == 0 else SpecMode.NONE, self.node.node_id, ranks=len(hosts))
         split = list(request.split) or None
         try:
-            layer_ranges(inspection.num_layers, len(hosts), split)
+            layer_ranges(facts.num_layers, len(hosts), split)
         except ValueError as e:
-            raise Refusal("INVALID_ARGUMENT", str(e)) from None
-        load = {"model": request.model, "draft_model": draft_model, "spec": spec, "split": split,
-                "ranks": len(hosts), "group_timeout_s": self.group_timeout_s}
-        placement = await self.placements.start(request.placement_id, rank, hosts, load)
+            raise StatusError(StatusCode.INVALID_ARGUMENT, str(e)) from None
+        config = LoadConfig(model=request.model, draft_model=draft_model, spec=spec, split=split,
+                            ranks=len(hosts), group_timeout_s=self.group_timeout_s)
+        placement = await self.placements.start(request.placement_id, rank, hosts, config)
         log.info("%s: starting (%s)", placement, request.model)
         ready = False
         try:
-            async for frame in placement.load_events():
-                if frame["type"] == "ready":
+            async for event in placement.load_events():
+                if isinstance(event, Ready):
                     ready = True
-                    log.info("%s: ready (%s)", placement, frame["mode"] or inspection.mode)
-                    yield worker_pb2.LoadEvent(ready_mode=frame["mode"] or inspection.mode)
-                else:
-                    yield worker_pb2.LoadEvent(progress=frame["message"])
+                    log.info("%s: ready (%s)", placement, event.mode)
+                yield event.to_proto()
         finally:
             if not ready:  # it failed, or the coordinator gave up on it
                 await self.placements.release(request.placement_id)
@@ -121,16 +127,16 @@ class WorkerControl(worker_pb2_grpc.WorkerControlServicer):
     async def RunJob(self, request, context):
         placement = self.placements.get(request.placement_id)
         if placement.rank != 0:
-            raise Refusal("FAILED_PRECONDITION",
-                          f"{placement}: jobs run on the worker of rank 0")
-        job = job_frame(request.job_id or uuid.uuid4().hex, request.decode)
-        log.info("%s: job %s", placement, job["job_id"])
-        async with aclosing(placement.run(job)) as frames:
-            async for frame in frames:
-                if frame["type"] == "finished":
-                    log.info("%s: job %s %s, %d tokens", placement, job["job_id"],
-                             frame["finish_reason"], len(frame["token_ids"]))
-                yield run_event(frame)
+            raise StatusError(StatusCode.FAILED_PRECONDITION,
+                              f"{placement}: jobs run on the worker of rank 0")
+        job = Job.from_proto(request.job_id or uuid.uuid4().hex, request.decode)
+        log.info("%s: job %s", placement, job.job_id)
+        async with aclosing(placement.run(job)) as events:
+            async for event in events:
+                if isinstance(event, Finished):
+                    log.info("%s: job %s %s, %d tokens", placement, job.job_id,
+                             event.finish_reason, len(event.token_ids))
+                yield event.to_proto()
 
     @_refusals
     async def ReleasePlacement(self, request, context):

@@ -1,45 +1,206 @@
-"""Between the WorkerControl protos and the runner's frames."""
+"""What a worker and its runners say to each other, and the WorkerControl protos they
+come from and turn into.
+
+A runner starts with a ``LoadConfig`` (its one argument, as JSON), then talks to its
+worker in frames (``exo_spec.frames``): the worker sends ``Job`` and ``Cancel``; the
+runner answers ``Progress`` then ``Ready`` (or an ``Error``) while it loads, and
+``Tokens`` then ``Finished`` (or an ``Error``) for each job, with the job's id. A
+frame is a message's fields plus a ``type`` tag, the class name in lower case;
+enums travel by name (a status code as ``StatusError`` reads it back), a nested
+dataclass as a map.
+"""
 
 from __future__ import annotations
 
-from ..engine import Sampling
+import json
+from dataclasses import dataclass, fields, is_dataclass
+from enum import Enum, EnumType
+from functools import cache
+from typing import Any, get_type_hints
+
+from grpc import StatusCode
+
+from ..frames import FrameError
+from ..sampling import Sampling
+from ..spec_mode import ProposerKind, SpecMode
+from ..status import StatusError
 from ..v1 import common_pb2, worker_pb2
-from .refusal import Refusal
 
 DEFAULT_MAX_TOKENS = 256  # Decode.max_tokens 0
 
 
-def job_frame(job_id: str, decode: common_pb2.Decode) -> dict:
-    """The runner's job frame; INVALID_ARGUMENT for sampling values out of range."""
-    s = decode.sampling
-    sampling = {"temp": s.temperature, "top_p": s.top_p or 1.0, "top_k": s.top_k,
-                "min_p": s.min_p}
-    try:
-        Sampling(**sampling)
-    except ValueError as e:
-        raise Refusal("INVALID_ARGUMENT", str(e)) from None
-    return {
-        "type": "job",
-        "job_id": job_id,
-        "prompt": decode.prompt,
-        "max_tokens": decode.max_tokens or DEFAULT_MAX_TOKENS,
-        "sampling": sampling,
-        "seed": s.seed if s.HasField("seed") else None,
-        "num_draft": decode.num_draft or None,
-        "ignore_chat_template": decode.ignore_chat_template,
-    }
+@dataclass(frozen=True)
+class LoadConfig:
+    """What a runner loads: its command line's one argument."""
+
+    model: str
+    draft_model: str | None
+    spec: SpecMode
+    split: list[int] | None  # layers per rank; None splits them evenly
+    ranks: int
+    group_timeout_s: float  # see ``runner.watchdog``
+
+    def to_json(self) -> str:
+        return json.dumps(_plain(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> LoadConfig:
+        return _typed(cls, json.loads(text))
 
 
-def stats(values: dict) -> common_pb2.Stats:
-    fields = common_pb2.Stats.DESCRIPTOR.fields_by_name
-    return common_pb2.Stats(**{k: v for k, v in values.items() if k in fields and v is not None})
+# -- from the worker ----------------------------------------------------------------
 
 
-def run_event(frame: dict) -> worker_pb2.RunEvent:
-    """A "tokens" or "finished" frame as the RunEvent the coordinator reads."""
-    if frame["type"] == "tokens":
+@dataclass(frozen=True)
+class Job:
+    """Decode one request; the runner queues it behind the jobs before it."""
+
+    job_id: str
+    prompt: str
+    max_tokens: int
+    sampling: Sampling
+    seed: int | None
+    num_draft: int | None  # None: adaptive
+    ignore_chat_template: bool
+
+    @classmethod
+    def from_proto(cls, job_id: str, decode: common_pb2.Decode) -> Job:
+        """INVALID_ARGUMENT for sampling values out of range: the one place they are
+        checked, so the runner takes them as they come."""
+        s = decode.sampling
+        try:
+            sampling = Sampling(temp=s.temperature, top_p=s.top_p or 1.0, top_k=s.top_k,
+                                min_p=s.min_p)
+        except ValueError as e:
+            raise StatusError(StatusCode.INVALID_ARGUMENT, str(e)) from None
+        return cls(
+            job_id=job_id,
+            prompt=decode.prompt,
+            max_tokens=decode.max_tokens or DEFAULT_MAX_TOKENS,
+            sampling=sampling,
+            seed=s.seed if s.HasField("seed") else None,
+            num_draft=decode.num_draft or None,
+            ignore_chat_template=decode.ignore_chat_template,
+        )
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """Stop the job between two rounds (it then finishes as "cancelled")."""
+
+    job_id: str
+
+
+# -- from the runner ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A step of the load, for the coordinator to show."""
+
+    text: str
+
+    def to_proto(self) -> worker_pb2.LoadEvent:
+        return worker_pb2.LoadEvent(progress=self.text)
+
+
+@dataclass(frozen=True)
+class Ready:
+    """The runner holds its weights (and, with several ranks, so does every rank)."""
+
+    mode: ProposerKind  # NONE on ranks other than 0: only rank 0 holds a proposer
+
+    def to_proto(self) -> worker_pb2.LoadEvent:
+        return worker_pb2.LoadEvent(ready_mode=self.mode)
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """The tokens one round accepted."""
+
+    job_id: str
+    token_ids: list[int]
+    text: str  # what these tokens complete (may be empty mid-character)
+
+    def to_proto(self) -> worker_pb2.RunEvent:
         return worker_pb2.RunEvent(tokens=common_pb2.TokenChunk(
-            token_ids=frame["token_ids"], text=frame["text"]))
-    return worker_pb2.RunEvent(finished=common_pb2.Finished(
-        finish_reason=frame["finish_reason"], text=frame["text"],
-        token_ids=frame["token_ids"], stats=stats(frame["stats"])))
+            token_ids=self.token_ids, text=self.text))
+
+
+@dataclass(frozen=True)
+class Finished:
+    job_id: str
+    finish_reason: str  # "stop", "length" or "cancelled"
+    text: str
+    token_ids: list[int]
+    stats: dict[str, Any]  # the decoder's, and the target's (ranks, traffic)
+
+    def to_proto(self) -> worker_pb2.RunEvent:
+        known = common_pb2.Stats.DESCRIPTOR.fields_by_name
+        stats = {k: v for k, v in self.stats.items() if k in known and v is not None}
+        return worker_pb2.RunEvent(finished=common_pb2.Finished(
+            finish_reason=self.finish_reason, text=self.text, token_ids=self.token_ids,
+            stats=common_pb2.Stats(**stats)))
+
+
+@dataclass(frozen=True)
+class Error:
+    """A job that failed, or with no job id, a load that failed or a runner going away."""
+
+    code: StatusCode
+    message: str
+    job_id: str | None = None
+
+    @classmethod
+    def of(cls, e: StatusError, job_id: str | None = None) -> Error:
+        return cls(e.code, e.message, job_id)
+
+    def status(self) -> StatusError:
+        return StatusError(self.code, self.message)
+
+
+WorkerMessage = Job | Cancel
+RunnerMessage = Progress | Ready | Tokens | Finished | Error
+_KINDS = {kind.__name__.lower(): kind for kind in (Job, Cancel, Progress, Ready, Tokens,
+                                                   Finished, Error)}
+
+
+def to_frame(message: WorkerMessage | RunnerMessage) -> dict:
+    return {"type": type(message).__name__.lower(), **_plain(message)}
+
+
+def from_frame(frame: Any) -> WorkerMessage | RunnerMessage:
+    """FrameError for a frame that holds no message."""
+    tag = frame.get("type") if isinstance(frame, dict) else None
+    if tag not in _KINDS:
+        raise FrameError(f"a frame of no known type: {str(frame)[:200]}")
+    try:
+        return _typed(_KINDS[tag], {k: v for k, v in frame.items() if k != "type"})
+    except (KeyError, TypeError, ValueError) as e:
+        raise FrameError(f"a {tag} frame that does not say what one says: {e}") from None
+
+
+def _plain(value: Any) -> Any:
+    """A dataclass as a map of what msgpack and JSON carry."""
+    if is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    return value.name if isinstance(value, Enum) else value
+
+
+def _typed(kind: type, values: dict) -> Any:
+    """The inverse of ``_plain``, led by the field types of ``kind``."""
+    types = _field_types(kind)
+    return kind(**{name: _value(types[name], value) for name, value in values.items()})
+
+
+def _value(kind: Any, value: Any) -> Any:
+    if is_dataclass(kind):
+        return _typed(kind, value)
+    if isinstance(kind, EnumType):
+        return kind[value]
+    return value
+
+
+@cache
+def _field_types(kind: type) -> dict[str, Any]:
+    return get_type_hints(kind)

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from grpc import StatusCode
+
 from ..group.pipeline import split_refusal
 from ..models.cards import default_drafter
 from ..models.load import (
@@ -27,28 +29,20 @@ from ..models.load import (
 from ..models.mtp import mtp_layer_count
 from ..proposer_choice import assistant_across_ranks, choose_proposer
 from ..spec_mode import ConflictingRequest, ProposerKind, SpecMode, check_request, no_mtp_heads
+from ..status import StatusError
 from ..v1 import worker_pb2
-from .refusal import Refusal
 
 
-def spec_mode(value: int) -> SpecMode:
-    """The request's ``SpecMode``; INVALID_ARGUMENT for a value the proto lacks."""
-    try:
-        return SpecMode.from_proto(value)
-    except ValueError as e:
-        raise Refusal("INVALID_ARGUMENT", str(e)) from None
-
-
-def find(model: str, node_id: str) -> Path:
+def local_dir(model: str, node_id: str) -> Path:
     """The local directory of ``model``; NOT_FOUND naming it and this node."""
     try:
         return resolve(model)
     except ModelLoadError as e:
         if Path(model).expanduser().exists():  # there, but not a checkpoint
-            raise Refusal("INVALID_ARGUMENT", f"{e} (node {node_id})") from None
+            raise StatusError(StatusCode.INVALID_ARGUMENT, f"{e} (node {node_id})") from None
         reason = str(e).splitlines()[0]  # the hub's errors run over several lines
-        raise Refusal("NOT_FOUND", f"model {model} not found on node {node_id}: {reason}") \
-            from None
+        raise StatusError(StatusCode.NOT_FOUND,
+                          f"model {model} not found on node {node_id}: {reason}") from None
 
 
 def weight_bytes(path: Path) -> int:
@@ -56,8 +50,9 @@ def weight_bytes(path: Path) -> int:
 
 
 @dataclass(frozen=True)
-class Inspection:
-    path: Path
+class ModelFacts:
+    """What InspectModel answers (``worker_pb2.ModelInfo``)."""
+
     mode: ProposerKind
     draft_model: str | None
     num_layers: int
@@ -74,51 +69,50 @@ class Inspection:
 
 
 def inspect_model(model: str, draft_model: str | None, spec: SpecMode, node_id: str,
-                  *, ranks: int = 1) -> Inspection:
+                  *, ranks: int = 1) -> ModelFacts:
     """``ranks`` > 1: the placement spans that many nodes (no assistants there yet)."""
     if not model:
-        raise Refusal("INVALID_ARGUMENT", "no model given")
-    path = find(model, node_id)
+        raise StatusError(StatusCode.INVALID_ARGUMENT, "no model given")
+    path = local_dir(model, node_id)
     try:
         config = read_config(path)
     except ModelLoadError as e:
-        raise Refusal("INVALID_ARGUMENT", str(e)) from None
+        raise StatusError(StatusCode.INVALID_ARGUMENT, str(e)) from None
     text = text_config(config)
     try:
         check_request(spec, draft_model, None)
     except ConflictingRequest as e:
-        raise Refusal("INVALID_ARGUMENT", str(e)) from None
+        raise StatusError(StatusCode.INVALID_ARGUMENT, str(e)) from None
     if spec == SpecMode.MTP and mtp_layer_count(path) == 0:
-        raise Refusal("FAILED_PRECONDITION",
-                      f"SPEC_MODE_MTP: {no_mtp_heads(model)} (model_type "
-                      f"{config.get('model_type')})")
-    draft_path = find(draft_model, node_id) if draft_model else None
+        raise StatusError(StatusCode.FAILED_PRECONDITION,
+                          f"SPEC_MODE_MTP: {no_mtp_heads(model)} (model_type "
+                          f"{config.get('model_type')})")
+    draft_path = local_dir(draft_model, node_id) if draft_model else None
     try:
         mode, drafter = choose_proposer(model, path, draft_model, spec)
     except ModelLoadError as e:
         card_drafter = None if draft_model else default_drafter(model, path)
         if card_drafter:
-            find(card_drafter, node_id)  # NOT_FOUND when the card's drafter is what failed
-        raise Refusal("INVALID_ARGUMENT", str(e)) from None
+            local_dir(card_drafter, node_id)  # NOT_FOUND when the card's drafter failed
+        raise StatusError(StatusCode.INVALID_ARGUMENT, str(e)) from None
     if drafter and draft_path is None:
-        draft_path = find(drafter, node_id)
+        draft_path = local_dir(drafter, node_id)
     if mode == ProposerKind.ASSISTANT and ranks > 1:
-        raise Refusal("FAILED_PRECONDITION", assistant_across_ranks(drafter))
-    refusal = split_refusal(config)
-    if refusal and ranks > 1:
-        raise Refusal("FAILED_PRECONDITION", f"{model}: {refusal}")
+        raise StatusError(StatusCode.FAILED_PRECONDITION, assistant_across_ranks(drafter))
+    cannot_split = split_refusal(config)
+    if cannot_split and ranks > 1:
+        raise StatusError(StatusCode.FAILED_PRECONDITION, f"{model}: {cannot_split}")
     if mode == ProposerKind.DRAFT:
         try:
             check_same_vocabulary(load(str(path), lazy=True), load(str(draft_path), lazy=True))
         except ModelLoadError as e:
-            raise Refusal("INVALID_ARGUMENT", str(e)) from None
-    return Inspection(
-        path=path,
+            raise StatusError(StatusCode.INVALID_ARGUMENT, str(e)) from None
+    return ModelFacts(
         mode=mode,
         draft_model=drafter,
         num_layers=int(text.get("num_hidden_layers", 0)),
         weight_bytes=weight_bytes(path),
         draft_bytes=weight_bytes(draft_path) if draft_path else 0,
         context_length=int(text.get("max_position_embeddings", 0)),
-        split_refusal=refusal,
+        split_refusal=cannot_split,
     )

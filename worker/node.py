@@ -47,8 +47,9 @@ def chip() -> str:
     return str(mx.device_info().get("device_name", "unknown"))
 
 
-def this_node(node_id: str | None = None, host: str | None = None,
-              memory_gb: float | None = None) -> Node:
+def this_node(node_id: str | None, host: str | None, memory_gb: float | None) -> Node:
+    """Each None takes the machine's own: its host name, its primary address, and
+    ``DEFAULT_MEMORY_FRACTION`` of its memory."""
     memory = int(memory_gb * 2**30) if memory_gb else \
         int(physical_memory() * DEFAULT_MEMORY_FRACTION)
     return Node(

@@ -1,10 +1,10 @@
-"""The runner processes of a worker, one per placement held here, and their frames.
+"""The runner processes of a worker, one per placement held here, and their messages.
 
-A reader task per runner routes its frames: load frames (progress, ready, or an
-error before ready) to whoever waits on the load, job frames to the job with
-their id. Jobs queue in the runner, which serves them one at a time; a job whose
-caller went away is sent a cancel and its remaining frames are dropped. When a
-runner exits, everything still waiting on it fails with UNAVAILABLE.
+A reader task per runner routes what it says: load messages (progress, ready, or an
+error before ready) to whoever waits on the load, job messages to the job with their
+id. Jobs queue in the runner, which serves them one at a time; a job whose caller
+went away is sent a cancel and its remaining messages are dropped. When a runner
+exits, everything still waiting on it fails with UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -16,13 +16,37 @@ import os
 import sys
 import tempfile
 from collections.abc import AsyncIterator
+from enum import Enum, auto
 from pathlib import Path
 
+from grpc import StatusCode
+
 from .. import frames
-from .refusal import Refusal
+from ..status import StatusError
+from .messages import (
+    Cancel,
+    Error,
+    Finished,
+    Job,
+    LoadConfig,
+    Progress,
+    Ready,
+    RunnerMessage,
+    Tokens,
+    WorkerMessage,
+    from_frame,
+    to_frame,
+)
 
 log = logging.getLogger(__name__)
 EXIT_WAIT_S = 10.0
+
+
+class PlacementState(Enum):
+    LOADING = auto()  # its runner reads the weights
+    READY = auto()  # it serves jobs
+    FAILED = auto()  # its runner is gone or going
+    RELEASED = auto()  # the coordinator let it go: its runner is told to exit
 
 
 class Placement:
@@ -30,119 +54,130 @@ class Placement:
         self.id = placement_id
         self.rank = rank
         self.hosts = hosts
-        self.state = "loading"  # then "ready", or "failed"
-        self.mode = ""
-        self.error: Refusal | None = None
-        self._load: asyncio.Queue[dict] = asyncio.Queue()
-        self._jobs: dict[str, asyncio.Queue[dict]] = {}
+        self.state = PlacementState.LOADING
+        self.failure: StatusError | None = None  # once FAILED or RELEASED: what jobs are told
+        self._last_error: StatusError | None = None  # the runner's: why it exits, if it does
+        self._load: asyncio.Queue[Progress | Ready | Error] = asyncio.Queue()
+        self._jobs: dict[str, asyncio.Queue[Tokens | Finished | Error]] = {}
         self._tmp = tempfile.TemporaryDirectory(prefix="exo-spec-placement-")
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task | None = None
-        self._released = False
 
     def __str__(self) -> str:
         return f"placement {self.id} rank {self.rank}"
 
-    async def start(self, spec: dict) -> None:
+    def _enter(self, state: PlacementState, failure: StatusError | None = None) -> None:
+        """The one place the state changes. RELEASED is final: what a runner says while
+        it exits changes nothing."""
+        if self.state is not PlacementState.RELEASED:
+            self.state, self.failure = state, failure
+
+    async def start(self, config: LoadConfig) -> None:
         env = dict(os.environ)
         if len(self.hosts) > 1:
             hostfile = Path(self._tmp.name) / "hosts.json"
             hostfile.write_text(json.dumps([[h] for h in self.hosts]))
             env.update(MLX_RANK=str(self.rank), MLX_HOSTFILE=str(hostfile))
         self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "exo_spec.worker.runner", json.dumps(spec),
+            sys.executable, "-m", "exo_spec.worker.runner", config.to_json(),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env)
-        self._reader = asyncio.create_task(self._read(), name=f"frames of {self}")
+        # Held: the event loop keeps only a weak reference to a task.
+        self._reader = asyncio.create_task(self._read(), name=f"messages of {self}")
 
     async def _read(self) -> None:
         try:
             while (frame := await frames.read_async(self._proc.stdout)) is not None:
-                self._route(frame)
+                self._route(from_frame(frame))
         except frames.FrameError as e:
             log.error("%s: bad frame from the runner: %s", self, e)
             self._proc.kill()
         code = await self._proc.wait()
         self._tmp.cleanup()
-        if self._released:
-            self._fail(Refusal("UNAVAILABLE", f"{self} was released"))
-            return
-        log.info("%s: runner exited with status %s", self, code)
-        self._fail(Refusal("UNAVAILABLE", self.error.message if self.error else
-                           f"the runner of {self} exited with status {code}"))
-
-    def _route(self, frame: dict) -> None:
-        if frame["type"] == "error":
-            self.error = Refusal(frame["code"], frame["message"])
-            log.info("%s: %s", self, frame["message"])
-            if frame["code"] == "UNAVAILABLE":  # the runner's group is lost: it is exiting
-                self.state = "failed"
-        if "job_id" in frame:
-            events = self._jobs.get(frame["job_id"])
-            if events:  # else a cancelled job's last frames
-                events.put_nowait(frame)
-            return
-        if frame["type"] == "ready":
-            self.state, self.mode = "ready", frame["mode"]
-        elif frame["type"] == "progress":
-            log.info("%s: %s", self, frame["message"])
-        self._load.put_nowait(frame)
-
-    def _fail(self, error: Refusal) -> None:
-        self.state, self.error = "failed", error
-        gone = {"type": "error", "code": error.code, "message": error.message}
+        if self.state is not PlacementState.RELEASED:
+            log.info("%s: runner exited with status %s", self, code)
+            self._enter(PlacementState.FAILED, StatusError(
+                StatusCode.UNAVAILABLE, self._last_error.message if self._last_error
+                else f"the runner of {self} exited with status {code}"))
+        gone = Error.of(self.failure)
         self._load.put_nowait(gone)
         for events in self._jobs.values():
             events.put_nowait(gone)
 
-    async def load_events(self) -> AsyncIterator[dict]:
-        """Progress frames until the runner holds its weights, ending with "ready"."""
+    def _route(self, message: RunnerMessage) -> None:
+        match message:
+            case Progress(text):
+                log.info("%s: %s", self, text)
+                self._load.put_nowait(message)
+            case Ready():
+                self._enter(PlacementState.READY)
+                self._load.put_nowait(message)
+            case Tokens(job_id) | Finished(job_id):
+                self._to_job(job_id, message)
+            case Error(code, text, job_id):
+                log.info("%s: %s", self, text)
+                self._last_error = message.status()
+                if code == StatusCode.UNAVAILABLE:  # the runner's group is lost: it exits
+                    self._enter(PlacementState.FAILED, self._last_error)
+                if job_id is None:
+                    self._load.put_nowait(message)
+                else:
+                    self._to_job(job_id, message)
+            case _:
+                raise frames.FrameError(f"a runner says no {type(message).__name__}")
+
+    def _to_job(self, job_id: str, message: Tokens | Finished | Error) -> None:
+        events = self._jobs.get(job_id)
+        if events:  # else a cancelled job's last messages
+            events.put_nowait(message)
+
+    async def load_events(self) -> AsyncIterator[Progress | Ready]:
+        """Progress until the runner holds its weights, ending with Ready."""
         while True:
-            frame = await self._load.get()
-            if frame["type"] == "error":
-                raise Refusal(frame["code"], frame["message"])
-            yield frame
-            if frame["type"] == "ready":
+            message = await self._load.get()
+            if isinstance(message, Error):
+                raise message.status()
+            yield message
+            if isinstance(message, Ready):
                 return
 
-    def usable(self) -> None:
-        if self.state == "failed":
-            raise Refusal("UNAVAILABLE", f"{self} failed: {self.error.message}")
-        if self.state == "loading":
-            raise Refusal("FAILED_PRECONDITION", f"{self} is still loading")
-
-    async def run(self, job: dict) -> AsyncIterator[dict]:
-        """The job's "tokens" frames, then its "finished" frame. Closing this
-        iterator before then cancels the job in the runner."""
-        self.usable()
-        job_id = job["job_id"]
-        if job_id in self._jobs:
-            raise Refusal("ALREADY_EXISTS", f"job {job_id} is already running on {self}")
-        events: asyncio.Queue[dict] = asyncio.Queue()
-        self._jobs[job_id] = events
+    async def run(self, job: Job) -> AsyncIterator[Tokens | Finished]:
+        """The job's Tokens, then its Finished. Closing this iterator before then
+        cancels the job in the runner."""
+        match self.state:
+            case PlacementState.LOADING:
+                raise StatusError(StatusCode.FAILED_PRECONDITION, f"{self} is still loading")
+            case PlacementState.FAILED | PlacementState.RELEASED:
+                raise StatusError(StatusCode.UNAVAILABLE,
+                                  f"{self} failed: {self.failure.message}")
+        if job.job_id in self._jobs:
+            raise StatusError(StatusCode.ALREADY_EXISTS,
+                              f"job {job.job_id} is already running on {self}")
+        events: asyncio.Queue[Tokens | Finished | Error] = asyncio.Queue()
+        self._jobs[job.job_id] = events
         done = False
         try:
             self._send(job)
             while not done:
-                frame = await events.get()
-                if frame["type"] == "error":
-                    done = True
-                    raise Refusal(frame["code"], frame["message"])
-                done = frame["type"] == "finished"
-                yield frame
+                message = await events.get()
+                done = isinstance(message, Finished | Error)
+                if isinstance(message, Error):
+                    raise message.status()
+                yield message
         finally:
-            del self._jobs[job_id]
+            del self._jobs[job.job_id]
             if not done:
-                self._send({"type": "cancel", "job_id": job_id})
-                log.info("%s: job %s cancelled", self, job_id)
+                self._send(Cancel(job.job_id))
+                log.info("%s: job %s cancelled", self, job.job_id)
 
-    def _send(self, message: dict) -> None:
+    def _send(self, message: WorkerMessage) -> None:
         if self._proc.stdin.is_closing():
             return
-        self._proc.stdin.write(frames.encode(message))
+        self._proc.stdin.write(frames.encode(to_frame(message)))
 
     async def release(self) -> None:
         """Stop the runner: closing its stdin ends it even inside a collective."""
-        self._released = True
+        self._enter(PlacementState.RELEASED,
+                    StatusError(StatusCode.UNAVAILABLE, f"{self} was released"))
         if self._proc is None or self._proc.returncode is not None:
             return
         self._proc.stdin.close()
@@ -164,17 +199,18 @@ class Placements:
 
     def get(self, placement_id: str) -> Placement:
         if placement_id not in self._by_id:
-            raise Refusal("NOT_FOUND", f"no placement {placement_id} on this node")
+            raise StatusError(StatusCode.NOT_FOUND, f"no placement {placement_id} on this node")
         return self._by_id[placement_id]
 
     async def start(self, placement_id: str, rank: int, hosts: list[str],
-                    spec: dict) -> Placement:
+                    config: LoadConfig) -> Placement:
         if placement_id in self._by_id:
-            raise Refusal("ALREADY_EXISTS", f"placement {placement_id} is already here")
+            raise StatusError(StatusCode.ALREADY_EXISTS,
+                              f"placement {placement_id} is already here")
         placement = Placement(placement_id, rank, hosts)
         self._by_id[placement_id] = placement
         try:
-            await placement.start(spec)
+            await placement.start(config)
         except BaseException:
             del self._by_id[placement_id]
             raise
