@@ -1,5 +1,5 @@
-"""A job as the coordinator tracks it: its request, state, output so far, and the
-stream of events its caller reads."""
+"""A job as the coordinator tracks it: what it asks for, its state, its output so
+far, and the stream of events its caller reads."""
 
 from __future__ import annotations
 
@@ -10,38 +10,28 @@ from dataclasses import dataclass, field
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from ..spec_mode import SpecMode
+from ..status import StatusError
 from ..v1 import common_pb2, inference_pb2
-
-QUEUED = inference_pb2.JOB_STATE_QUEUED
-LOADING = inference_pb2.JOB_STATE_LOADING
-RUNNING = inference_pb2.JOB_STATE_RUNNING
-SUCCEEDED = inference_pb2.JOB_STATE_SUCCEEDED
-FAILED = inference_pb2.JOB_STATE_FAILED
-CANCELLED = inference_pb2.JOB_STATE_CANCELLED
-TERMINAL = (SUCCEEDED, FAILED, CANCELLED)
+from .states import JobState
 
 
-def state_name(state: int) -> str:
-    """JOB_STATE_RUNNING -> "running"."""
-    return inference_pb2.JobState.Name(state).removeprefix("JOB_STATE_").lower()
+@dataclass(frozen=True)
+class JobRequest:
+    """A ``GenerateRequest`` as the coordinator reads it, once the API checked it."""
 
-
-class JobError(Exception):
-    """Why a job failed, with the gRPC status (a ``grpc.StatusCode`` name) its
-    caller gets."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+    model: str
+    draft_model: str  # "" lets the worker choose
+    spec: SpecMode
+    nodes: int  # 0 lets the coordinator choose
+    decode: common_pb2.Decode  # what rank 0's worker runs, as the caller sent it
 
 
 @dataclass(frozen=True)
 class End:
     """The last item of a job's event queue: the status its Generate call ends with."""
 
-    code: str  # "OK" or a grpc.StatusCode name
-    message: str = ""
+    error: StatusError | None  # None: OK
 
 
 def timestamp(t: float | None) -> Timestamp | None:
@@ -54,9 +44,9 @@ def timestamp(t: float | None) -> Timestamp | None:
 
 @dataclass(eq=False)
 class Job:
-    request: inference_pb2.GenerateRequest
+    request: JobRequest
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    state: int = QUEUED
+    state: JobState = JobState.QUEUED
     created: float = field(default_factory=time.time)
     finished_at: float | None = None
     placement_id: str = ""
@@ -64,16 +54,24 @@ class Job:
     token_ids: list[int] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     result: common_pb2.Finished | None = None
-    code: str = ""  # the final status, once done
     error: str = ""
-    stop: End | None = None  # why it is being stopped from outside, if it is
-    task: asyncio.Task | None = None
+    stopping: StatusError | None = None  # why it is being stopped from outside, if it is
+    task: asyncio.Task | None = None  # the scheduler's, which alone changes ``state``
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def finished(self) -> bool:
-        return self.state in TERMINAL
+        return self.state.finished
+
+    def stop(self, why: StatusError) -> None:
+        """End the job from outside: its task ends it CANCELLED (with its partial
+        output) for CANCELLED and DEADLINE_EXCEEDED, FAILED for anything else."""
+        if self.finished or self.stopping is not None:
+            return
+        self.stopping = why
+        if self.task is not None and self.task is not asyncio.current_task():
+            self.task.cancel()
 
     def emit(self, event: inference_pb2.GenerateEvent) -> None:
         self.events.put_nowait(event)
@@ -89,7 +87,7 @@ class Job:
 
     def to_proto(self) -> inference_pb2.Job:
         return inference_pb2.Job(
-            id=self.id, state=self.state, model=self.request.model,
+            id=self.id, state=self.state.to_proto(), model=self.request.model,
             draft_model=self.request.draft_model, placement_id=self.placement_id,
             node_ids=self.node_ids, created=timestamp(self.created),
             finished_at=timestamp(self.finished_at), generated_tokens=len(self.token_ids),

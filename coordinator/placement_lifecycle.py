@@ -3,16 +3,17 @@
 A job gets a warm placement serving the same model, drafter, spec (and node count,
 when the job names one) when there is one. Otherwise ``InspectModel`` runs on
 every ready node (nodes that cannot find the model drop out; when none can, the
-job fails NOT_FOUND naming each node's error), ``planner.plan`` on the nodes that
-can (idle placements are evicted, least recently used first, when that is what
-makes the model fit), ``ReservePort`` on every rank's worker, and
+job fails NOT_FOUND naming each node's error), ``placement_plan.plan`` on the nodes
+that can (idle placements are evicted, least recently used first, when that is
+what makes the model fit), ``ReservePort`` on every rank's worker, and
 ``LoadPlacement`` on all ranks at once (the ring only forms with all of them).
 
 A placement that fails is dropped: the jobs waiting for it are told, its running
 job is stopped, and its ranks are released on the nodes that are still there. A
 node that becomes LOST drops its placements (their jobs fail with UNAVAILABLE); a
 worker that (re)joins holding placements the coordinator does not know releases
-them; a ready placement its node no longer lists is dropped.
+them; a ready placement its node no longer lists is dropped. The registry reports
+those node events to ``node_lost``, ``node_ready`` and ``node_info``.
 """
 
 from __future__ import annotations
@@ -20,48 +21,49 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import grpc
+from grpc import StatusCode
 
 from ..serving import address
-from ..v1 import inference_pb2, worker_pb2
-from . import placement_record as placements
-from .job import Job, JobError
-from .placement_plan import ModelFacts, NodeSpace, PlacementError, Plan, plan_evicting
+from ..status import StatusError
+from ..v1 import worker_pb2
+from .job import Job, JobRequest
+from .placement_plan import ModelFacts, NodeSpace, Plan, check_node_count, plan_evicting
 from .placement_record import Placement
-from .registry import READY, NodeRecord, Registry
+from .registry import NodeRecord, Registry
+from .states import NodeState, PlacementState
 
 log = logging.getLogger(__name__)
 
 INSPECT_TIMEOUT_S = 300.0  # a Hugging Face id may be fetched first
 CONTROL_TIMEOUT_S = 10.0  # ReservePort, ReleasePlacement
+# What an InspectModel refusal blames on the request: every node would say the same.
+REQUEST_FAULTS = (StatusCode.INVALID_ARGUMENT, StatusCode.FAILED_PRECONDITION)
+# A LoadPlacement call that ends with these was cut off, not refused.
+CUT_OFF = (StatusCode.CANCELLED, StatusCode.DEADLINE_EXCEEDED)
 
 
-class Placer:
-    def __init__(self, registry: Registry, stop_job: Callable[[Job, str, str], None]):
-        """``stop_job(job, code, message)`` ends the job a dropped placement runs."""
+class PlacementLifecycle:
+    def __init__(self, registry: Registry):
         self.registry = registry
-        self.stop_job = stop_job
-        self.placements: dict[str, Placement] = {}
+        self.by_id: dict[str, Placement] = {}
         self._placing = asyncio.Lock()
         self._background: set[asyncio.Task] = set()
-        registry.on_ready = self.node_ready
-        registry.on_lost = self.node_lost
-        registry.on_info = self.node_info
 
     # -- what the API reads ----------------------------------------------------------
 
     def used_bytes(self, node_id: str) -> int:
-        return sum(p.memory_on(node_id) for p in self.placements.values())
+        return sum(p.memory_on(node_id) for p in self.by_id.values())
 
     def placement_ids(self, node_id: str) -> list[str]:
-        return [p.id for p in self.placements.values() if node_id in p.node_ids]
+        return [p.id for p in self.by_id.values() if node_id in p.node_ids]
 
     # -- finding a placement --------------------------------------------------------
 
-    def _reusable(self, request: inference_pb2.GenerateRequest) -> Placement | None:
-        found = [p for p in self.placements.values() if p.matches(request)
+    def _reusable(self, request: JobRequest) -> Placement | None:
+        found = [p for p in self.by_id.values() if p.matches(request)
                  and all(self.registry.is_ready(n) for n in p.node_ids)]
         if not found:
             return None
@@ -72,21 +74,17 @@ class Placer:
         if (p := self._reusable(request)) is not None:
             return p
         ready = self.registry.ready()
-        if not ready:
-            raise JobError("UNAVAILABLE", "no worker node is ready")
-        if request.nodes > len(ready):
-            raise JobError("FAILED_PRECONDITION",
-                           f"{request.nodes} nodes were asked for but only {len(ready)} "
-                           f"{'is' if len(ready) == 1 else 'are'} ready")
+        check_node_count(request.nodes, len(ready))
         job.progress("placing", f"looking for {request.model} on {len(ready)} "
                                 f"node{'s' * (len(ready) != 1)}")
         found, errors = await self._inspect(ready, request)
         async with self._placing:
             if (p := self._reusable(request)) is not None:
                 return p
-            found = [(n, info) for n, info in found if n.state == READY]
+            found = [(n, info) for n, info in found if n.state == NodeState.READY]
             if not found:
-                raise JobError("UNAVAILABLE", "every node that has the model was lost")
+                raise StatusError(StatusCode.UNAVAILABLE,
+                                  "every node that has the model was lost")
             info = found[0][1]
             facts = ModelFacts(num_layers=info.num_layers, weight_bytes=info.weight_bytes,
                                draft_bytes=info.draft_bytes, mode=info.mode,
@@ -95,16 +93,17 @@ class Placer:
                       for n, _ in found]
             try:
                 chosen, evicted = self._plan(facts, spaces, request.nodes)
-            except PlacementError as e:
-                excluded = "; ".join(f"{n}: {msg}" for n, (_, msg) in sorted(errors.items()))
-                raise JobError(e.code, e.message + (f" (not usable: {excluded})"
-                                                    if excluded else "")) from None
-            releases = [self.drop(old, "UNAVAILABLE", f"evicted to make room for {request.model}")
-                        for old in evicted]
+            except StatusError as e:
+                excluded = "; ".join(f"{n}: {errors[n].message}" for n in sorted(errors))
+                raise StatusError(e.code, e.message + (f" (not usable: {excluded})"
+                                                       if excluded else "")) from None
+            releases = [self.drop(old, StatusError(
+                StatusCode.UNAVAILABLE, f"evicted to make room for {request.model}"))
+                for old in evicted]
             p = Placement(model=request.model, draft_model=request.draft_model,
                           spec=request.spec, plan=chosen, mode=info.mode,
                           drafter=info.draft_model)
-            self.placements[p.id] = p
+            self.by_id[p.id] = p
             log.info("%s: %s (%s) on %s", p, request.model, p.mode, chosen)
             p.load_task = asyncio.create_task(self._load(p, [t for t in releases if t]),
                                               name=f"load {p.id}")
@@ -114,41 +113,41 @@ class Placer:
               wanted: int) -> tuple[Plan, list[Placement]]:
         """A plan, and the idle placements (least recently used first) that must go
         to make room for it."""
-        idle = sorted((p for p in self.placements.values() if p.idle),
-                      key=lambda p: p.last_used)
+        idle = sorted((p for p in self.by_id.values() if p.idle), key=lambda p: p.last_used)
         chosen, k = plan_evicting(facts, spaces, wanted,
                                   [{n: p.memory_on(n) for n in p.node_ids} for p in idle])
         return chosen, idle[:k]
 
-    async def _inspect(self, nodes: Sequence[NodeRecord], request: inference_pb2.GenerateRequest
+    async def _inspect(self, nodes: Sequence[NodeRecord], request: JobRequest
                        ) -> tuple[list[tuple[NodeRecord, worker_pb2.ModelInfo]],
-                                  dict[str, tuple[str, str]]]:
-        """The nodes that can place the model, with what they report, and each other
-        node's (status, message); JobError when no node can."""
+                                  dict[str, StatusError]]:
+        """The nodes that can place the model, with what they report, and why each
+        other node cannot; StatusError when no node can."""
         ask = worker_pb2.InspectModelRequest(model=request.model,
-                                             draft_model=request.draft_model, spec=request.spec)
+                                             draft_model=request.draft_model,
+                                             spec=request.spec.to_proto())
 
-        async def one(node: NodeRecord):
+        async def one(node: NodeRecord) -> worker_pb2.ModelInfo | StatusError:
             try:
                 return await node.stub.InspectModel(ask, timeout=INSPECT_TIMEOUT_S)
             except grpc.aio.AioRpcError as e:
-                return JobError(e.code().name, e.details() or e.code().name)
+                return StatusError.from_rpc(e)
 
         answers = await asyncio.gather(*(one(n) for n in nodes))
         found = [(n, a) for n, a in zip(nodes, answers, strict=True)
-                 if not isinstance(a, JobError)]
-        errors = {n.node_id: (a.code, a.message)
-                  for n, a in zip(nodes, answers, strict=True) if isinstance(a, JobError)}
+                 if not isinstance(a, StatusError)]
+        errors = {n.node_id: a for n, a in zip(nodes, answers, strict=True)
+                  if isinstance(a, StatusError)}
         if found:
             return found, errors
-        codes = {code for code, _ in errors.values()}
-        for code in ("INVALID_ARGUMENT", "FAILED_PRECONDITION"):  # the request's fault
-            if code in codes:
-                raise JobError(code, next(m for c, m in errors.values() if c == code))
-        detail = "; ".join(f"{n}: {m}" for n, (_, m) in sorted(errors.items()))
-        if "NOT_FOUND" in codes:
-            raise JobError("NOT_FOUND", f"no node can find {request.model}: {detail}")
-        raise JobError("UNAVAILABLE", f"no node could inspect {request.model}: {detail}")
+        for code in REQUEST_FAULTS:
+            if blamed := [e for e in errors.values() if e.code == code]:
+                raise blamed[0]
+        detail = "; ".join(f"{n}: {errors[n].message}" for n in sorted(errors))
+        if any(e.code == StatusCode.NOT_FOUND for e in errors.values()):
+            raise StatusError(StatusCode.NOT_FOUND, f"no node can find {request.model}: {detail}")
+        raise StatusError(StatusCode.UNAVAILABLE,
+                          f"no node could inspect {request.model}: {detail}")
 
     # -- loading and dropping -------------------------------------------------------
 
@@ -159,41 +158,45 @@ class Placer:
                 await asyncio.wait(releases)
             nodes = [self.registry.get(n) for n in p.node_ids]
             gone = [n for n, r in zip(p.node_ids, nodes, strict=True)
-                    if r is None or r.state != READY]
+                    if r is None or r.state != NodeState.READY]
             if gone:
-                raise JobError("UNAVAILABLE", f"node {gone[0]} is not ready")
+                raise StatusError(StatusCode.UNAVAILABLE, f"node {gone[0]} is not ready")
             if len(nodes) == 1:
-                p.hosts = [address(nodes[0].host, 0)]
+                hosts = [address(nodes[0].host, 0)]
             else:
                 ports = await asyncio.gather(*(
                     n.stub.ReservePort(worker_pb2.ReservePortRequest(),
                                        timeout=CONTROL_TIMEOUT_S) for n in nodes))
-                p.hosts = [address(n.host, r.port) for n, r in zip(nodes, ports, strict=True)]
-            modes = await self._load_ranks(p, nodes)
+                hosts = [address(n.host, r.port) for n, r in zip(nodes, ports, strict=True)]
+            modes = await self._load_ranks(p, nodes, hosts)
         except asyncio.CancelledError:
-            self._fail_load(p, JobError("UNAVAILABLE", p.error or f"{p} was dropped"))
+            self._fail_load(p, StatusError(StatusCode.UNAVAILABLE,
+                                           p.error or f"{p} was dropped"))
             raise
         except grpc.aio.AioRpcError as e:
-            self._fail_load(p, JobError("UNAVAILABLE", f"{p} could not reserve a ring port: "
-                                                       f"{e.details() or e.code().name}"))
+            self._fail_load(p, StatusError(StatusCode.UNAVAILABLE,
+                                           f"{p} could not reserve a ring port: "
+                                           f"{StatusError.from_rpc(e).message}"))
             return
-        except JobError as e:
+        except StatusError as e:
             self._fail_load(p, e)
             return
-        if p.state != placements.LOADING:
+        if p.state != PlacementState.LOADING:
             return
-        p.state, p.ready_at = placements.READY, time.monotonic()
+        p.state, p.ready_at = PlacementState.READY, time.monotonic()
         p.mode = modes[0] or p.mode
         log.info("%s ready: %s (%s) on %s", p, p.model, p.mode, p.plan)
         p.loaded.set_result(None)
 
-    async def _load_ranks(self, p: Placement, nodes: list[NodeRecord]) -> list[str]:
+    async def _load_ranks(self, p: Placement, nodes: list[NodeRecord],
+                          hosts: list[str]) -> list[str]:
+        """Each rank's proposer mode, as its worker reports it once loaded."""
         split = p.plan.split if len(nodes) > 1 else []
 
         async def rank(r: int, node: NodeRecord) -> str:
             call = node.stub.LoadPlacement(worker_pb2.LoadPlacementRequest(
-                placement_id=p.id, model=p.model, draft_model=p.draft_model, spec=p.spec,
-                rank=r, hosts=p.hosts, split=split))
+                placement_id=p.id, model=p.model, draft_model=p.draft_model,
+                spec=p.spec.to_proto(), rank=r, hosts=hosts, split=split))
             try:
                 async for event in call:
                     if event.HasField("ready_mode"):
@@ -201,15 +204,15 @@ class Placer:
                     for job in list(p.waiting):
                         job.progress("loading", f"{node.node_id} rank {r}: {event.progress}")
             except grpc.aio.AioRpcError as e:
-                code = e.code().name
-                raise JobError("UNAVAILABLE" if code in ("CANCELLED", "DEADLINE_EXCEEDED")
-                               else code,
-                               f"loading {p.model} on node {node.node_id} (rank {r}) failed: "
-                               f"{e.details() or code}") from None
+                error = StatusError.from_rpc(e)
+                raise StatusError(StatusCode.UNAVAILABLE if error.code in CUT_OFF else error.code,
+                                  f"loading {p.model} on node {node.node_id} (rank {r}) failed: "
+                                  f"{error.message}") from None
             finally:
                 call.cancel()
-            raise JobError("UNAVAILABLE", f"node {node.node_id} (rank {r}) stopped loading "
-                                          f"{p.model} without saying it was ready")
+            raise StatusError(StatusCode.UNAVAILABLE,
+                              f"node {node.node_id} (rank {r}) stopped loading {p.model} "
+                              "without saying it was ready")
 
         tasks = [asyncio.create_task(rank(r, n)) for r, n in enumerate(nodes)]
         try:
@@ -223,29 +226,31 @@ class Placer:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _fail_load(self, p: Placement, error: JobError) -> None:
-        if p.state == placements.LOADING:
-            log.info("%s failed to load: %s: %s", p, error.code, error.message)
-        self.drop(p, error.code, error.message)
+    def _fail_load(self, p: Placement, error: StatusError) -> None:
+        if p.state == PlacementState.LOADING:
+            log.info("%s failed to load: %s", p, error.line())
+        self.drop(p, error)
 
-    def drop(self, p: Placement, code: str, reason: str) -> asyncio.Task | None:
-        """Forget ``p``: its waiting jobs are told, its running job stopped, and its
-        ranks released on the nodes that are still there (the task returned)."""
-        if p.state == placements.FAILED:
+    def drop(self, p: Placement, why: StatusError) -> asyncio.Task | None:
+        """Forget ``p``: its waiting jobs get ``why``, its running job is stopped, and
+        its ranks are released on the nodes that are still there (the task returned)."""
+        if p.state == PlacementState.FAILED:
             return None
-        if p.state == placements.READY:
-            log.info("%s dropped: %s", p, reason)
-        p.state, p.error = placements.FAILED, reason
-        self.placements.pop(p.id, None)
+        if p.state == PlacementState.READY:
+            log.info("%s dropped: %s", p, why.message)
+        p.state, p.error = PlacementState.FAILED, why.message
+        self.by_id.pop(p.id, None)
         if not p.loaded.done():
-            p.loaded.set_exception(JobError(code, reason))
+            p.loaded.set_exception(why)
         if p.load_task is not None and p.load_task is not asyncio.current_task():
             p.load_task.cancel()
         if p.active is not None and p.active.task is not asyncio.current_task():
-            self.stop_job(p.active, "UNAVAILABLE", reason)
-        return self._spawn(self._release(p.id, p.node_ids))
+            p.active.stop(StatusError(StatusCode.UNAVAILABLE, why.message))
+        there = [n for n in map(self.registry.get, p.node_ids)
+                 if n and n.state == NodeState.READY]
+        return self._spawn(self._release(p.id, there))
 
-    async def _release(self, placement_id: str, node_ids: list[str]) -> None:
+    async def _release(self, placement_id: str, nodes: Sequence[NodeRecord]) -> None:
         async def one(node: NodeRecord) -> None:
             try:
                 await node.stub.ReleasePlacement(
@@ -253,9 +258,8 @@ class Placer:
                     timeout=CONTROL_TIMEOUT_S)
             except grpc.aio.AioRpcError as e:
                 log.info("releasing %s on node %s: %s", placement_id, node.node_id,
-                         e.details() or e.code().name)
+                         StatusError.from_rpc(e).message)
 
-        nodes = [n for n in map(self.registry.get, node_ids) if n and n.state == READY]
         await asyncio.gather(*(one(n) for n in nodes))
 
     def _spawn(self, coro) -> asyncio.Task:
@@ -264,43 +268,36 @@ class Placer:
         task.add_done_callback(self._background.discard)
         return task
 
-    # -- what the registry tells us ------------------------------------------------------
+    # -- what the registry reports ---------------------------------------------------------
 
     def node_lost(self, node: NodeRecord, reason: str) -> None:
-        for p in list(self.placements.values()):
+        for p in list(self.by_id.values()):
             if node.node_id in p.node_ids:
-                self.drop(p, "UNAVAILABLE", f"node {node.node_id} was lost: {reason}")
+                self.drop(p, StatusError(StatusCode.UNAVAILABLE,
+                                         f"node {node.node_id} was lost: {reason}"))
 
-    def node_ready(self, node: NodeRecord, rejoined: bool) -> None:
+    def node_ready(self, node: NodeRecord) -> None:
         """Placements a (re)joining worker holds that no job can reach any more (the
         coordinator dropped them, or restarted) are released there."""
-        stale = [pid for pid in node.info.placement_ids if pid not in self.placements]
-        for pid in stale:
-            log.info("releasing stale placement %s on node %s", pid, node.node_id)
-            self._spawn(self._release_on(node, pid))
-
-    async def _release_on(self, node: NodeRecord, placement_id: str) -> None:
-        try:
-            await node.stub.ReleasePlacement(
-                worker_pb2.ReleasePlacementRequest(placement_id=placement_id),
-                timeout=CONTROL_TIMEOUT_S)
-        except grpc.aio.AioRpcError:
-            pass
+        for pid in node.info.placement_ids:
+            if pid not in self.by_id:
+                log.info("releasing stale placement %s on node %s", pid, node.node_id)
+                self._spawn(self._release(pid, [node]))
 
     def node_info(self, node: NodeRecord) -> None:
         """A ready placement its node no longer lists (the worker restarted between
         two heartbeats) is dropped."""
         held = set(node.info.placement_ids)
-        for p in list(self.placements.values()):
-            if (p.state == placements.READY and node.node_id in p.node_ids
+        for p in list(self.by_id.values()):
+            if (p.state == PlacementState.READY and node.node_id in p.node_ids
                     and p.id not in held and p.ready_at < node.asked_at):
-                self.drop(p, "UNAVAILABLE",
-                          f"node {node.node_id} no longer holds {p.id} (did it restart?)")
+                self.drop(p, StatusError(StatusCode.UNAVAILABLE, f"node {node.node_id} no "
+                                         f"longer holds {p.id} (did it restart?)"))
 
     # -- shutdown --------------------------------------------------------------------
 
     async def close(self) -> None:
-        for p in list(self.placements.values()):
-            self.drop(p, "UNAVAILABLE", "the coordinator is shutting down")
+        for p in list(self.by_id.values()):
+            self.drop(p, StatusError(StatusCode.UNAVAILABLE, "the coordinator is shutting down"))
         if self._background:
             await asyncio.wait(list(self._background), timeout=CONTROL_TIMEOUT_S)

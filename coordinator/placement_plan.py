@@ -4,8 +4,7 @@ No I/O here. ``plan`` takes what ``InspectModel`` reported (layer count, weight
 and drafter bytes, proposer mode), the ready nodes with their free memory, and
 how many nodes the caller asked for (0: the planner picks), and returns the
 ranks of a placement, rank 0 first, each a node and a contiguous layer range;
-or raises ``PlacementError`` with a gRPC status name and a sentence a person
-understands.
+or raises ``StatusError`` with a gRPC status and a sentence a person understands.
 
 Memory model. A rank holding ``b`` bytes of weights needs ``need(b)``:
 
@@ -31,8 +30,9 @@ Rules:
    proportion to the memory each has left for layers (free memory less the
    overhead, and less the drafter on rank 0), every rank at least one layer.
 3. ``nodes=N`` forces exactly N nodes (N = 1 is rule 1 without the fallback).
-   N above the ready nodes is FAILED_PRECONDITION, N above the model's layer
-   count INVALID_ARGUMENT.
+   N above the ready nodes is FAILED_PRECONDITION (``check_node_count``, which
+   the API and the placements check first too), N above the model's layer count
+   INVALID_ARGUMENT.
 4. Nothing fits: RESOURCE_EXHAUSTED, saying what was needed and what was free.
    (``plan_evicting`` first tries again as if the least recently used idle
    placements were released, one more at a time.)
@@ -47,6 +47,11 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from grpc import StatusCode
+
+from ..spec_mode import ProposerKind
+from ..status import StatusError
 
 KV_MARGIN = 0.20
 RANK_OVERHEAD = 256 * 2**20
@@ -65,12 +70,15 @@ def size(n: float) -> str:
     return f"{int(n)} B"
 
 
-class PlacementError(Exception):
-    def __init__(self, code: str, message: str):
-        """``code``: a ``grpc.StatusCode`` name, e.g. "RESOURCE_EXHAUSTED"."""
-        super().__init__(message)
-        self.code = code
-        self.message = message
+def check_node_count(wanted: int, ready: int) -> None:
+    """StatusError unless ``ready`` nodes can serve a request for ``wanted`` of them
+    (0: as many as it takes)."""
+    if not ready:
+        raise StatusError(StatusCode.UNAVAILABLE, "no worker node is ready")
+    if wanted > ready:
+        raise StatusError(StatusCode.FAILED_PRECONDITION,
+                          f"{wanted} nodes were asked for but only {ready} "
+                          f"{'is' if ready == 1 else 'are'} ready")
 
 
 @dataclass(frozen=True)
@@ -78,7 +86,7 @@ class ModelFacts:
     num_layers: int
     weight_bytes: int
     draft_bytes: int = 0
-    mode: str = "none"  # "mtp", "draft", "assistant" or "none"
+    mode: str = ProposerKind.NONE  # a ProposerKind, as the worker names it
     name: str = "the model"  # for messages
     split_refusal: str = ""  # why its layers cannot span nodes ("" when they can)
 
@@ -125,17 +133,11 @@ class Plan:
 def plan(model: ModelFacts, nodes: Sequence[NodeSpace], nodes_wanted: int = 0) -> Plan:
     layers = model.num_layers
     if layers < 1:
-        raise PlacementError("INVALID_ARGUMENT", f"{model.name} reports no layers")
-    if not nodes:
-        raise PlacementError("UNAVAILABLE", "no worker node is ready")
-    if nodes_wanted > len(nodes):
-        raise PlacementError(
-            "FAILED_PRECONDITION",
-            f"{nodes_wanted} nodes were asked for but only {len(nodes)} "
-            f"{'is' if len(nodes) == 1 else 'are'} ready")
+        raise StatusError(StatusCode.INVALID_ARGUMENT, f"{model.name} reports no layers")
+    check_node_count(nodes_wanted, len(nodes))
     if nodes_wanted > layers:
-        raise PlacementError(
-            "INVALID_ARGUMENT",
+        raise StatusError(
+            StatusCode.INVALID_ARGUMENT,
             f"{model.name} has {layers} layer{'s' * (layers != 1)}: it cannot be split "
             f"over {nodes_wanted} nodes")
     ordered = sorted(nodes, key=lambda n: (-n.free_bytes, n.node_id))
@@ -143,14 +145,14 @@ def plan(model: ModelFacts, nodes: Sequence[NodeSpace], nodes_wanted: int = 0) -
     if nodes_wanted in (0, 1) and whole <= ordered[0].free_bytes:
         return Plan((RankPlan(0, ordered[0].node_id, 0, layers, whole),))
     if nodes_wanted == 1 or (nodes_wanted == 0 and (len(nodes) == 1 or layers == 1)):
-        raise PlacementError(
-            "RESOURCE_EXHAUSTED",
+        raise StatusError(
+            StatusCode.RESOURCE_EXHAUSTED,
             f"{model.name} needs {size(whole)} on one node ({_parts(model)}) but the most "
             f"free memory on a node is {size(ordered[0].free_bytes)} "
             f"({ordered[0].node_id})")
-    if model.mode == "assistant":
-        raise PlacementError(
-            "FAILED_PRECONDITION",
+    if model.mode == ProposerKind.ASSISTANT:
+        raise StatusError(
+            StatusCode.FAILED_PRECONDITION,
             f"{model.name} with its Gemma 4 assistant needs {size(whole)} on one node "
             f"({_parts(model)}) but the most free memory on a node is "
             f"{size(ordered[0].free_bytes)} ({ordered[0].node_id}); an assistant reads the "
@@ -160,7 +162,7 @@ def plan(model: ModelFacts, nodes: Sequence[NodeSpace], nodes_wanted: int = 0) -
                  f"{model.name} needs {size(whole)} on one node ({_parts(model)}) but the most "
                  f"free memory on a node is {size(ordered[0].free_bytes)} "
                  f"({ordered[0].node_id})")
-        raise PlacementError("FAILED_PRECONDITION", f"{where}; {model.split_refusal}")
+        raise StatusError(StatusCode.FAILED_PRECONDITION, f"{where}; {model.split_refusal}")
     counts = [nodes_wanted] if nodes_wanted else range(2, min(len(nodes), layers) + 1)
     for n in counts:
         split = _split(model, ordered[:n])
@@ -184,8 +186,8 @@ def plan(model: ModelFacts, nodes: Sequence[NodeSpace], nodes_wanted: int = 0) -
         why = (f"the {n} nodes with the most free memory have "
                f"{size(sum(node.free_bytes for node in chosen))} free together")
     total = need(model.weight_bytes + model.draft_bytes) + (n - 1) * RANK_OVERHEAD
-    raise PlacementError(
-        "RESOURCE_EXHAUSTED",
+    raise StatusError(
+        StatusCode.RESOURCE_EXHAUSTED,
         f"{model.name} does not fit on {n} nodes: it needs about {size(total)} "
         f"({_parts(model)}) and {why}")
 
@@ -198,8 +200,8 @@ def plan_evicting(model: ModelFacts, nodes: Sequence[NodeSpace], nodes_wanted: i
     Raises what ``plan`` raises on the nodes as they are when nothing helps."""
     try:
         return plan(model, nodes, nodes_wanted), 0
-    except PlacementError as e:
-        if e.code != "RESOURCE_EXHAUSTED" or not idle:
+    except StatusError as e:
+        if e.code != StatusCode.RESOURCE_EXHAUSTED or not idle:
             raise
         first = e
     freed: Counter[str] = Counter()
@@ -208,7 +210,7 @@ def plan_evicting(model: ModelFacts, nodes: Sequence[NodeSpace], nodes_wanted: i
         try:
             return plan(model, [NodeSpace(n.node_id, n.free_bytes + freed[n.node_id])
                                 for n in nodes], nodes_wanted), k
-        except PlacementError:
+        except StatusError:
             continue
     raise first
 

@@ -8,27 +8,24 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from ..spec_mode import SpecMode
 from ..v1 import inference_pb2
-from .job import Job
+from .job import Job, JobRequest
 from .placement_plan import Plan
-
-LOADING = inference_pb2.PLACEMENT_STATE_LOADING
-READY = inference_pb2.PLACEMENT_STATE_READY
-FAILED = inference_pb2.PLACEMENT_STATE_FAILED
+from .states import PlacementState
 
 
 @dataclass(eq=False)
 class Placement:
     model: str
     draft_model: str  # as the jobs asked for it ("" lets the worker choose)
-    spec: int
+    spec: SpecMode
     plan: Plan
     mode: str  # the proposer: what InspectModel said, then what rank 0 reports
     drafter: str = ""  # the drafter it loads (the named one, or the model card's)
     id: str = field(default_factory=lambda: "p-" + uuid.uuid4().hex[:8])
-    state: int = LOADING
+    state: PlacementState = PlacementState.LOADING
     error: str = ""
-    hosts: list[str] = field(default_factory=list)
     jobs_served: int = 0
     ready_at: float = 0.0  # time.monotonic()
     last_used: float = field(default_factory=time.monotonic)
@@ -52,12 +49,13 @@ class Placement:
 
     @property
     def idle(self) -> bool:
-        return self.state == READY and not self.lock.locked() and not self.waiting
+        return self.state == PlacementState.READY and not self.lock.locked() and not self.waiting
 
-    def matches(self, request: inference_pb2.GenerateRequest) -> bool:
+    def matches(self, request: JobRequest) -> bool:
         """Serves ``request`` as is: same model, drafter, spec, and node count when
         the request names one."""
-        return (self.state in (LOADING, READY) and self.model == request.model
+        return (self.state in (PlacementState.LOADING, PlacementState.READY)
+                and self.model == request.model
                 and self.draft_model == request.draft_model and self.spec == request.spec
                 and request.nodes in (0, len(self.plan.ranks)))
 
@@ -67,7 +65,7 @@ class Placement:
     def to_proto(self) -> inference_pb2.Placement:
         return inference_pb2.Placement(
             id=self.id, model=self.model, draft_model=self.drafter, mode=self.mode,
-            state=self.state, jobs_served=self.jobs_served,
+            state=self.state.to_proto(), jobs_served=self.jobs_served,
             ranks=[inference_pb2.PlacementRank(
                 rank=r.rank, node_id=r.node_id, layer_start=r.layer_start,
                 layer_end=r.layer_end, memory_bytes=r.memory_bytes)

@@ -6,7 +6,7 @@ a ``deadline``. The first answer makes the address a node, READY, keyed by the
 node id it reports. ``misses`` heartbeats failed in a row make a READY node
 LOST: it leaves the ready set and ``on_lost`` is called so jobs on it can fail.
 A LOST node that answers again becomes READY again (``on_ready``). Addresses
-found by mDNS that stay unreachable for ``forget_after`` seconds are dropped;
+found by mDNS that stay unreachable for ``FORGET_AFTER_S`` are dropped;
 ``--peer`` addresses are kept for as long as the coordinator runs.
 """
 
@@ -20,12 +20,14 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from ..status import StatusError
 from ..v1 import worker_pb2, worker_pb2_grpc
 from .placement_plan import size
+from .states import NodeState
 
 log = logging.getLogger(__name__)
 
-PENDING, READY, LOST = "pending", "ready", "lost"
+FORGET_AFTER_S = 600.0
 # Reconnect to a worker that went away within seconds of it coming back, not after
 # gRPC's default backoff of up to two minutes.
 CHANNEL_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 500),
@@ -39,13 +41,12 @@ class NodeRecord:
     source: str  # "peer" or "mdns"
     channel: grpc.aio.Channel
     stub: worker_pb2_grpc.WorkerControlStub
-    state: str = PENDING
+    state: NodeState = NodeState.PENDING
     info: worker_pb2.WorkerInfo | None = None
     last_seen: float = 0.0  # time.time() of the last answer
     asked_at: float = 0.0  # time.monotonic() when the last answered heartbeat was sent
     misses: int = 0
     error: str = ""  # why the last heartbeat failed
-    lost_since: float = 0.0  # time.monotonic()
     # mDNS said it left (until it is advertised again): the next failed heartbeat makes
     # it LOST at once (a worker says goodbye before its server stops answering)
     goodbye: bool = False
@@ -67,21 +68,17 @@ class NodeRecord:
 
 
 class Registry:
-    def __init__(self, *, interval: float = 1.0, deadline: float = 2.0, misses: int = 3,
-                 forget_after: float = 600.0,
-                 on_ready: Callable[[NodeRecord, bool], None] | None = None,
-                 on_lost: Callable[[NodeRecord, str], None] | None = None,
-                 on_info: Callable[[NodeRecord], None] | None = None):
-        """``on_ready(node, rejoined)`` when a node becomes READY (``rejoined``: it
-        was known before), ``on_lost(node, reason)`` when it is LOST, ``on_info(node)``
-        after every answered heartbeat."""
+    def __init__(self, *, interval: float = 1.0, deadline: float = 2.0, misses: int = 3):
         self.interval = interval
         self.deadline = deadline
         self.misses = misses
-        self.forget_after = forget_after
-        self.on_ready = on_ready
-        self.on_lost = on_lost
-        self.on_info = on_info
+        # What becomes of the nodes, for whoever holds things on them (the coordinator
+        # connects its placements): ``on_ready(node)`` when a node becomes READY,
+        # ``on_lost(node, reason)`` when it is LOST, ``on_info(node)`` after every
+        # answered heartbeat.
+        self.on_ready: Callable[[NodeRecord], None] | None = None
+        self.on_lost: Callable[[NodeRecord, str], None] | None = None
+        self.on_info: Callable[[NodeRecord], None] | None = None
         self._by_address: dict[str, NodeRecord] = {}
         self._closed = False
 
@@ -95,22 +92,23 @@ class Registry:
             if n.info is None:
                 continue
             other = best.get(n.node_id)
-            if other is None or (n.state == READY, n.last_seen) > \
-                    (other.state == READY, other.last_seen):
+            if other is None or (n.state == NodeState.READY, n.last_seen) > \
+                    (other.state == NodeState.READY, other.last_seen):
                 best[n.node_id] = n
         return [best[k] for k in sorted(best)]
 
     def ready(self) -> list[NodeRecord]:
-        return [n for n in self.nodes() if n.state == READY]
+        return [n for n in self.nodes() if n.state == NodeState.READY]
 
     def get(self, node_id: str) -> NodeRecord | None:
         """The READY node with this id, else a LOST one, else None."""
         matches = [n for n in self.nodes() if n.node_id == node_id]
-        return next((n for n in matches if n.state == READY), matches[0] if matches else None)
+        return next((n for n in matches if n.state == NodeState.READY),
+                    matches[0] if matches else None)
 
     def is_ready(self, node_id: str) -> bool:
         node = self.get(node_id)
-        return node is not None and node.state == READY
+        return node is not None and node.state == NodeState.READY
 
     # -- what discovery calls ------------------------------------------------------------
 
@@ -165,7 +163,7 @@ class Registry:
 
     def _answered(self, node: NodeRecord, info: worker_pb2.WorkerInfo) -> None:
         twin = next((n for n in self.nodes() if n is not node and
-                     n.node_id == info.node_id and n.state == READY), None)
+                     n.node_id == info.node_id and n.state == NodeState.READY), None)
         if twin is not None:  # one node id at two addresses: the first one wins
             duplicate = f"node {info.node_id} is already known at {twin.address}"
             if node.error != duplicate:
@@ -175,35 +173,33 @@ class Registry:
         node.last_seen, node.misses, node.error = time.time(), 0, ""
         rejoined = any(n.node_id == info.node_id for n in self.nodes())
         node.info = info
-        if node.state != READY:
-            node.state = READY
-            node.lost_since = 0.0
+        if node.state != NodeState.READY:
+            node.state = NodeState.READY
             log.info("node %s %s at %s (%s, %s, %s)", info.node_id,
                      "ready again" if rejoined else "found", node.address, info.backend,
                      info.chip, size(info.memory_bytes))
             if self.on_ready:
-                self.on_ready(node, rejoined)
+                self.on_ready(node)
         if self.on_info:
             self.on_info(node)
 
     def _missed(self, node: NodeRecord, e: grpc.aio.AioRpcError) -> bool:
         """Count a failed heartbeat; True when the address should be forgotten."""
         node.misses += 1
-        details = (e.details() or "").splitlines()
-        node.error = e.code().name + (f": {details[0]}" if details else "")
-        if node.state == READY and (node.misses >= self.misses or node.goodbye):
-            node.state, node.lost_since = LOST, time.monotonic()
+        node.error = StatusError.from_rpc(e).line()
+        if node.state == NodeState.READY and (node.misses >= self.misses or node.goodbye):
+            node.state = NodeState.LOST
             reason = (f"it left (mDNS goodbye) and does not answer ({node.error})"
                       if node.goodbye else
                       f"no heartbeat for {time.time() - node.last_seen:.1f}s ({node.error})")
             log.info("node %s lost at %s: %s", node.node_id, node.address, reason)
             if self.on_lost:
                 self.on_lost(node, reason)
-        elif node.state == PENDING and node.misses == 1:
+        elif node.state == NodeState.PENDING and node.misses == 1:
             log.info("%s %s does not answer yet (%s); retrying", node.source, node.address,
                      node.error)
-        if (node.source == "mdns" and node.state != READY
-                and node.misses * self.interval >= self.forget_after):
+        if (node.source == "mdns" and node.state != NodeState.READY
+                and node.misses * self.interval >= FORGET_AFTER_S):
             log.info("forgetting %s (%s): unreachable for %.0fs", node.address,
                      node.node_id or "never answered", node.misses * self.interval)
             del self._by_address[node.address]

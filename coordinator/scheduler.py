@@ -2,8 +2,8 @@
 
 A job runs as one task:
 
-1. ask the placer for a placement (a warm one is reused, else one is planned and
-   loaded: see ``placer``);
+1. ask the placements for one (a warm one is reused, else one is planned and
+   loaded: see ``placement_lifecycle``);
 2. wait for the placement to load, then for it to be free (one job at a time);
 3. ``RunJob`` on rank 0's worker, streaming token chunks and the result to the
    job's caller.
@@ -24,14 +24,15 @@ import time
 from collections import deque
 
 import grpc
+from grpc import StatusCode
 
-from ..v1 import inference_pb2, worker_pb2
-from . import job as jobs
-from . import placement_record as placements
-from .job import End, Job, JobError
-from .placement_lifecycle import Placer
+from ..status import StatusError
+from ..v1 import common_pb2, inference_pb2, worker_pb2
+from .job import End, Job, JobRequest
+from .placement_lifecycle import PlacementLifecycle
 from .placement_record import Placement
-from .registry import READY, Registry
+from .registry import Registry
+from .states import JobState, NodeState, PlacementState
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,12 @@ ATTEMPTS = 3
 CANCEL_WAIT_S = 10.0
 PROBE_TIMEOUT_S = 1.0  # after a job failed: which of its nodes still answers
 HISTORY = 1000  # finished jobs kept for GetJob and ListJobs
+# A RunJob that ends with these refused the job, not the placement: it stays.
+JOB_FAULTS = (StatusCode.INVALID_ARGUMENT, StatusCode.FAILED_PRECONDITION,
+              StatusCode.RESOURCE_EXHAUSTED)
+# A job stopped from outside with these ends CANCELLED, with what it produced;
+# any other stop ends it FAILED.
+CALLER_STOPS = (StatusCode.CANCELLED, StatusCode.DEADLINE_EXCEEDED)
 
 
 class _Replace(Exception):
@@ -46,16 +53,15 @@ class _Replace(Exception):
 
 
 class Scheduler:
-    def __init__(self, registry: Registry, *, history: int = HISTORY):
+    def __init__(self, registry: Registry, placements: PlacementLifecycle):
         self.registry = registry
-        self.history = history
+        self.placements = placements
         self.jobs: dict[str, Job] = {}
-        self.placer = Placer(registry, self.stop)
         self._finished: deque[str] = deque()
 
     # -- jobs ------------------------------------------------------------------------
 
-    def submit(self, request: inference_pb2.GenerateRequest) -> Job:
+    def submit(self, request: JobRequest) -> Job:
         job = Job(request)
         self.jobs[job.id] = job
         log.info("job %s queued: %s (nodes %s)", job.id, request.model,
@@ -63,20 +69,11 @@ class Scheduler:
         job.task = asyncio.create_task(self._run(job), name=f"job {job.id}")
         return job
 
-    def stop(self, job: Job, code: str, message: str) -> None:
-        """End ``job`` from outside: CANCELLED (with its partial output) for
-        CANCELLED and DEADLINE_EXCEEDED, FAILED for anything else."""
-        if job.finished or job.stop is not None:
-            return
-        job.stop = End(code, message)
-        if job.task is not None and job.task is not asyncio.current_task():
-            job.task.cancel()
-
     async def cancel(self, job_id: str) -> Job:
         job = self.jobs.get(job_id)
         if job is None:
-            raise JobError("NOT_FOUND", f"no job {job_id}")
-        self.stop(job, "CANCELLED", "cancelled by CancelJob")
+            raise StatusError(StatusCode.NOT_FOUND, f"no job {job_id}")
+        job.stop(StatusError(StatusCode.CANCELLED, "cancelled by CancelJob"))
         try:
             await asyncio.wait_for(job.done.wait(), CANCEL_WAIT_S)
         except TimeoutError:
@@ -86,73 +83,74 @@ class Scheduler:
     async def _run(self, job: Job) -> None:
         try:
             for attempt in range(1, ATTEMPTS + 1):
-                p = await self.placer.placement_for(job)
+                p = await self.placements.placement_for(job)
                 try:
                     await self._run_on(job, p)
                     break
                 except _Replace as e:
                     if attempt == ATTEMPTS:
-                        raise JobError("UNAVAILABLE", str(e)) from None
+                        raise StatusError(StatusCode.UNAVAILABLE, str(e)) from None
                     log.info("job %s: %s; placing it again", job.id, e)
                     job.progress("queued", f"{e}; placing the job again")
-                    self._state(job, jobs.QUEUED)
-            self._end(job, jobs.SUCCEEDED, "OK", "", job.result)
-        except JobError as e:
-            self._end(job, jobs.FAILED, e.code, e.message)
+                    self._state(job, JobState.QUEUED)
+            self._end(job, JobState.SUCCEEDED, result=job.result)
+        except StatusError as e:
+            self._end(job, JobState.FAILED, e)
         except asyncio.CancelledError:
-            stop = job.stop or End("CANCELLED", "cancelled")
-            if stop.code in ("CANCELLED", "DEADLINE_EXCEEDED"):
-                self._end(job, jobs.CANCELLED, stop.code, stop.message, job.partial())
+            why = job.stopping or StatusError(StatusCode.CANCELLED, "cancelled")
+            if why.code in CALLER_STOPS:
+                self._end(job, JobState.CANCELLED, why, job.partial())
             else:
-                self._end(job, jobs.FAILED, stop.code, stop.message)
+                self._end(job, JobState.FAILED, why)
         except Exception as e:  # a bug: say so rather than hang the caller
             log.exception("job %s", job.id)
-            self._end(job, jobs.FAILED, "INTERNAL", f"{type(e).__name__}: {e}")
+            self._end(job, JobState.FAILED,
+                      StatusError(StatusCode.INTERNAL, f"{type(e).__name__}: {e}"))
 
-    def _state(self, job: Job, state: int, detail: str = "") -> None:
+    def _state(self, job: Job, state: JobState, detail: str = "") -> None:
         if job.state != state:
             job.state = state
-            log.info("job %s %s%s", job.id, jobs.state_name(state), detail)
+            log.info("job %s %s%s", job.id, state, detail)
 
-    def _end(self, job: Job, state: int, code: str, message: str,
-             result=None) -> None:
+    def _end(self, job: Job, state: JobState, error: StatusError | None = None,
+             result: common_pb2.Finished | None = None) -> None:
+        """``job`` is done: ``state``, with ``error`` unless it succeeded."""
         if job.finished:
             return
-        job.code, job.error, job.finished_at = code, "" if code == "OK" else message, time.time()
+        job.error, job.finished_at = error.message if error else "", time.time()
         if result is not None:
             job.result = result
             job.emit(inference_pb2.GenerateEvent(finished=result))
-        if state == jobs.SUCCEEDED:
-            detail = f": {len(job.token_ids)} tokens, {result.finish_reason}"
+        if error is None:
+            self._state(job, state, f": {len(job.token_ids)} tokens, {result.finish_reason}")
         else:
-            detail = f": {code}: {message}"
-        self._state(job, state, detail)
-        job.events.put_nowait(End(code, message))
+            self._state(job, state, f": {error.line()}")
+        job.events.put_nowait(End(error))
         job.done.set()
         self._finished.append(job.id)
-        while len(self._finished) > self.history:
+        while len(self._finished) > HISTORY:
             self.jobs.pop(self._finished.popleft(), None)
 
     # -- running a job on a placement --------------------------------------------------
 
     async def _run_on(self, job: Job, p: Placement) -> None:
-        if p.state == placements.LOADING:
-            self._state(job, jobs.LOADING, f": {p} on {', '.join(p.node_ids)}")
+        if p.state == PlacementState.LOADING:
+            self._state(job, JobState.LOADING, f": {p} on {', '.join(p.node_ids)}")
             job.progress("loading", f"loading {p.model} on {', '.join(p.node_ids)} ({p.id})")
             p.waiting.add(job)
             try:
                 await asyncio.shield(p.loaded)
-            except JobError as e:
-                if e.code == "UNAVAILABLE":
+            except StatusError as e:
+                if e.code == StatusCode.UNAVAILABLE:
                     raise _Replace(e.message) from None
                 raise
             finally:
                 p.waiting.discard(job)
         if p.lock.locked() and p.active is not None:
-            self._state(job, jobs.QUEUED, f": waiting for job {p.active.id} on {p}")
+            self._state(job, JobState.QUEUED, f": waiting for job {p.active.id} on {p}")
             job.progress("queued", f"waiting for job {p.active.id} on {p.id}")
         async with p.lock:
-            if p.state != placements.READY:
+            if p.state != PlacementState.READY:
                 raise _Replace(p.error or f"{p} is gone")
             p.active = job
             try:
@@ -164,10 +162,10 @@ class Scheduler:
 
     async def _decode(self, job: Job, p: Placement) -> None:
         leader = self.registry.get(p.node_ids[0])
-        if leader is None or leader.state != READY:
+        if leader is None or leader.state != NodeState.READY:
             raise _Replace(f"node {p.node_ids[0]} of {p} is not ready")
         job.placement_id, job.node_ids = p.id, list(p.node_ids)
-        self._state(job, jobs.RUNNING, f" on {', '.join(p.node_ids)} ({p.id}, {p.mode})")
+        self._state(job, JobState.RUNNING, f" on {', '.join(p.node_ids)} ({p.id}, {p.mode})")
         job.progress("running", f"running on {', '.join(p.node_ids)} ({p.id}, {p.mode})")
         call = leader.stub.RunJob(worker_pb2.RunJobRequest(
             placement_id=p.id, job_id=job.id, decode=job.request.decode))
@@ -180,29 +178,29 @@ class Scheduler:
                 elif event.HasField("finished"):
                     job.result = event.finished
         except grpc.aio.AioRpcError as e:
-            code, details = e.code().name, e.details() or e.code().name
-            if code in ("INVALID_ARGUMENT", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED"):
-                raise JobError(code, details) from None  # the job's fault: the placement is fine
-            reason = f"{p} on {', '.join(p.node_ids)} failed: {details}"
+            error = StatusError.from_rpc(e)
+            if error.code in JOB_FAULTS:
+                raise error from None
+            reason = f"{p} on {', '.join(p.node_ids)} failed: {error.message}"
             gone = await self._unreachable(p.node_ids)
             if gone:
                 reason += f" (node{'s' * (len(gone) > 1)} {', '.join(gone)} not answering)"
-            self.placer.drop(p, "UNAVAILABLE", reason)
+            self.placements.drop(p, StatusError(StatusCode.UNAVAILABLE, reason))
             if not job.token_ids:
                 raise _Replace(reason) from None
-            raise JobError("UNAVAILABLE", reason) from None
+            raise StatusError(StatusCode.UNAVAILABLE, reason) from None
         finally:
             call.cancel()
         if job.result is None:
             reason = f"{p}: the worker ended the job without a result"
-            self.placer.drop(p, "UNAVAILABLE", reason)
-            raise JobError("UNAVAILABLE", reason)
+            self.placements.drop(p, StatusError(StatusCode.UNAVAILABLE, reason))
+            raise StatusError(StatusCode.UNAVAILABLE, reason)
 
     async def _unreachable(self, node_ids: list[str]) -> list[str]:
         """Which of these nodes do not answer a heartbeat now (or are known LOST)."""
         async def gone(node_id: str) -> bool:
             node = self.registry.get(node_id)
-            if node is None or node.state != READY:
+            if node is None or node.state != NodeState.READY:
                 return True
             try:
                 await node.stub.GetInfo(worker_pb2.GetInfoRequest(), timeout=PROBE_TIMEOUT_S)
@@ -217,8 +215,8 @@ class Scheduler:
     # -- shutdown --------------------------------------------------------------------
 
     async def close(self) -> None:
+        """Stop every job, and wait until each has ended."""
         for job in list(self.jobs.values()):
-            self.stop(job, "UNAVAILABLE", "the coordinator is shutting down")
+            job.stop(StatusError(StatusCode.UNAVAILABLE, "the coordinator is shutting down"))
         tasks = [j.task for j in self.jobs.values() if j.task]
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self.placer.close()

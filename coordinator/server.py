@@ -1,6 +1,6 @@
-"""One coordinator: the registry, discovery, the scheduler and the gRPC server
-(Inference, plus the standard health service and server reflection), started and
-stopped together."""
+"""One coordinator: the registry, the placements, the scheduler, discovery and the
+gRPC server (Inference, plus the standard health service and server reflection),
+built and connected here, started and stopped together."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from ..serving import address
 from ..v1 import inference_pb2, inference_pb2_grpc
 from .api import Inference
 from .discovery import MdnsDiscovery, add_peers
+from .placement_lifecycle import PlacementLifecycle
 from .registry import Registry
 from .scheduler import Scheduler
 
@@ -24,15 +25,19 @@ DEFAULT_PORT = 50151
 
 
 class Coordinator:
-    def __init__(self, host: str = "0.0.0.0", port: int = DEFAULT_PORT, *,
-                 peers: list[str] = (), mdns: bool = True, heartbeat_s: float = 1.0,
-                 lost_after: int = 3):
+    def __init__(self, host: str, port: int, *, peers: list[str], mdns: bool,
+                 heartbeat_s: float, lost_after: int):
         self.host = host
         self.port = port
         self.peers = list(peers)
         self.registry = Registry(interval=heartbeat_s, deadline=max(2 * heartbeat_s, 1.0),
                                  misses=lost_after)
-        self.scheduler = Scheduler(self.registry)
+        self.placements = PlacementLifecycle(self.registry)
+        self.scheduler = Scheduler(self.registry, self.placements)
+        # The placements hold models on the nodes: they follow what becomes of them.
+        self.registry.on_ready = self.placements.node_ready
+        self.registry.on_lost = self.placements.node_lost
+        self.registry.on_info = self.placements.node_info
         self.discovery = MdnsDiscovery(self.registry, host) if mdns else None
         self.server = grpc.aio.server()
         self.health = health.aio.HealthServicer()
@@ -41,7 +46,7 @@ class Coordinator:
         """Bind and serve; the port it serves on (``port`` 0 picks a free one).
         RuntimeError when the address cannot be bound."""
         inference_pb2_grpc.add_InferenceServicer_to_server(
-            Inference(self.registry, self.scheduler), self.server)
+            Inference(self.registry, self.placements, self.scheduler), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -60,5 +65,6 @@ class Coordinator:
         if self.discovery:
             await self.discovery.stop()
         await self.scheduler.close()
+        await self.placements.close()
         await self.server.stop(grace=1.0)
         await self.registry.close()

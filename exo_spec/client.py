@@ -8,7 +8,8 @@
         print(c.nodes())
 
 Messages are the generated protobuf classes (``exo_spec.v1``). Every error is
-an ``ExoSpecError`` carrying the gRPC status code and the coordinator's message.
+an ``exo_spec.status.StatusError`` carrying the gRPC status code and the
+coordinator's message.
 Leaving a ``generate`` loop early (break, an exception, closing the iterator)
 cancels the call, and with it the job.
 """
@@ -20,31 +21,22 @@ from typing import TypedDict, Unpack
 
 import grpc
 
+from .spec_mode import SpecMode
+from .status import StatusError
 from .v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
 DEFAULT_PORT = 50151
 UNARY_TIMEOUT_S = 30.0
-SPEC_MODES = {"auto": common_pb2.SPEC_MODE_AUTO, "mtp": common_pb2.SPEC_MODE_MTP,
-              "none": common_pb2.SPEC_MODE_NONE}
 
 
-class ExoSpecError(Exception):
-    """A call the coordinator refused or could not complete."""
-
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(f"{code.name}: {message}")
-        self.code = code
-        self.message = message
-
-
-def _error(e: grpc.RpcError) -> ExoSpecError:
-    details = e.details() or ""
-    return ExoSpecError(e.code(), details.splitlines()[0] if details else e.code().name)
+def no_result() -> StatusError:
+    """What a Generate stream that ended without its ``finished`` event raises."""
+    return StatusError(grpc.StatusCode.UNKNOWN, "the stream ended without a result")
 
 
 class GenerateOptions(TypedDict, total=False):
     draft_model: str
-    spec: str  # "auto", "mtp" or "none"
+    spec: str  # a SpecMode: "auto", "mtp" or "none"
     max_tokens: int
     temperature: float
     top_p: float
@@ -56,15 +48,18 @@ class GenerateOptions(TypedDict, total=False):
     nodes: int  # 0 lets the coordinator choose
 
 
-def generate_request(model: str, prompt: str, *, draft_model: str = "", spec: str = "auto",
-                     max_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
-                     top_k: int = 0, min_p: float = 0.0, seed: int | None = None,
-                     num_draft: int = 0, ignore_chat_template: bool = False,
+def generate_request(model: str, prompt: str, *, draft_model: str = "",
+                     spec: str = SpecMode.AUTO, max_tokens: int = 256,
+                     temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
+                     min_p: float = 0.0, seed: int | None = None, num_draft: int = 0,
+                     ignore_chat_template: bool = False,
                      nodes: int = 0) -> inference_pb2.GenerateRequest:
-    if spec not in SPEC_MODES:
-        raise ValueError(f"spec must be one of {', '.join(SPEC_MODES)}, got {spec!r}")
+    try:
+        mode = SpecMode(spec)
+    except ValueError:
+        raise ValueError(f"spec must be one of {', '.join(SpecMode)}, got {spec!r}") from None
     return inference_pb2.GenerateRequest(
-        model=model, draft_model=draft_model or "", spec=SPEC_MODES[spec], nodes=nodes,
+        model=model, draft_model=draft_model or "", spec=mode.to_proto(), nodes=nodes,
         decode=common_pb2.Decode(
             prompt=prompt, max_tokens=max_tokens, num_draft=num_draft or 0,
             ignore_chat_template=ignore_chat_template,
@@ -83,7 +78,7 @@ def _finished(events: Iterable[inference_pb2.GenerateEvent]) -> common_pb2.Finis
     for event in events:
         if event.HasField("finished"):
             return event.finished
-    raise ExoSpecError(grpc.StatusCode.UNKNOWN, "the stream ended without a result")
+    raise no_result()
 
 
 class Client:
@@ -120,7 +115,7 @@ class Client:
         try:
             yield from call
         except grpc.RpcError as e:
-            raise _error(e) from None
+            raise StatusError.from_rpc(e) from None
         finally:
             call.cancel()
 
@@ -128,7 +123,7 @@ class Client:
         try:
             return method(request, timeout=self.timeout)
         except grpc.RpcError as e:
-            raise _error(e) from None
+            raise StatusError.from_rpc(e) from None
 
     def get_job(self, job_id: str) -> inference_pb2.Job:
         return self._unary(self._stub.GetJob, inference_pb2.GetJobRequest(job_id=job_id))
@@ -181,7 +176,7 @@ class AsyncClient:
         async for event in self.generate(model, prompt, timeout=timeout, **options):
             if event.HasField("finished"):
                 return event.finished
-        raise ExoSpecError(grpc.StatusCode.UNKNOWN, "the stream ended without a result")
+        raise no_result()
 
     async def stream(self, request: inference_pb2.GenerateRequest, *,
                      timeout: float | None = None
@@ -191,7 +186,7 @@ class AsyncClient:
             async for event in call:
                 yield event
         except grpc.aio.AioRpcError as e:
-            raise _error(e) from None
+            raise StatusError.from_rpc(e) from None
         finally:
             call.cancel()
 
@@ -199,7 +194,7 @@ class AsyncClient:
         try:
             return await method(request, timeout=self.timeout)
         except grpc.aio.AioRpcError as e:
-            raise _error(e) from None
+            raise StatusError.from_rpc(e) from None
 
     async def get_job(self, job_id: str) -> inference_pb2.Job:
         return await self._unary(self._stub.GetJob, inference_pb2.GetJobRequest(job_id=job_id))

@@ -16,14 +16,14 @@ import sys
 import time
 from pathlib import Path
 
-import grpc
-
-from .client import Client, ExoSpecError
+from .client import Client, no_result
 from .local_cluster import ClusterError, LocalCluster
 from .remote import stats_dict
+from .spec_mode import SpecMode
+from .status import StatusError
 from .train.make_models import models_for
 
-ROWS = (("speculative (MTP)", "auto"), ("plain", "none"))
+ROWS = (("speculative (MTP)", SpecMode.AUTO), ("plain", SpecMode.NONE))
 WARMUP_TOKENS = 16
 
 
@@ -60,8 +60,9 @@ def run(args) -> int:
             results = [(name, _job(client, models, prompt, name, spec, args.workers,
                                    args.max_tokens, echo=i == 0))
                        for i, (name, spec) in enumerate(ROWS)]
-    except (OSError, ClusterError, ExoSpecError) as e:
-        print(f"exo-spec demo: error: {e}", file=sys.stderr)
+    except (OSError, ClusterError, StatusError) as e:
+        said = e.line() if isinstance(e, StatusError) else e
+        print(f"exo-spec demo: error: {said}", file=sys.stderr)
         return 1
     return 0 if _table(results, args.workers) else 1
 
@@ -77,7 +78,7 @@ def _inputs(args) -> tuple[Path, str]:
     return models, args.prompt or json.loads((models / "prompts.json").read_text())[0]
 
 
-def _job(client: Client, models: Path, prompt: str, name: str, spec: str, workers: int,
+def _job(client: Client, models: Path, prompt: str, name: str, spec: SpecMode, workers: int,
          max_tokens: int, echo: bool) -> dict:
     started = time.monotonic()
     for event in client.generate(str(models / "target"), prompt, spec=spec,
@@ -94,7 +95,7 @@ def _job(client: Client, models: Path, prompt: str, name: str, spec: str, worker
             _say(f"{name}: {stats['generation_tokens']} tokens in "
                  f"{time.monotonic() - started:.1f}s")
             return {**stats, "tokens": list(event.finished.token_ids)}
-    raise ExoSpecError(grpc.StatusCode.UNKNOWN, "the job's stream ended without a result")
+    raise no_result()
 
 
 def _table(results: list[tuple[str, dict]], workers: int) -> bool:

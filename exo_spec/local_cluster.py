@@ -57,10 +57,10 @@ class Background:
 class LocalCluster:
     """``with LocalCluster(2) as address:`` a coordinator at ``address`` with 2 ready workers."""
 
-    def __init__(self, workers: int = 2, logs: Path | None = None):
+    def __init__(self, workers: int):
         self.workers = workers
-        self._tmp = None if logs else tempfile.TemporaryDirectory(prefix="exo-spec-cluster-")
-        self.logs = logs or Path(self._tmp.name)
+        self._tmp = tempfile.TemporaryDirectory(prefix="exo-spec-cluster-")
+        self.logs = Path(self._tmp.name)
         self._procs: list[Background] = []
 
     def __enter__(self) -> str:
@@ -72,7 +72,6 @@ class LocalCluster:
 
     def _start(self) -> str:
         deadline = time.monotonic() + START_TIMEOUT_S
-        self.logs.mkdir(parents=True, exist_ok=True)
         workers = [Background(self.logs / f"worker-{i}.log", "worker", "--host", "127.0.0.1",
                             "--port", "0", "--node-id", f"local-{i}", "--no-mdns")
                    for i in range(self.workers)]
@@ -96,8 +95,7 @@ class LocalCluster:
         for p in reversed(self._procs):
             p.stop()
         self._procs = []
-        if self._tmp:
-            self._tmp.cleanup()
+        self._tmp.cleanup()
 
 
 def _left(deadline: float) -> float:

@@ -17,8 +17,10 @@ import sys
 
 import grpc
 
-from .client import Client, ExoSpecError, generate_request
+from .client import Client, generate_request, no_result
+from .coordinator.states import JobState, NodeState
 from .engine.stats import summary
+from .status import StatusError
 from .v1 import common_pb2, inference_pb2
 
 TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
@@ -29,13 +31,9 @@ STATS = ("mode", "num_draft", "drafted", "accepted", "prompt_tokens", "generatio
 GROUP_STATS = ("ranks", "parallel", "bytes_per_round", "messages_per_round")
 
 
-def exit_code(e: ExoSpecError) -> int:
+def _fail(command: str, e: StatusError) -> int:
+    print(f"exo-spec {command}: error: {e.line()}", file=sys.stderr)
     return 1 if e.code in TRANSIENT else 2
-
-
-def _fail(command: str, e: ExoSpecError) -> int:
-    print(f"exo-spec {command}: error: {e}", file=sys.stderr)
-    return exit_code(e)
 
 
 # -- generate ----------------------------------------------------------------------------
@@ -72,7 +70,7 @@ def generate(args) -> int:
                     streamed = True
                 elif event.HasField("finished"):
                     finished = event.finished
-    except ExoSpecError as e:
+    except StatusError as e:
         if streamed:
             sys.stdout.write("\n")
         return _fail("generate", e)
@@ -82,8 +80,7 @@ def generate(args) -> int:
         print("exo-spec generate: cancelled", file=sys.stderr)
         return 130
     if finished is None:
-        return _fail("generate", ExoSpecError(grpc.StatusCode.UNKNOWN,
-                                              "the stream ended without a result"))
+        return _fail("generate", no_result())
     stats = stats_dict(finished.stats)
     if args.json:
         print(json.dumps({"text": finished.text, "tokens": list(finished.token_ids),
@@ -123,7 +120,7 @@ def add_parser(sub) -> None:
     p.add_argument("action", nargs="?", choices=("list", "show", "cancel"), default="list")
     p.add_argument("job_id", nargs="?", metavar="ID")
     p.add_argument("--state", action="append", default=[],
-                   choices=[state_name(s) for s in inference_pb2.JobState.values() if s],
+                   choices=list(JobState),
                    help="with list: only jobs in this state (repeatable)")
     _coordinator_flag(p)
     p.set_defaults(run=jobs)
@@ -140,20 +137,16 @@ def _time(ts) -> str | None:
         timespec="seconds")
 
 
-def state_name(state: int) -> str:
-    return inference_pb2.JobState.Name(state).removeprefix("JOB_STATE_").lower()
-
-
 def node_dict(n: inference_pb2.Node) -> dict:
     return {"id": n.id, "host": n.host, "port": n.port,
-            "state": inference_pb2.NodeState.Name(n.state).removeprefix("NODE_STATE_").lower(),
+            "state": NodeState.from_proto(n.state),
             "backend": n.backend, "chip": n.chip, "version": n.version,
             "memory_bytes": n.memory_bytes, "used_bytes": n.used_bytes,
             "placements": list(n.placement_ids), "last_seen": _time(n.last_seen)}
 
 
 def job_dict(j: inference_pb2.Job) -> dict:
-    d = {"id": j.id, "state": state_name(j.state), "model": j.model,
+    d = {"id": j.id, "state": JobState.from_proto(j.state), "model": j.model,
          "draft_model": j.draft_model, "placement": j.placement_id, "nodes": list(j.node_ids),
          "created": _time(j.created), "finished": _time(j.finished_at),
          "generated_tokens": j.generated_tokens, "error": j.error}
@@ -174,7 +167,7 @@ def nodes(args) -> int:
     try:
         with Client(args.coordinator) as client:
             found = client.nodes()
-    except ExoSpecError as e:
+    except StatusError as e:
         return _fail("nodes", e)
     if args.json:
         print(json.dumps({"nodes": [node_dict(n) for n in found]}))
@@ -197,14 +190,13 @@ def jobs(args) -> int:
     try:
         with Client(args.coordinator) as client:
             if args.action == "list":
-                states = [inference_pb2.JobState.Value(f"JOB_STATE_{s.upper()}")
-                          for s in args.state]
+                states = [JobState(s).to_proto() for s in args.state]
                 found = [job_dict(j) for j in client.list_jobs(states)]
             elif args.action == "show":
                 found = [job_dict(client.get_job(args.job_id))]
             else:
                 found = [job_dict(client.cancel_job(args.job_id))]
-    except ExoSpecError as e:
+    except StatusError as e:
         return _fail("jobs", e)
     if args.json:
         print(json.dumps({"jobs": found} if args.action == "list" else found[0]))

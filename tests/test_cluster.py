@@ -19,11 +19,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from exo_spec.cli import main
-from exo_spec.client import AsyncClient, Client, ExoSpecError
+from exo_spec.client import AsyncClient, Client
 from exo_spec.coordinator.discovery import SERVICE_TYPE, MdnsDiscovery
-from exo_spec.coordinator.registry import LOST, READY, Registry
+from exo_spec.coordinator.registry import Registry
+from exo_spec.coordinator.states import NodeState
 from exo_spec.local_cluster import COORDINATOR_LINE, WORKER_LINE, Background
 from exo_spec.prompt import encode_prompt
+from exo_spec.status import StatusError
 from exo_spec.v1 import inference_pb2, worker_pb2, worker_pb2_grpc
 from exo_spec.worker.advertise import SERVICE_TYPE as ADVERTISED
 
@@ -112,8 +114,8 @@ def run(client: Client, checkpoints, **options):
     return streamed, chunks, finished, accepted.id
 
 
-def refused(call) -> ExoSpecError:
-    with pytest.raises(ExoSpecError) as info:
+def refused(call) -> StatusError:
+    with pytest.raises(StatusError) as info:
         call()
     return info.value
 
@@ -172,18 +174,18 @@ def test_mdns_discovery_on_loopback(tmp_path):
         discovery = MdnsDiscovery(registry, "127.0.0.1")
         await discovery.start()
         try:
-            async def state() -> str | None:
+            async def state() -> NodeState | None:
                 node = registry.get(node_id)
                 return node.state if node else None
 
             deadline = time.monotonic() + 20
-            while await state() != READY:
+            while await state() != NodeState.READY:
                 assert time.monotonic() < deadline, "the worker was not found by mDNS"
                 await asyncio.sleep(0.1)
             found = registry.get(node_id)
             await asyncio.to_thread(worker.stop)
             stopped = time.monotonic()
-            while await state() != LOST:
+            while await state() != NodeState.LOST:
                 assert time.monotonic() - stopped < 10, "the worker was not lost"
                 await asyncio.sleep(0.1)
             return found.address, found.source
@@ -268,7 +270,7 @@ def test_cancel_mid_stream_then_the_next_job_works(cluster, checkpoints, referen
     job_id = next(events).accepted.id
     tokens = 0
     finished = None
-    with pytest.raises(ExoSpecError) as info:
+    with pytest.raises(StatusError) as info:
         for event in events:
             if event.HasField("tokens"):
                 tokens += 1
@@ -392,7 +394,7 @@ def test_async_client(cluster, checkpoints, reference):
             chunks = [e async for e in client.generate(
                 str(checkpoints.llama), PROMPT, max_tokens=MAX_TOKENS, nodes=2)
                 if e.HasField("tokens")]
-            with pytest.raises(ExoSpecError) as info:
+            with pytest.raises(StatusError) as info:
                 await client.get_job("no-such-job")
             return (finished, chunks, await client.nodes(), await client.list_jobs(),
                     await client.placements(), await client.status(), info.value)
@@ -480,7 +482,7 @@ def test_cli_nodes_and_jobs(cluster, checkpoints, reference, capsys):
 def test_a_lost_worker_fails_its_job_and_leaves_the_ready_set(cluster, checkpoints, reference):
     events = cluster.client.generate(str(checkpoints.llama), PROMPT, max_tokens=LONG, nodes=2)
     job_id = next(events).accepted.id
-    with pytest.raises(ExoSpecError) as info:
+    with pytest.raises(StatusError) as info:
         for event in events:
             if event.HasField("tokens") and cluster.w1.proc.poll() is None:
                 cluster.w1.proc.kill()

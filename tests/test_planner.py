@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import pytest
+from grpc import StatusCode
 
 from exo_spec.coordinator.placement_plan import (
     RANK_OVERHEAD,
     ModelFacts,
     NodeSpace,
-    PlacementError,
     need,
     plan,
     plan_evicting,
 )
+from exo_spec.status import StatusError
 
 GiB = 2**30
 
@@ -21,8 +22,8 @@ def nodes(**free_gib: float) -> list[NodeSpace]:
     return [NodeSpace(node_id, int(gib * GiB)) for node_id, gib in free_gib.items()]
 
 
-def refused(model, spaces, wanted=0) -> PlacementError:
-    with pytest.raises(PlacementError) as info:
+def refused(model, spaces, wanted=0) -> StatusError:
+    with pytest.raises(StatusError) as info:
         plan(model, spaces, wanted)
     return info.value
 
@@ -78,7 +79,8 @@ def test_rank_0_holds_the_drafter_and_is_the_node_that_can():
 def test_a_drafter_no_node_can_hold_beside_a_layer():
     model = ModelFacts(num_layers=4, weight_bytes=8 * GiB, draft_bytes=9 * GiB, mode="draft")
     e = refused(model, nodes(a=10, b=10, c=10))
-    assert e.code == "RESOURCE_EXHAUSTED" and "rank 0 holds the drafter (9.0 GiB)" in e.message
+    assert e.code == StatusCode.RESOURCE_EXHAUSTED
+    assert "rank 0 holds the drafter (9.0 GiB)" in e.message
 
 
 def test_forced_node_count():
@@ -94,7 +96,7 @@ def test_forced_node_count():
 def test_forced_one_node_that_does_not_fit():
     model = ModelFacts(num_layers=8, weight_bytes=10 * GiB, name="big-model")
     e = refused(model, nodes(a=8, b=8), 1)
-    assert e.code == "RESOURCE_EXHAUSTED"
+    assert e.code == StatusCode.RESOURCE_EXHAUSTED
     assert e.message.startswith("big-model needs 12.2 GiB on one node")
     assert "most free memory on a node is 8.0 GiB" in e.message
     assert len(plan(model, nodes(a=8, b=8)).ranks) == 2  # auto spreads it instead
@@ -102,25 +104,25 @@ def test_forced_one_node_that_does_not_fit():
 
 def test_more_nodes_asked_than_ready():
     e = refused(ModelFacts(num_layers=8, weight_bytes=GiB), nodes(a=8, b=8), 3)
-    assert (e.code, e.message) == ("FAILED_PRECONDITION",
+    assert (e.code, e.message) == (StatusCode.FAILED_PRECONDITION,
                                    "3 nodes were asked for but only 2 are ready")
 
 
 def test_more_nodes_than_layers():
     model = ModelFacts(num_layers=2, weight_bytes=GiB, name="tiny")
     e = refused(model, nodes(a=8, b=8, c=8), 3)
-    assert (e.code, e.message) == ("INVALID_ARGUMENT",
+    assert (e.code, e.message) == (StatusCode.INVALID_ARGUMENT,
                                    "tiny has 2 layers: it cannot be split over 3 nodes")
     # auto never tries more nodes than layers
     e = refused(ModelFacts(num_layers=2, weight_bytes=30 * GiB), nodes(a=9, b=9, c=9, d=9))
-    assert e.code == "RESOURCE_EXHAUSTED" and "on 2 nodes" in e.message
+    assert e.code == StatusCode.RESOURCE_EXHAUSTED and "on 2 nodes" in e.message
 
 
 def test_nothing_fits():
     model = ModelFacts(num_layers=80, weight_bytes=140 * GiB, draft_bytes=GiB, mode="draft",
                        name="llama-70b")
     e = refused(model, nodes(a=32, b=32, c=24))
-    assert e.code == "RESOURCE_EXHAUSTED"
+    assert e.code == StatusCode.RESOURCE_EXHAUSTED
     assert e.message.startswith("llama-70b does not fit on 3 nodes: it needs about")
     assert "weights 140.0 GiB, drafter 1.0 GiB" in e.message
     assert "the 3 nodes with the most free memory have 88.0 GiB free together" in e.message
@@ -132,20 +134,20 @@ def test_nothing_fits():
 
 def test_no_nodes_at_all():
     e = refused(ModelFacts(num_layers=2, weight_bytes=1), [])
-    assert (e.code, e.message) == ("UNAVAILABLE", "no worker node is ready")
+    assert (e.code, e.message) == (StatusCode.UNAVAILABLE, "no worker node is ready")
 
 
 def test_single_layer_and_single_node_clusters_do_not_split():
     e = refused(ModelFacts(num_layers=1, weight_bytes=20 * GiB), nodes(a=9, b=9))
-    assert e.code == "RESOURCE_EXHAUSTED" and "on one node" in e.message
+    assert e.code == StatusCode.RESOURCE_EXHAUSTED and "on one node" in e.message
     e = refused(ModelFacts(num_layers=8, weight_bytes=20 * GiB), nodes(a=9))
-    assert e.code == "RESOURCE_EXHAUSTED" and "on one node" in e.message
+    assert e.code == StatusCode.RESOURCE_EXHAUSTED and "on one node" in e.message
 
 
 def test_assistants_never_span_nodes():
     model = ModelFacts(num_layers=8, weight_bytes=20 * GiB, draft_bytes=GiB, mode="assistant")
     e = refused(model, nodes(a=16, b=16))
-    assert e.code == "FAILED_PRECONDITION" and "cannot span nodes" in e.message
+    assert e.code == StatusCode.FAILED_PRECONDITION and "cannot span nodes" in e.message
     assert plan(model, nodes(a=16, b=32)).node_ids == ["b"]
 
 
@@ -153,10 +155,11 @@ def test_models_whose_layers_cannot_be_split_stay_on_one_node():
     model = ModelFacts(num_layers=8, weight_bytes=20 * GiB,
                        split_refusal="model_type gemma4_text cannot be split across ranks")
     e = refused(model, nodes(a=16, b=16))
-    assert e.code == "FAILED_PRECONDITION"
+    assert e.code == StatusCode.FAILED_PRECONDITION
     assert "on one node" in e.message and "gemma4_text cannot be split" in e.message
     e = refused(model, nodes(a=32, b=32), wanted=2)
-    assert e.code == "FAILED_PRECONDITION" and e.message.startswith("2 nodes were asked for")
+    assert e.code == StatusCode.FAILED_PRECONDITION
+    assert e.message.startswith("2 nodes were asked for")
     assert plan(model, nodes(a=16, b=32)).node_ids == ["b"]
 
 
@@ -178,7 +181,7 @@ def test_idle_placements_make_room_least_recently_used_first():
     model = ModelFacts(num_layers=8, weight_bytes=6 * GiB)
     free = nodes(a=4, b=4)  # 8 GiB free but the model needs ~7.5 GiB on one or two nodes
     e = refused(model, free, 1)
-    assert e.code == "RESOURCE_EXHAUSTED"
+    assert e.code == StatusCode.RESOURCE_EXHAUSTED
     idle = [{"a": 2 * GiB}, {"b": 6 * GiB}, {"a": 8 * GiB}]  # least recently used first
     p, k = plan_evicting(model, free, 1, idle)
     assert (p.node_ids, k) == (["b"], 2)  # the oldest alone is not enough
@@ -186,15 +189,15 @@ def test_idle_placements_make_room_least_recently_used_first():
     assert (len(p.ranks), k) == (2, 0)  # two nodes fit without evicting anything
     assert plan_evicting(model, nodes(a=9), 0, idle)[1] == 0
     e = refused_evicting(ModelFacts(num_layers=40, weight_bytes=40 * GiB), free, 0, idle)
-    assert e.code == "RESOURCE_EXHAUSTED" and "8.0 GiB free together" in e.message  # as is
+    assert e.code == StatusCode.RESOURCE_EXHAUSTED and "8.0 GiB free together" in e.message  # as is
     e = refused(ModelFacts(num_layers=2, weight_bytes=20 * GiB), free)
     assert "a single layer needs 12.2 GiB but the most free memory on a node is 4.0 GiB" \
         in e.message
     e = refused_evicting(model, free, 3, idle)  # not a memory problem: nothing is evicted
-    assert e.code == "FAILED_PRECONDITION"
+    assert e.code == StatusCode.FAILED_PRECONDITION
 
 
-def refused_evicting(model, spaces, wanted, idle) -> PlacementError:
-    with pytest.raises(PlacementError) as info:
+def refused_evicting(model, spaces, wanted, idle) -> StatusError:
+    with pytest.raises(StatusError) as info:
         plan_evicting(model, spaces, wanted, idle)
     return info.value
