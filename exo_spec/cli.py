@@ -16,7 +16,7 @@ COMMANDS = {
     "jobs": "remote",
     "bench": "commands.bench",
     "make-models": "commands.make_models",
-    "worker": "worker.main",
+    "worker": "commands.worker",
 }
 
 

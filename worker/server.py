@@ -1,4 +1,4 @@
-"""``exo-spec worker``: serve this machine to a coordinator.
+"""The worker process (``exo-spec worker``): serve this machine to a coordinator.
 
 Serves WorkerControl (plus gRPC health and reflection) on ``--host``, advertises
 itself by mDNS on that interface unless ``--no-mdns``, logs one line per event on
@@ -7,7 +7,6 @@ stderr, and on SIGINT/SIGTERM stops advertising and releases its placements.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 
@@ -19,40 +18,10 @@ from ..serving import address, until_stopped
 from ..v1 import worker_pb2, worker_pb2_grpc
 from .advertise import Advertiser
 from .control import WorkerControl
-from .node import Node, this_node
+from .node import Node
 from .placements import Placements
-from .runner.watchdog import DEFAULT_TIMEOUT_S
 
 SERVICE = worker_pb2.DESCRIPTOR.services_by_name["WorkerControl"].full_name
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("worker", help="serve this machine to a coordinator")
-    p.add_argument("--host", help="address to bind and advertise (default: the primary one)")
-    p.add_argument("--port", type=int, default=0, help="gRPC port (default: any free one)")
-    p.add_argument("--memory-gb", type=float,
-                   help="memory budget to advertise (default: 75%% of physical memory)")
-    p.add_argument("--node-id", help="this node's id (default: the host name)")
-    p.add_argument("--no-mdns", action="store_true", help="do not advertise by mDNS")
-    p.add_argument("--group-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
-                   help="fail a job whose group makes no progress for S seconds "
-                        f"(default {DEFAULT_TIMEOUT_S:g})")
-    p.set_defaults(run=run)
-
-
-def run(args) -> int:
-    for flag, value in (("--memory-gb", args.memory_gb), ("--group-timeout", args.group_timeout)):
-        if value is not None and value <= 0:
-            print(f"exo-spec worker: error: {flag} must be > 0, got {value}", file=sys.stderr)
-            return 2
-    node = this_node(args.node_id, args.host, args.memory_gb)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format=f"%(asctime)s exo-spec worker {node.node_id}: %(message)s")
-    try:
-        return asyncio.run(serve(node, args.port, mdns=not args.no_mdns,
-                                 group_timeout_s=args.group_timeout))
-    except KeyboardInterrupt:
-        return 0
 
 
 async def serve(node: Node, port: int, *, mdns: bool, group_timeout_s: float) -> int:
