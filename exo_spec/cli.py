@@ -9,11 +9,11 @@ import sys
 # The module that defines and runs each subcommand (see ``commands``). Only the one
 # named on the command line is imported.
 COMMANDS = {
-    "demo": "demo",
+    "demo": "commands.demo",
     "generate": "commands.generate",
-    "coordinator": "coordinator.main",
-    "nodes": "remote",
-    "jobs": "remote",
+    "coordinator": "commands.coordinator",
+    "nodes": "commands.cluster",
+    "jobs": "commands.cluster",
     "bench": "commands.bench",
     "make-models": "commands.make_models",
     "worker": "commands.worker",

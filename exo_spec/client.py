@@ -219,3 +219,17 @@ class AsyncClient:
     async def status(self) -> inference_pb2.ClusterStatus:
         return await self._unary(self._stub.GetClusterStatus,
                                  inference_pb2.GetClusterStatusRequest())
+
+
+STATS = ("mode", "num_draft", "drafted", "accepted", "prompt_tokens", "generation_tokens",
+         "ttft_s", "acceptance_rate", "tokens_per_round", "prompt_tps", "decode_tps")
+GROUP_STATS = ("ranks", "parallel", "bytes_per_round", "messages_per_round")
+
+
+def stats_dict(stats: common_pb2.Stats) -> dict:
+    """The ``stats`` object of ``exo-spec generate --json``, as a local run prints it."""
+    d = {name: getattr(stats, name) for name in STATS}
+    d["num_draft"] = d["num_draft"] or None
+    if stats.ranks > 1:
+        d.update({name: getattr(stats, name) for name in GROUP_STATS})
+    return d

@@ -1,4 +1,4 @@
-"""``exo-spec demo``: the whole product on this machine, offline and with no flags.
+"""The demo (``exo-spec demo``): the whole product on this machine, offline, no flags.
 
 It makes the demo models the first time (trained from the Python standard
 library, cached under the user's cache dir), starts a coordinator and two
@@ -16,26 +16,14 @@ import sys
 import time
 from pathlib import Path
 
-from .client import Client, no_result
+from .client import Client, no_result, stats_dict
 from .local_cluster import ClusterError, LocalCluster
-from .remote import stats_dict
 from .spec_mode import SpecMode
 from .status import StatusError
 from .train.make_models import models_for
 
 ROWS = (("speculative (MTP)", SpecMode.AUTO), ("plain", SpecMode.NONE))
 WARMUP_TOKENS = 16
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("demo", help="run a speculative job across two local workers, offline")
-    p.add_argument("--models", type=Path,
-                   help="models made by `exo-spec make-models` (default: the cached demo models, "
-                        "made on first use)")
-    p.add_argument("--max-tokens", type=int, default=160)
-    p.add_argument("--prompt", help="default: a held-out snippet of standard-library code")
-    p.add_argument("--workers", type=int, default=2, help="local workers to pipeline across")
-    p.set_defaults(run=run)
 
 
 def _say(line: str) -> None:

@@ -76,9 +76,9 @@ def run(args) -> int:
             if args.warmup_tokens:
                 raise ValueError("--warmup-tokens runs on this machine; a cluster's workers "
                                  "keep their kernels from job to job")
-            from .. import remote
+            from . import cluster
 
-            return remote.generate(args)
+            return cluster.generate(args)
         if args.nodes is not None or args.timeout is not None:
             raise ValueError("--nodes and --timeout need --coordinator")
         if args.local_ranks is not None or args.split or args.parallel != "pipeline":

@@ -17,18 +17,15 @@ import sys
 
 import grpc
 
-from .client import Client, generate_request, no_result
-from .coordinator.states import JobState, NodeState
-from .engine.stats import summary
-from .status import StatusError
-from .v1 import common_pb2, inference_pb2
+from ..client import Client, generate_request, no_result, stats_dict
+from ..coordinator.states import JobState, NodeState
+from ..engine.stats import summary
+from ..status import StatusError
+from ..v1 import inference_pb2
 
 TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
              grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED)
 DEFAULT_COORDINATOR = "127.0.0.1:50151"
-STATS = ("mode", "num_draft", "drafted", "accepted", "prompt_tokens", "generation_tokens",
-         "ttft_s", "acceptance_rate", "tokens_per_round", "prompt_tps", "decode_tps")
-GROUP_STATS = ("ranks", "parallel", "bytes_per_round", "messages_per_round")
 
 
 def _fail(command: str, e: StatusError) -> int:
@@ -89,15 +86,6 @@ def generate(args) -> int:
         sys.stdout.write("\n")
         print(summary(stats), file=sys.stderr)
     return 0
-
-
-def stats_dict(stats: common_pb2.Stats) -> dict:
-    """The ``stats`` object of ``exo-spec generate --json``, as a local run prints it."""
-    d = {name: getattr(stats, name) for name in STATS}
-    d["num_draft"] = d["num_draft"] or None
-    if stats.ranks > 1:
-        d.update({name: getattr(stats, name) for name in GROUP_STATS})
-    return d
 
 
 # -- nodes and jobs ------------------------------------------------------------------------

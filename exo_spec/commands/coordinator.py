@@ -11,9 +11,9 @@ import asyncio
 import logging
 import sys
 
+from ..coordinator.discovery import parse_address
+from ..coordinator.server import DEFAULT_PORT, Coordinator
 from ..serving import address, until_stopped
-from .discovery import parse_address
-from .server import DEFAULT_PORT, Coordinator
 
 
 def add_parser(sub) -> None:
