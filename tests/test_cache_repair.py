@@ -81,7 +81,7 @@ def test_hybrid_state_after_rejection(hybrid, kept, split):
 
     fresh = _one_at_a_time(model, prompt, FED[:kept])
     assert sum(isinstance(c, ArraysCache) for c in spec.cache) >= 2
-    assert spec.replayed_tokens == 0
+    assert spec.rounds.replayed_tokens == 0
     assert_same_caches(spec.cache, fresh.cache, **TIGHT)
     following = mx.array([7], dtype=mx.uint32)
     np.testing.assert_allclose(np.array(spec(following)[0]), np.array(fresh(following)[0]),
@@ -117,7 +117,7 @@ def test_round_started_before_the_previous_one_ends(checkpoints, model_kind, fir
         spec.end_round(first, first_kept)
         kept = [first[:first_kept]]
     assert _original_hooks()
-    assert (spec.replayed_tokens > 0) == (model_kind == "rotating")
+    assert (spec.rounds.replayed_tokens > 0) == (model_kind == "rotating")
 
     fresh = CachedModel(model, max_kv_size=max_kv_size)
     fresh.prefill(mx.array(prompt, dtype=mx.uint32))
@@ -155,7 +155,7 @@ def test_drafter_and_target_rounds_open_together(checkpoints):
                        _one_at_a_time(target_model, prompt, drafted[:2]).cache, **TIGHT)
     assert_same_caches(drafter.cache,
                        _one_at_a_time(drafter_model, prompt, drafted[:1]).cache, **TIGHT)
-    assert target.replayed_tokens == drafter.replayed_tokens == 0
+    assert target.rounds.replayed_tokens == drafter.rounds.replayed_tokens == 0
 
 
 @pytest.mark.parametrize("kept", [1, 3])
@@ -167,19 +167,18 @@ def test_follower_stage_rewinds_without_replay(checkpoints, kept):
     prompt = mx.random.normal((1, 9, stage.hidden_size))
     rows = mx.random.normal((5, stage.hidden_size))
     spec, fresh = StageCache(stage), StageCache(stage)
-    spec.model(prompt, spec.cache)
-    spec.begin_round(rows.shape[0])
-    spec.model(rows[None], spec.cache)
-    spec.end_round(rows, kept)
-    fresh.model(prompt, fresh.cache)
+    spec(prompt)
+    spec.rounds.begin(rows.shape[0])
+    spec(rows[None])
+    spec.rounds.end(rows, kept)
+    fresh(prompt)
     for t in range(kept):
-        fresh.model(rows[None, t : t + 1], fresh.cache)
-    assert isinstance(spec.cache[0], ArraysCache)
-    assert spec.replayed_tokens == 0
-    assert_same_caches(spec.cache, fresh.cache, **TIGHT)
+        fresh(rows[None, t : t + 1])
+    assert isinstance(spec.rounds.cache[0], ArraysCache)
+    assert spec.rounds.replayed_tokens == 0
+    assert_same_caches(spec.rounds.cache, fresh.rounds.cache, **TIGHT)
     following = mx.random.normal((1, 1, stage.hidden_size))
-    np.testing.assert_allclose(np.array(spec.model(following, spec.cache)),
-                               np.array(fresh.model(following, fresh.cache)), **TIGHT)
+    np.testing.assert_allclose(np.array(spec(following)), np.array(fresh(following)), **TIGHT)
 
 
 def test_dropped_round_stops_capturing(checkpoints):
@@ -187,7 +186,7 @@ def test_dropped_round_stops_capturing(checkpoints):
     spec.prefill(mx.array([1, 2, 3], dtype=mx.uint32))
     spec.begin_round(2)
     spec(FED[:2])
-    spec.drop_round()
+    spec.rounds.drop()
     assert _original_hooks()
 
 
@@ -199,7 +198,7 @@ def test_trimmable_cache_is_trimmed_not_replayed(checkpoints):
     spec.begin_round(3)
     spec(fed)
     spec.end_round(fed, 1)
-    assert spec.replayed_tokens == 0
+    assert spec.rounds.replayed_tokens == 0
     assert all(c.offset == 4 for c in spec.cache)
 
 
@@ -209,7 +208,7 @@ def test_reset_empties_caches_and_drops_an_open_round(checkpoints):
     spec.prefill(mx.array([1, 2, 3], dtype=mx.uint32))
     spec.begin_round(3)
     spec(mx.array([4, 5, 6], dtype=mx.uint32))
-    spec.reset()
+    spec.rounds.reset()
     assert _original_hooks()
-    assert spec.replayed_tokens == 0
+    assert spec.rounds.replayed_tokens == 0
     assert all(c.empty() for c in spec.cache)

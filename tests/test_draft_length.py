@@ -249,7 +249,7 @@ class Scripted(AdaptiveDraftLength):
         self.chosen.append(next(self.script, 0))
         return self.chosen[-1]
 
-    def ahead(self) -> int:
+    def next_pipelined(self) -> int:
         return 0
 
     def observe(self, k: int, accepted: int, seconds: float | None) -> None:

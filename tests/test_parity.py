@@ -74,7 +74,7 @@ def test_hybrid_target_with_close_drafter(checkpoints, k):
     if k:
         assert 0 < stats.accepted < stats.drafted
         _assert_rounds_ahead_kept_and_taken_back(decoder)
-    assert decoder.target.replayed_tokens == decoder.proposer.lm.replayed_tokens == 0
+    assert decoder.target.rounds.replayed_tokens == decoder.proposer.lm.rounds.replayed_tokens == 0
 
 
 @pytest.mark.parametrize("k", KS)
@@ -85,7 +85,7 @@ def test_qwen3_5_mtp(checkpoints, k, prompt):
     assert stats.mode == "mtp"
     if k:
         assert stats.drafted > 0
-    assert decoder.target.replayed_tokens == 0
+    assert decoder.target.rounds.replayed_tokens == 0
 
 
 @pytest.mark.parametrize("k", [1, 3, None])
@@ -171,7 +171,7 @@ def test_rotating_cache_wraps(checkpoints, k):
     decoder = drafter_decoder(path, perturbed(path, scale=0.01), k, max_kv_size=16)
     assert run(decoder, prompt, 40) == expected
     if k:  # rounds that wrapped the window were rebuilt from a snapshot
-        assert decoder.target.replayed_tokens > 0
+        assert decoder.target.rounds.replayed_tokens > 0
 
 
 @pytest.mark.parametrize("k", [2, None])
@@ -185,7 +185,7 @@ def test_hybrid_rotating_cache_wraps(checkpoints, k):
     decoder = drafter_decoder(path, perturbed(path, scale=0.01), k, max_kv_size=16)
     assert run(decoder, prompt, 40) == expected
     if k:
-        assert decoder.target.replayed_tokens > 0
+        assert decoder.target.rounds.replayed_tokens > 0
 
 
 def test_quantized_kv_cache(checkpoints, tmp_path):
@@ -195,7 +195,7 @@ def test_quantized_kv_cache(checkpoints, tmp_path):
     caches = [QuantizedKVCache(group_size=32, bits=8) for _ in model.layers]
     expected = greedy_reference(model, prompt, MAX_TOKENS, prompt_cache=caches)
     decoder = drafter_decoder(path, perturbed(path, scale=0.01), 3)
-    decoder.target.cache = [QuantizedKVCache(group_size=32, bits=8) for _ in model.layers]
+    decoder.target.rounds.cache = [QuantizedKVCache(group_size=32, bits=8) for _ in model.layers]
     assert run(decoder, prompt, MAX_TOKENS) == expected
     assert decoder.stats.accepted < decoder.stats.drafted
 

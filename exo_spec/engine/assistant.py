@@ -23,7 +23,8 @@ from mlx_lm.models.cache import KVCache, RotatingKVCache
 from ..models.gemma4_assistant import Model, SharedKV
 from ..models.heads import language_model
 from .cached_model import CachedModel
-from .sampling import Sampling, draw
+from .proposer import draft
+from .sampling import Sampling
 
 
 def shared_kv_layers(target_args) -> dict[str, int]:
@@ -80,14 +81,15 @@ class Gemma4Assistant:
     def propose(self, k: int, sampling: Sampling) -> tuple[mx.array, mx.array | None]:
         shared = self.shared_kv()
         position = self.target.cache[0].offset
-        token, h = self._token, self._hidden[None]
-        drafts, dists = [], []
-        for _ in range(k):
-            logits, h = self.step(token, h, shared, position)
-            token, q = draw(logits, sampling)
-            drafts.append(token)
-            dists.append(q)
-        return mx.concatenate(drafts), (None if sampling.greedy else mx.concatenate(dists))
+        h = self._hidden[None]
+
+        def next_logits(previous: mx.array | None) -> mx.array:
+            nonlocal h
+            logits, h = self.step(self._token if previous is None else previous, h, shared,
+                                  position)
+            return logits
+
+        return draft(k, sampling, next_logits)
 
     def step(self, token: mx.array, hidden: mx.array, shared: SharedKV, position: int):
         """Logits (1, V) for the token after ``token`` (1,), and the next hidden (1, 1, H)."""

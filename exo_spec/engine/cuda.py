@@ -4,8 +4,8 @@ Attention. MLX sends half-precision attention with more than one query row to
 cuDNN and builds one cuDNN graph per exact (query shape, key shape, strides).
 mlx-lm's KV caches hand attention the keys cut to the current length, so every
 verify round, every replay after a rejection and every proposer catch-up is a
-shape never seen before: a graph build of ~40 ms on an H100 where a whole round
-takes a few ms (benchmarks/cuda_verify_width.py; docs/BENCHMARKS.md). Without
+shape never seen before: a graph build that takes many times as long as the
+whole round (benchmarks/cuda_verify_width.py measures both). Without
 cuDNN, MLX runs its own kernels, which take any length: a vector kernel for up
 to 3 query rows, matmul + softmax beyond. ``configure()`` turns cuDNN attention
 off (``MLX_CUDA_USE_CUDNN_SDPA=0``) on a CUDA machine unless that variable is
@@ -16,11 +16,10 @@ to everything in the process, mlx-lm's own decoding too.
 Quantized weights. MLX multiplies up to 7 rows by 4- or 8-bit weights with a
 kernel it ships, and 8 rows or more (affine, group size 64, as mlx-community
 checkpoints are) with a CUTLASS kernel it compiles with NVRTC on first use, one
-per row tile of 16, 32 and 64 rows: about 50 s each on an H200, then kept under
-``/tmp/mlx/<version>/ptx`` (``MLX_PTX_CACHE_DIR``). The first time a proposer
-catches up on 8 or more tokens, a job stalled for that long: in ``exo-spec bench``
-on the H200, an adaptive row ran at 8 tok/s where its other repeats ran at 400+.
-``build_quantized_kernels`` compiles them while the model loads instead.
+per row tile of 16, 32 and 64 rows: tens of seconds each, then kept under
+``/tmp/mlx/<version>/ptx`` (``MLX_PTX_CACHE_DIR``). Compiled on first use, they
+would stall a job for that long the first time a proposer catches up on 8 or more
+tokens; ``build_quantized_kernels`` compiles them while the model loads instead.
 """
 
 from __future__ import annotations

@@ -6,8 +6,10 @@ it emits); drafting, verification and cache repair of the previous round are
 queued lazily in between. Where the host would otherwise wait for the device
 (``round_ahead``), the next round is drafted and queued before this one is read,
 as if every draft is kept, so the host builds its graph while the device
-computes; when a draft was rejected, that round is taken back from the target
-and the proposer.
+computes (a pipelined round); when a draft was rejected, that round is taken
+back from the target and the proposer. Where speculation does not pay, a plain
+target step queues the next one before it is read, as mlx-lm's generate_step
+does, for the same overlap.
 """
 
 from __future__ import annotations
@@ -15,15 +17,16 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import ClassVar
 
 import mlx.core as mx
 
-from .cached_model import CachedModel
 from .draft_length import AdaptiveDraftLength, FixedDraftLength
 from .proposer import Proposer
 from .round_ahead import RoundAhead
 from .sampling import Sampling, probs, sample
 from .stats import Stats
+from .target import Target
 from .verify import verify_greedy, verify_sampled
 
 
@@ -36,7 +39,17 @@ class Round:
     tokens: mx.array  # what the target emits at each fed position
     decision: mx.array  # [drafts kept, *tokens]: what the host reads, in one transfer
     hidden: mx.array | None  # the target's final hidden states there, if the proposer reads them
-    ahead: bool  # started before the previous round was read
+    pipelined: bool  # started before the previous round was read
+
+
+@dataclass
+class PlainStep:
+    """One target step, queued on the device and not yet read."""
+
+    token: mx.array  # the token it samples
+    hidden: mx.array | None  # the target's final hidden state, if the proposer reads it
+    pipelined: bool  # queued before the previous step was read
+    k: ClassVar[int] = 0  # no drafts
 
 
 @dataclass
@@ -44,10 +57,22 @@ class Finish:
     reason: str  # "stop" (an end-of-sequence token) or "length" (max_tokens)
 
 
+def _timing_sample(current: Round | PlainStep, queued: Round | PlainStep | None,
+                   seconds: float) -> float | None:
+    """What the draft-length policy is told ``current`` took. A round gives its seconds.
+    A plain step gives them only where it ran as decoding plainly runs: queued before
+    the previous step was read, and queuing the next before it was read itself. One
+    that built its own graph did two steps' host work; one that queued nothing after
+    it (a round comes next) built no graph at all."""
+    if isinstance(current, Round) or (current.pipelined and isinstance(queued, PlainStep)):
+        return seconds
+    return None
+
+
 class SpecDecoder:
     def __init__(
         self,
-        target: CachedModel,
+        target: Target,
         proposer: Proposer | None = None,
         *,
         sampling: Sampling = Sampling(),
@@ -94,75 +119,82 @@ class SpecDecoder:
         if out:
             yield out
         decode_start = time.perf_counter()
-        ahead = None  # a plain step queued before the previous one was read
-        planned = None  # the draft length chosen while the previous plain step was read
-        queued: Round | None = None  # a round started before the previous one was read
+        queued: Round | PlainStep | None = None  # the next step, queued before this one was read
+        next_k = None  # the draft length chosen while the last plain step was read
         try:
             while not self.finish:
-                t0 = time.perf_counter()
+                started = time.perf_counter()
                 remaining = max_tokens - stats.generation_tokens
-                k = 0
-                if queued:
-                    current, queued = queued, None
-                    k = current.k
-                elif self.proposer and ahead is None:
-                    k = min(planned or self.draft_length.next(), remaining - 1)
-                    if k > 0:
-                        current = self._start_round(last, k)
-                planned = None
-                if k > 0:
-                    accepted, emitted, last, queued = self._speculate(current, remaining)
-                    seconds = time.perf_counter() - t0
+                current = queued or self._queue_step(last, next_k, remaining)
+                queued = None
+                if isinstance(current, Round):
+                    accepted, emitted, last, queued = self._speculative_round(current, remaining)
+                    next_k = None
                 else:
-                    was_ahead = ahead is not None
-                    token, hidden = ahead or self._queue_plain(last)
-                    ahead = None
-                    # Queue the next plain step before reading this one, as mlx-lm's
-                    # generate_step does, so building its graph overlaps this compute.
-                    # The choice is made once: a round chosen here is the next round.
-                    if remaining > 1:
-                        planned = self.draft_length.next() if self.proposer else 0
-                        if planned == 0:
-                            ahead = self._queue_plain(token)
-                    accepted, emitted, last = 0, token.tolist(), token
-                    if self.proposer:
-                        self.proposer.commit(0, token, hidden)
-                    # Only a step queued ahead that queued the next one times a plain
-                    # step: one that built its own graph took two, the one before a
-                    # round took none.
-                    seconds = time.perf_counter() - t0 if was_ahead and ahead is not None else None
+                    emitted, last, queued, next_k = self._plain_step(current, remaining)
+                    accepted = 0
+                seconds = _timing_sample(current, queued, time.perf_counter() - started)
                 stats.rounds += 1
-                self.draft_length.observe(k, accepted, seconds)
+                self.draft_length.observe(current.k, accepted, seconds)
                 out = self._emit(emitted, max_tokens)
                 if out:
                     yield out
                 stats.decode_s = time.perf_counter() - decode_start
         finally:
-            if queued:  # the job ended (EOS, or the consumer left) with a round started
+            # The job ended (EOS, or the consumer left) with a round started before the read.
+            if isinstance(queued, Round):
                 self.target.undo_round()
                 self.proposer.withdraw()
 
-    def _queue_plain(self, last: mx.array) -> tuple[mx.array, mx.array | None]:
+    def _queue_step(self, last: mx.array, next_k: int | None,
+                    remaining: int) -> Round | PlainStep:
+        """Queue the step after ``last`` where the last read queued none: a round of
+        ``next_k`` drafts if the plain step before chose that length, else of the length
+        the policy chooses now; a plain step where that is none."""
+        k = min(next_k or self.draft_length.next(), remaining - 1) if self.proposer else 0
+        if k > 0:
+            return self._start_round(last, k)
+        return self._queue_plain(last, pipelined=False)
+
+    def _plain_step(self, current: PlainStep, remaining: int
+                    ) -> tuple[list[int], mx.array, PlainStep | None, int | None]:
+        """Read ``current`` and return (emitted, last token, the next plain step if one was
+        queued, the draft length chosen for the next round). What follows is chosen
+        before the read, once: a plain step is queued then, as mlx-lm's generate_step
+        does, so that building its graph overlaps this one's compute; a round chosen
+        then is the next round, so that asking again cannot flip the choice."""
+        next_plain, next_k = None, None
+        if remaining > 1:
+            next_k = self.draft_length.next() if self.proposer else 0
+            if next_k == 0:
+                next_plain = self._queue_plain(current.token, pipelined=True)
+        emitted = current.token.tolist()
+        if self.proposer:
+            self.proposer.commit(0, current.token, current.hidden)
+        return emitted, current.token, next_plain, next_k
+
+    def _speculative_round(self, current: Round, remaining: int
+                           ) -> tuple[int, list[int], mx.array, Round | None]:
+        """Read ``current`` and return (accepted, emitted, last token, the next round if
+        one was started before the read and stands). The next round is started then
+        where ``round_ahead`` says it pays, assuming ``current`` keeps every draft."""
+        k = current.k
+        next_k = min(self.draft_length.next_pipelined(), remaining - (k + 1) - 1)
+        pipelined_round = None
+        if next_k > 0 and self.target.chains_rounds and self.round_ahead.wanted():
+            pipelined_round = self._start_round(current.tokens[-1:], next_k, after=current)
+            self.rounds_ahead += 1
+        accepted, emitted, last = self._end_round(current, pipelined_round)
+        if pipelined_round and accepted < k:
+            pipelined_round = None
+            self.rounds_taken_back += 1
+        return accepted, emitted, last, pipelined_round
+
+    def _queue_plain(self, last: mx.array, pipelined: bool) -> PlainStep:
         logits, hidden = self.target(last, hidden=self._hidden)
         token = sample(logits[-1:], self.sampling)
         mx.async_eval(token)
-        return token, hidden
-
-    def _speculate(self, current: Round,
-                   remaining: int) -> tuple[int, list[int], mx.array, Round | None]:
-        """Read ``current`` and return (accepted, emitted, last token, the next round if
-        one was started ahead and stands)."""
-        k = current.k
-        k_next = min(self.draft_length.ahead(), remaining - (k + 1) - 1)
-        queued = None
-        if k_next > 0 and self.target.chains_rounds and self.round_ahead.wanted():
-            queued = self._start_round(current.tokens[-1:], k_next, after=current)
-            self.rounds_ahead += 1
-        accepted, emitted, last = self._end_round(current, queued)
-        if queued and accepted < k:
-            queued = None
-            self.rounds_taken_back += 1
-        return accepted, emitted, last, queued
+        return PlainStep(token, hidden, pipelined)
 
     def _start_round(self, last: mx.array, k: int, after: Round | None = None) -> Round:
         """Draft k tokens after ``last`` and queue their verification; ``after``: the
@@ -183,19 +215,21 @@ class SpecDecoder:
         decision = mx.concatenate([accepted.astype(mx.uint32)[None], tokens])
         mx.async_eval(decision)
         self.round_ahead.observe_build(time.perf_counter() - start)
-        return Round(k, fed, tokens, decision, hidden, ahead=after is not None)
+        return Round(k, fed, tokens, decision, hidden, pipelined=after is not None)
 
-    def _end_round(self, current: Round, queued: Round | None) -> tuple[int, list[int], mx.array]:
+    def _end_round(self, current: Round,
+                   pipelined_round: Round | None) -> tuple[int, list[int], mx.array]:
         """Read the accept decision of ``current`` (the round's one host sync) and move
-        every cache to it; a ``queued`` round, started on the assumption that every
+        every cache to it; ``pipelined_round``, started on the assumption that every
         draft is kept, is taken back if one was not."""
         start = time.perf_counter()
         n, *emitted = current.decision.tolist()
         wait = time.perf_counter() - start
         emitted = emitted[: n + 1]
+        # The wait measures the device only for a round read right after its launch.
         self.round_ahead.observe_read(
-            n == current.k, None if current.ahead or queued else wait)
-        if queued and n < current.k:
+            n == current.k, None if current.pipelined or pipelined_round else wait)
+        if pipelined_round and n < current.k:
             self.target.undo_round()
         self.target.end_round(current.fed, n + 1)
         kept = current.tokens[: n + 1]

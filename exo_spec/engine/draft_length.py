@@ -4,33 +4,37 @@ The adaptive policy measures, for each draft position i, the rate a_i at which
 the i-th draft is kept once the ones before it were (an MTP head chained on its
 own output fits its first position far better than its third, so one rate for
 all would overrate long rounds). A round of k drafts then yields E(k) = 1 + a_1
-+ a_1 a_2 + ... + a_1...a_k tokens. What a round of k drafts costs is its own
-timing where k was timed lately; other lengths are read off a line fitted to
-those, t(k) = t_round + k * t_draft: a round has a fixed cost beyond a plain
-step (a wider verify, the proposer's commit, the read) that a cost proportional
-to k alone would charge to every draft, which made long rounds of a near-perfect
-drafter look worse than plain decoding on an H100. Until two lengths are timed
-the slope is the prior (the proposer's size relative to the target). The line is
-not the cost where a length was timed: on an H200 a verify of 4 positions leaves
-MLX's attention kernel for up to 3 query rows, and the line through k = 1 and 4
-priced k = 2 17% over its timing, so an MTP head kept drafting 1 where 2 was 8%
-faster. t_plain is timed on plain steps that overlap the next one, as decoding
-plainly runs: the engine passes no time for a step that built its own graph
-(after a round: two steps' work) or queued none after it (before a round: free).
-Those made up every other plain sample on an H200 and, capped as spikes, halved
-t_plain within a job, so that plain decoding always won. It picks the k in
-0..max_k with the most tokens per second, k = 0 being a plain target step, each
-rate raised by ``optimism`` standard errors of its estimate: rounds of one draft
-say nothing of the second, so a position seldom reached would otherwise keep
-what a few unlucky rounds left it at (on that H200, a second-draft rate of 0.44
-where 0.72 was true). The first rounds after warm-up draft (up to ``explore``)
-while the first draft's rate stays at 1 in 2 or better: one round either way is
-too little evidence against the 1-in-2 prior, and judging after it once decoded
-most of a 128-token job plainly with a drafter that H100 runs kept 94% of. The
-first round of each draft length is not timed: on a GPU a fresh process builds
-kernels for each new verify width on first use. Each timing sample counts as at
-most twice its estimate, so one stall (a collection) cannot make speculation
-look hopeless.
++ a_1 a_2 + ... + a_1...a_k tokens.
+
+What a round of k drafts costs is its own timing where k was timed lately; other
+lengths are read off a line fitted to those, t(k) = t_round + k * t_draft: a round
+has a fixed cost beyond a plain step (a wider verify, the proposer's commit, the
+read), and a cost proportional to k alone would charge it to every draft, making
+long rounds of a near-perfect drafter look worse than plain decoding. Until two
+lengths are timed the slope is the prior (the proposer's size relative to the
+target). The line is not the cost where a length was timed: attention kernels
+change with the number of query rows a verify has, so the cost is not linear in
+k, and a line through two timed lengths can price a length between them over a
+shorter one that is in fact slower.
+
+t_plain is timed on plain steps that overlap the next one, as decoding plainly
+runs: the engine passes no time for a step that built its own graph (after a
+round: two steps' work) or queued none after it (before a round: no graph
+built). Where the policy switches often those make up every other plain step,
+and taken as samples (the long ones capped as spikes) they drag t_plain down
+until plain decoding always wins.
+
+It picks the k in 0..max_k with the most tokens per second, k = 0 being a plain
+target step, each rate raised by ``optimism`` standard errors of its estimate:
+rounds of one draft say nothing of the second, so a position seldom reached
+would otherwise keep what a few unlucky rounds left it at. The first rounds after
+warm-up draft (up to ``explore``) while the first draft's rate stays at 1 in 2 or
+better: one round either way is too little evidence against the 1-in-2 prior, and
+judging after it can decode most of a short job plainly with a drafter that is
+kept nearly always. The first round of each draft length is not timed: on a GPU a
+fresh process builds kernels for each new verify width on first use. Each timing
+sample counts as at most twice its estimate, so one stall (a collection) cannot
+make speculation look hopeless.
 
 While plain decoding wins, it probes with one short round now and then, backing
 off exponentially and spaced by what probes were measured to cost (catching the
@@ -55,7 +59,7 @@ class FixedDraftLength:
     def next(self) -> int:
         return self.k
 
-    def ahead(self) -> int:
+    def next_pipelined(self) -> int:
         return self.k
 
     def observe(self, k: int, accepted: int, seconds: float | None) -> None:
@@ -165,7 +169,7 @@ class AdaptiveDraftLength:
         spacing = min(max(self.backoff, probe / self.probe_budget), self.max_backoff)
         return 1 if self.plain_streak >= spacing else 0
 
-    def ahead(self) -> int:
+    def next_pipelined(self) -> int:
         """The draft length of a round started before the current one is read, on the
         assumption that it keeps every draft: none while probing."""
         return self.next() if self._best() else 0

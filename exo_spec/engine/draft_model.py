@@ -6,8 +6,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .cached_model import CachedModel
-from .proposer import bounded
-from .sampling import Sampling, draw
+from .proposer import bounded, draft
+from .sampling import Sampling
 
 
 class DraftModel:
@@ -30,15 +30,13 @@ class DraftModel:
         unfed = mx.concatenate(self._unfed)
         # The last draft is never fed: its logits are not needed.
         self.lm.begin_round(unfed.shape[0] + k - 1)
-        x, drafts, dists = unfed, [], []
-        for _ in range(k):
-            logits = self.lm.last_logits(x)
-            x, q = draw(logits, sampling)
-            drafts.append(x)
-            dists.append(q)
-        drafts = mx.concatenate(drafts)
+
+        def next_logits(previous: mx.array | None) -> mx.array:
+            return self.lm.last_logits(unfed if previous is None else previous)
+
+        drafts, dists = draft(k, sampling, next_logits)
         self._open.append((mx.concatenate([unfed, drafts[:-1]]), unfed.shape[0]))
-        return drafts, (None if sampling.greedy else mx.concatenate(dists))
+        return drafts, dists
 
     def propose_ahead(self, tokens: mx.array, hidden: mx.array | None, k: int,
                       sampling: Sampling) -> tuple[mx.array, mx.array | None]:

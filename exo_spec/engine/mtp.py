@@ -16,8 +16,9 @@ import mlx.core as mx
 
 from ..models.heads import body_and_head, embedding
 from ..models.mtp import make_mtp_cache
-from .proposer import bounded
-from .sampling import Sampling, draw
+from .proposer import bounded, draft
+from .sampling import Sampling
+from .target import PREFILL_CHUNK
 
 
 class Mtp:
@@ -35,11 +36,11 @@ class Mtp:
         self._chained = 0
         self._before_ahead: _Before | None = None  # what propose_ahead() may take back
 
-    def prefill(self, tokens: mx.array, hidden: mx.array | None, step: int = 512) -> None:
+    def prefill(self, tokens: mx.array, hidden: mx.array | None) -> None:
         following = tokens[1:]
-        for start in range(0, following.shape[0], step):
-            self._last = self._feed(following[start : start + step],
-                                    hidden[start : start + step])[-1:]
+        for start in range(0, following.shape[0], PREFILL_CHUNK):
+            chunk = slice(start, start + PREFILL_CHUNK)
+            self._last = self._feed(following[chunk], hidden[chunk])[-1:]
             mx.eval(self._last, self.cache[0].state)
 
     def propose(self, k: int, sampling: Sampling) -> tuple[mx.array, mx.array | None]:
@@ -48,16 +49,15 @@ class Mtp:
             self._hidden, self._next = [], []
         else:
             h = self._last
-        drafts, dists = [], []
-        for i in range(k):
-            if i:
-                h = self._feed(drafts[-1], h)
-            logits = self.mtp.logits(h, self.target_head)
-            token, q = draw(logits, sampling)
-            drafts.append(token)
-            dists.append(q)
+
+        def next_logits(previous: mx.array | None) -> mx.array:
+            nonlocal h
+            if previous is not None:  # chain on the head's own output
+                h = self._feed(previous, h)
+            return self.mtp.logits(h, self.target_head)
+
         self._chained = k - 1
-        return mx.concatenate(drafts), (None if sampling.greedy else mx.concatenate(dists))
+        return draft(k, sampling, next_logits)
 
     def propose_ahead(self, tokens: mx.array, hidden: mx.array | None, k: int,
                       sampling: Sampling) -> tuple[mx.array, mx.array | None]:

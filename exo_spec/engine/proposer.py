@@ -7,11 +7,12 @@ s_j (the input of its lm_head, which predicts s_{j+1}).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import mlx.core as mx
 
-from .sampling import Sampling
+from .sampling import Sampling, draw
 
 # While the round loop decodes plainly (speculation not paying), a proposer
 # catches up on at most this many of the newest tokens when it drafts again.
@@ -26,6 +27,18 @@ def bounded(backlog: list[mx.array]) -> list[mx.array]:
     if len(backlog) <= 2 * MAX_CATCH_UP:
         return backlog
     return [mx.concatenate(backlog)[-MAX_CATCH_UP:]]
+
+
+def draft(k: int, sampling: Sampling, next_logits: Callable[[mx.array | None], mx.array]
+          ) -> tuple[mx.array, mx.array | None]:
+    """k tokens drawn one after another, each from ``next_logits(the draft before it)``
+    (None for the first): tokens (k,) and, unless greedy, their distributions (k, V)."""
+    drafts, dists, previous = [], [], None
+    for _ in range(k):
+        previous, dist = draw(next_logits(previous), sampling)
+        drafts.append(previous)
+        dists.append(dist)
+    return mx.concatenate(drafts), (None if sampling.greedy else mx.concatenate(dists))
 
 
 class Proposer(Protocol):

@@ -5,10 +5,10 @@ which takes B, while the device finishes this one, which the host would otherwis
 wait W for: a kept round saves min(W, B). When a draft is rejected, the round
 started ahead is taken back and its B was wasted. With p the share of rounds that
 keep every draft, starting ahead pays when p * min(W, B) - (1 - p) * B is more
-than ``min_gain`` of B (the bookkeeping, and noise in W). On a Mac running a large
-model W dwarfs B, so it pays whenever p is over about 1/2; on a GPU running a small
-model the host is the bottleneck, W is near zero and starting ahead would only
-waste builds.
+than ``min_gain`` of B (the bookkeeping, and noise in W). Where the device is the
+bottleneck (a large model) W dwarfs B, so it pays whenever p is over about 1/2;
+where the host is (a small model on a fast device), W is near zero and starting
+ahead would only waste builds.
 
 B is measured on every round built, W only on rounds read right after they were
 launched (nothing started ahead of them, nothing in between), so W is measured

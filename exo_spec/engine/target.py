@@ -3,14 +3,18 @@ rank 0's view of a group (``group.group_target.GroupTarget``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import mlx.core as mx
 
+# Tokens fed per pass while reading a prompt: one pass's activations stay bounded
+# however long the prompt is.
+PREFILL_CHUNK = 512
+
 
 class Target(Protocol):
-    chains_rounds: bool  # a round may begin before the previous one ends
-    cache: list  # this process's caches (a Gemma 4 assistant reads the target's K/V)
+    chains_rounds: bool  # whether a round may begin before the previous one ends
 
     def __call__(self, tokens: mx.array, hidden: bool = False
                  ) -> tuple[mx.array, mx.array | None]:
@@ -28,4 +32,17 @@ class Target(Protocol):
         """The oldest open round, which fed ``fed``, keeps its first ``kept`` tokens."""
 
     def undo_round(self) -> None:
-        """Take back the newest open round whole."""
+        """Take back the newest open round whole (only called where ``chains_rounds``)."""
+
+
+def prefill(forward: Callable[..., tuple[mx.array, mx.array | None]], cache: list,
+            tokens: mx.array, *, hidden: bool = False) -> tuple[mx.array, mx.array | None]:
+    """``Target.prefill`` for a target whose ``forward`` (its ``__call__``) feeds ``cache``:
+    the prompt in chunks of PREFILL_CHUNK, each evaluated before the next is built."""
+    hiddens = []
+    for start in range(0, tokens.shape[0], PREFILL_CHUNK):
+        logits, h = forward(tokens[start : start + PREFILL_CHUNK], hidden=hidden)
+        if hidden:
+            hiddens.append(h)
+        mx.eval(logits[-1], hiddens, [c.state for c in cache])
+    return logits[-1], (mx.concatenate(hiddens) if hidden else None)

@@ -19,19 +19,19 @@ def follow(local: StageCache | CachedModel, group: mx.distributed.Group,
     while True:
         command = exchange(None, group)
         if command.end_kept >= 0:
-            local.end_round(fed, command.end_kept)
+            local.rounds.end(fed, command.end_kept)
         if command.op == STOP:
             return
         if command.op == TRAFFIC:
             traffic.total(group)
             continue
         if command.op == RESET:
-            local.reset()
+            local.rounds.reset()
             fed = None
             continue
         if command.op == PARK:
             bell.wait()
             continue
         if command.begin_width:
-            local.begin_round(command.begin_width)
+            local.rounds.begin(command.begin_width)
         fed = forward.follow(command.rows)

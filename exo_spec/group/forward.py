@@ -1,10 +1,10 @@
 """How one forward pass runs across the group: rank 0 leads it, the others follow.
 
 ``lead(tokens, hidden)`` runs on rank 0 after the command went out and returns
-what CachedModel's ``__call__`` returns; ``follow(rows)`` runs on every other
-rank for a forward command and returns that rank's own input of the pass (what a
-replay after a rejected round feeds again, when a cache needs one: see
-``CachedModel.end_round``).
+what ``Target.__call__`` returns; ``follow(rows)`` runs on every other rank for a
+forward command and returns that rank's own input of the pass (what a replay
+after a rejected round feeds again, when a cache needs one: see
+``RoundCache.end``).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ def _eager_hops() -> bool:
     """Whether to evaluate each side of a hop on its own: on MLX's CUDA backend a lazy
     GPU result sent with mx.distributed.send, received back through
     ``mx.depends(recv, send)`` and posted with ``mx.async_eval`` never completes
-    (benchmarks/cuda_sendrecv.py reproduces it in 2 processes with no model; any one
-    of those three changed and it completes). EXO_SPEC_EAGER_HOPS=0/1 overrides."""
+    (benchmarks/cuda_sendrecv.py reproduces it with no model); changing any one of
+    the three avoids it. EXO_SPEC_EAGER_HOPS=0/1 overrides."""
     forced = os.environ.get("EXO_SPEC_EAGER_HOPS")
     if forced is not None:
         return forced not in ("", "0")
@@ -45,7 +45,7 @@ class PipelineForward:
 
     def lead(self, tokens: mx.array, hidden: bool):
         size = self._group.size()
-        h = self._local.model(tokens[None], self._local.cache)
+        h = self._local(tokens[None])
         if self._eager:
             mx.eval(h)
         sent = mx.distributed.send(h, 1, group=self._group)
@@ -64,7 +64,7 @@ class PipelineForward:
                                 group=self._group)
         if self._eager:
             mx.eval(x)
-        out = self._local.model(x, self._local.cache)
+        out = self._local(x)
         if self._eager:
             mx.eval(out)
         self._traffic.count(out)

@@ -1,4 +1,4 @@
-"""Rank 0's view of a group: a target with CachedModel's interface.
+"""Rank 0's view of a group: a ``Target`` the round loop verifies with.
 
 Per call: one command (``protocol.exchange``), then the forward runs across the
 group (``forward.PipelineForward`` or ``forward.TensorForward``) and rank 0 gets
@@ -11,6 +11,7 @@ from __future__ import annotations
 import mlx.core as mx
 
 from ..engine.cached_model import CachedModel
+from ..engine.target import prefill
 from .doorbell import Doorbell
 from .forward import PipelineForward, TensorForward
 from .protocol import FORWARD, PARK, RESET, STOP, TRAFFIC, Command, exchange
@@ -30,15 +31,10 @@ class GroupTarget:
         self._group = group
         self._forward = forward
         self._traffic = traffic
-        self.cache = local.cache
         self._begin_width = 0
         self._end_kept = -1
         self._prompt_traffic = Traffic()
         self.forwards = 0  # forwards started: what a watchdog reads as progress
-
-    @property
-    def replayed_tokens(self) -> int:
-        return self._local.replayed_tokens
 
     def __call__(self, tokens: mx.array, hidden: bool = False):
         self.forwards += 1
@@ -47,18 +43,21 @@ class GroupTarget:
         self._begin_width, self._end_kept = 0, -1
         return self._forward.lead(tokens, hidden)
 
-    def prefill(self, tokens: mx.array, **kwargs):
-        out = CachedModel.prefill(self, tokens, **kwargs)
+    def prefill(self, tokens: mx.array, *, hidden: bool = False):
+        out = prefill(self, self._local.rounds.cache, tokens, hidden=hidden)
         self._prompt_traffic = self._total_traffic()
         return out
 
     def begin_round(self, width: int) -> None:
-        self._local.begin_round(width)
+        self._local.rounds.begin(width)
         self._begin_width = width
 
     def end_round(self, fed: mx.array, kept: int) -> None:
-        self._local.end_round(fed, kept)
+        self._local.rounds.end(fed, kept)
         self._end_kept = kept
+
+    def undo_round(self) -> None:
+        raise RuntimeError("a group never chains rounds: there is no later round to undo")
 
     def traffic_per_round(self, rounds: int) -> dict:
         """Bytes and messages every rank sent per round after the prompt."""
@@ -75,8 +74,7 @@ class GroupTarget:
         job (one cancelled between rounds) is dropped, not closed."""
         self._wake()
         exchange(Command(RESET), self._group)
-        self._local.reset()
-        self.cache = self._local.cache
+        self._local.rounds.reset()
         self._begin_width, self._end_kept = 0, -1
 
     def park(self) -> None:

@@ -28,7 +28,7 @@ from ..models.heads import body_and_head, language_model
 from ..models.load import text_config
 
 # Model types whose body changes its embeddings before the first layer (a scale, a
-# multiplier, per-layer token inputs), found in mlx-lm 0.32's model sources. A later
+# multiplier, per-layer token inputs), as mlx-lm's model sources define them. A later
 # stage feeds its hidden rows through the body with an identity embedding, so these
 # would be transformed again there; they are not split.
 EMBEDDING_TRANSFORMS = frozenset({
@@ -88,17 +88,17 @@ def _reindex_masks(body: nn.Module) -> None:
 
 
 class Stage:
-    """One rank's share of the model: ``forward(x)`` runs its layers on its cache.
+    """One rank's share of the model: ``forward(x, cache)`` runs its layers.
 
     Rank 0's input is token ids (1, S); the others' input is hidden rows (1, S, H).
-    The output is the raw residual stream (1, S, H), before the final norm.
+    The output is the raw residual stream (1, S, H), before the final norm. Rank 0
+    also keeps the head, ``project(norm(h))``, for the rows the last rank sends back.
     """
 
     def __init__(self, model: nn.Module, layers: range, rank: int):
         lm = language_model(model)
         body = lm.model
         self.model = model
-        self.is_first = rank == 0
         probe = body.embed_tokens(mx.array([[0]]))  # lazy: reads no weights
         self.wire_dtype, self.hidden_size = probe.dtype, probe.shape[-1]
         _, self.project = body_and_head(model)
@@ -106,17 +106,13 @@ class Stage:
         body.layers = body.layers[layers.start : layers.stop]
         _reindex_masks(body)
         body.norm = nn.Identity()
-        if not self.is_first:
+        if rank:  # a later stage: no embeddings, no head
             body.embed_tokens = nn.Identity()
             if "lm_head" in lm:
                 lm.lm_head = nn.Identity()
             self.project = self.norm = None
         self._body = body
         mx.eval(model.parameters())
-
-    def head(self, h: mx.array) -> mx.array:
-        """Logits of the last rank's raw hidden rows; rank 0 only."""
-        return self.project(self.norm(h))
 
     def forward(self, x: mx.array, cache: list) -> mx.array:
         h = self._body(x, cache=cache)  # later stages embed with an identity
