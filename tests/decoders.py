@@ -21,15 +21,15 @@ from exo_spec.engine import (
     Sampling,
     SpecDecoder,
 )
-from exo_spec.engine.round_ahead import RoundAhead
+from exo_spec.engine.pipelining import RoundPipelining
 from exo_spec.models.load import load
 from exo_spec.models.mtp import load_mtp
 
 
-def always_ahead() -> RoundAhead:
+def always_pipelined() -> RoundPipelining:
     """Every round that can start the next one ahead does (whether that pays is timing;
     here the riskier path is the one under test)."""
-    return RoundAhead(forced=True)
+    return RoundPipelining(forced=True)
 
 PROMPTS = ["def heappush(heap, item):", "class Queue:\n    def __init__(self"]
 
@@ -64,7 +64,7 @@ def drafter_decoder(target_path: Path, drafter_model, k: int | None, sampling=Sa
     return SpecDecoder(CachedModel(target, max_kv_size=max_kv_size),
                        DraftModel(drafter_model, max_kv_size=max_kv_size),
                        sampling=sampling, draft_length=draft_length(k), eos_token_ids=eos,
-                       round_ahead=always_ahead())
+                       pipelining=always_pipelined())
 
 
 def mtp_decoder(target_path: Path, k: int | None, sampling=Sampling(),
@@ -76,7 +76,8 @@ def mtp_decoder(target_path: Path, k: int | None, sampling=Sampling(),
         _add_noise(head, noise, seed=7)
     proposer = Mtp(head, target)
     return SpecDecoder(CachedModel(target), proposer, sampling=sampling,
-                       draft_length=draft_length(k), eos_token_ids=eos, round_ahead=always_ahead())
+                       draft_length=draft_length(k), eos_token_ids=eos,
+                       pipelining=always_pipelined())
 
 
 def prompt_ids(path: Path, text: str) -> list[int]:

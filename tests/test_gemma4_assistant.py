@@ -21,7 +21,7 @@ from exo_spec import cli
 from exo_spec.decoder_factory import make_decoder
 from exo_spec.engine import CachedModel, FixedDraftLength, Sampling, SpecDecoder
 from exo_spec.engine.assistant import Gemma4Assistant, read_kv, shared_kv_layers
-from exo_spec.engine.round_ahead import RoundAhead
+from exo_spec.engine.pipelining import RoundPipelining
 from exo_spec.engine.sampling import probs
 from exo_spec.model_set import load_models
 from exo_spec.models import gemma4_assistant, synthetic
@@ -221,11 +221,11 @@ def test_drafts_read_the_kv_a_full_history_gives(pair):
     cached = CachedModel(target.model)
     proposer = Gemma4Assistant(assistant, cached)
     decoder = SpecDecoder(cached, proposer, draft_length=FixedDraftLength(3),
-                          round_ahead=RoundAhead(forced=True))
+                          pipelining=RoundPipelining(forced=True))
     prompt = encode_prompt(target.tokenizer, PROMPT)
     out = [t for chunk in decoder.generate(prompt, MAX_TOKENS) for t in chunk]
     assert out == _reference(pair.target)
-    assert decoder.rounds_ahead > 0
+    assert decoder.rounds_pipelined > 0
     position = cached.cache[0].offset
     window = target.model.args.sliding_window
     assert any(isinstance(c, RotatingKVCache) and c.offset > c.max_size for c in cached.cache)

@@ -87,7 +87,7 @@ def test_mtp_decode_equals_mlx_lm_greedy(built, k):
     decoder = mtp_decoder(target, k, noise=0.3)
     assert run(decoder, prompt, MAX_TOKENS) == expected
     if k == 1:
-        assert 0 < decoder.rounds_taken_back < decoder.rounds_ahead
+        assert 0 < decoder.rounds_taken_back < decoder.rounds_pipelined
 
 
 @pytest.mark.parametrize("drafter, k", [("drafter", 1), ("drafter", None),

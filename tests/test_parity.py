@@ -9,14 +9,14 @@ from mlx_lm.models.cache import QuantizedKVCache, RotatingKVCache
 
 from exo_spec.engine import CachedModel, FixedDraftLength, Mtp, SpecDecoder, recurrent_capture
 from exo_spec.engine.cached_model import make_cache
-from exo_spec.engine.round_ahead import RoundAhead
+from exo_spec.engine.pipelining import RoundPipelining
 from exo_spec.models.load import load
 from exo_spec.models.mtp import load_mtp
 from exo_spec.models.synthetic import write_llama
 
 from decoders import (
     PROMPTS,
-    always_ahead,
+    always_pipelined,
     assert_same_caches,
     assert_same_parameters,
     drafter_decoder,
@@ -56,12 +56,12 @@ def test_close_drafter_partial_acceptance(checkpoints, k):
     stats = _check(decoder, checkpoints.llama, PROMPTS[0], max_tokens=40)
     if k:  # adaptive may rightly decode plainly: a tiny CPU drafter costs as much as the target
         assert 0 < stats.accepted < stats.drafted
-        _assert_rounds_ahead_kept_and_taken_back(decoder)
+        _assert_rounds_pipelined_kept_and_taken_back(decoder)
 
 
-def _assert_rounds_ahead_kept_and_taken_back(decoder: SpecDecoder) -> None:
+def _assert_rounds_pipelined_kept_and_taken_back(decoder: SpecDecoder) -> None:
     """Both outcomes of a round started before the previous one was read happened."""
-    assert 0 < decoder.rounds_taken_back < decoder.rounds_ahead
+    assert 0 < decoder.rounds_taken_back < decoder.rounds_pipelined
 
 
 @pytest.mark.parametrize("k", KS)
@@ -73,7 +73,7 @@ def test_hybrid_target_with_close_drafter(checkpoints, k):
     stats = _check(decoder, checkpoints.qwen3_5, PROMPTS[1], max_tokens=40)
     if k:
         assert 0 < stats.accepted < stats.drafted
-        _assert_rounds_ahead_kept_and_taken_back(decoder)
+        _assert_rounds_pipelined_kept_and_taken_back(decoder)
     assert decoder.target.rounds.replayed_tokens == decoder.proposer.lm.rounds.replayed_tokens == 0
 
 
@@ -100,7 +100,7 @@ def test_identical_drafter_accepts_everything(checkpoints, k):
     stats = _check(decoder, checkpoints.llama, PROMPTS[0])
     assert stats.drafted > 0
     assert stats.accepted == stats.drafted
-    assert decoder.rounds_ahead > 0 and decoder.rounds_taken_back == 0
+    assert decoder.rounds_pipelined > 0 and decoder.rounds_taken_back == 0
     assert stats.tokens_per_round == pytest.approx(k + 1, abs=1.0)
 
 
@@ -131,9 +131,9 @@ def test_a_job_ending_with_a_round_started_ahead_takes_it_back(checkpoints):
     for ahead in (True, False):
         decoder = drafter_decoder(path, loaded(path).model, 2,
                                   eos=frozenset({reference[stop_at]}))
-        decoder.round_ahead = RoundAhead(forced=ahead)
+        decoder.pipelining = RoundPipelining(forced=ahead)
         assert run(decoder, prompt, MAX_TOKENS) == reference[:stop_at]
-        assert (decoder.rounds_ahead > 0) == ahead
+        assert (decoder.rounds_pipelined > 0) == ahead
         ends.append(decoder)
     assert not recurrent_capture._armed
     ahead, plain = ends
@@ -157,7 +157,7 @@ def test_mtp_on_a_quantized_target(checkpoints):
     assert_same_parameters(mtp, unquantized)
     prompt = prompt_ids(path, PROMPTS[0])
     decoder = SpecDecoder(CachedModel(target), Mtp(mtp, target), draft_length=FixedDraftLength(2),
-                          round_ahead=always_ahead())
+                          pipelining=always_pipelined())
     assert run(decoder, prompt, MAX_TOKENS) == greedy_reference(target, prompt, MAX_TOKENS)
 
 

@@ -62,7 +62,7 @@ def exo(jobs: JobSeries, models: ModelSet, num_draft: int | None, prompt: list[i
     tokens, seconds = timed(decoder.generate(prompt, max_tokens))
     s = decoder.stats
     return PromptRun(tokens, seconds, s.rounds, s.drafted, s.accepted,
-                     extra={"rounds_ahead": decoder.rounds_ahead,
+                     extra={"rounds_pipelined": decoder.rounds_pipelined,
                             "rounds_taken_back": decoder.rounds_taken_back})
 
 

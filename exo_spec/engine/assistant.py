@@ -66,7 +66,7 @@ class Gemma4Assistant:
     def prefill(self, tokens: mx.array, hidden: mx.array | None) -> None:
         self._token, self._hidden = tokens[-1:], hidden[-1:]
 
-    def propose_ahead(self, tokens: mx.array, hidden: mx.array | None, k: int,
+    def propose_pipelined(self, tokens: mx.array, hidden: mx.array | None, k: int,
                       sampling: Sampling) -> tuple[mx.array, mx.array | None]:
         # Nothing to take back: the next commit() sets both fields again.
         self.commit(tokens.shape[0] - 1, tokens, hidden)

@@ -4,7 +4,7 @@ accepted prefix plus one target token, rewind what was rejected.
 The only host sync per round is reading the accept decision (and the tokens
 it emits); drafting, verification and cache repair of the previous round are
 queued lazily in between. Where the host would otherwise wait for the device
-(``round_ahead``), the next round is drafted and queued before this one is read,
+(``pipelining``), the next round is drafted and queued before this one is read,
 as if every draft is kept, so the host builds its graph while the device
 computes (a pipelined round); when a draft was rejected, that round is taken
 back from the target and the proposer. Where speculation does not pay, a plain
@@ -22,8 +22,8 @@ from typing import ClassVar
 import mlx.core as mx
 
 from .draft_length import AdaptiveDraftLength, FixedDraftLength
+from .pipelining import RoundPipelining
 from .proposer import Proposer
-from .round_ahead import RoundAhead
 from .sampling import Sampling, probs, sample
 from .stats import Stats
 from .target import Target
@@ -78,13 +78,13 @@ class SpecDecoder:
         sampling: Sampling = Sampling(),
         draft_length: FixedDraftLength | AdaptiveDraftLength | None = None,
         eos_token_ids: set[int] | frozenset[int] = frozenset(),
-        round_ahead: RoundAhead | None = None,
+        pipelining: RoundPipelining | None = None,
     ):
         self.target = target
         self.proposer = proposer
         self.sampling = sampling
         self.draft_length = draft_length or AdaptiveDraftLength()
-        self.round_ahead = round_ahead or RoundAhead()
+        self.pipelining = pipelining or RoundPipelining()
         self.eos = set(eos_token_ids)
         self.stats = Stats(
             mode=proposer.mode if proposer else "none",
@@ -92,7 +92,7 @@ class SpecDecoder:
             else self.draft_length.k,
         )
         self.finish: Finish | None = None
-        self.rounds_ahead = 0  # rounds started before the previous one was read ...
+        self.rounds_pipelined = 0  # rounds started before the previous one was read ...
         self.rounds_taken_back = 0  # ... and of those, the ones a rejection took back
         self._hidden = bool(proposer and proposer.needs_hidden)
 
@@ -177,13 +177,13 @@ class SpecDecoder:
                            ) -> tuple[int, list[int], mx.array, Round | None]:
         """Read ``current`` and return (accepted, emitted, last token, the next round if
         one was started before the read and stands). The next round is started then
-        where ``round_ahead`` says it pays, assuming ``current`` keeps every draft."""
+        where ``pipelining`` says it pays, assuming ``current`` keeps every draft."""
         k = current.k
         next_k = min(self.draft_length.next_pipelined(), remaining - (k + 1) - 1)
         pipelined_round = None
-        if next_k > 0 and self.target.chains_rounds and self.round_ahead.wanted():
+        if next_k > 0 and self.target.chains_rounds and self.pipelining.wanted():
             pipelined_round = self._start_round(current.tokens[-1:], next_k, after=current)
-            self.rounds_ahead += 1
+            self.rounds_pipelined += 1
         accepted, emitted, last = self._end_round(current, pipelined_round)
         if pipelined_round and accepted < k:
             pipelined_round = None
@@ -203,7 +203,7 @@ class SpecDecoder:
         if after is None:
             drafts, draft_probs = self.proposer.propose(k, self.sampling)
         else:
-            drafts, draft_probs = self.proposer.propose_ahead(
+            drafts, draft_probs = self.proposer.propose_pipelined(
                 after.tokens, after.hidden, k, self.sampling)
         fed = mx.concatenate([last, drafts])
         self.target.begin_round(k + 1)
@@ -214,7 +214,7 @@ class SpecDecoder:
             accepted, tokens = verify_sampled(probs(logits, self.sampling), draft_probs, drafts)
         decision = mx.concatenate([accepted.astype(mx.uint32)[None], tokens])
         mx.async_eval(decision)
-        self.round_ahead.observe_build(time.perf_counter() - start)
+        self.pipelining.observe_build(time.perf_counter() - start)
         return Round(k, fed, tokens, decision, hidden, pipelined=after is not None)
 
     def _end_round(self, current: Round,
@@ -227,7 +227,7 @@ class SpecDecoder:
         wait = time.perf_counter() - start
         emitted = emitted[: n + 1]
         # The wait measures the device only for a round read right after its launch.
-        self.round_ahead.observe_read(
+        self.pipelining.observe_read(
             n == current.k, None if current.pipelined or pipelined_round else wait)
         if pipelined_round and n < current.k:
             self.target.undo_round()

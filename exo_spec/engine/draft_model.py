@@ -38,7 +38,7 @@ class DraftModel:
         self._open.append((mx.concatenate([unfed, drafts[:-1]]), unfed.shape[0]))
         return drafts, dists
 
-    def propose_ahead(self, tokens: mx.array, hidden: mx.array | None, k: int,
+    def propose_pipelined(self, tokens: mx.array, hidden: mx.array | None, k: int,
                       sampling: Sampling) -> tuple[mx.array, mx.array | None]:
         fed, unfed = self._open[-1]
         self._unfed = [tokens[fed.shape[0] - unfed :]]  # the last draft and the target's token
@@ -51,8 +51,8 @@ class DraftModel:
             return
         fed, unfed = self._open.pop(0)
         drafted = fed.shape[0] - unfed + 1
-        if self._open:  # a propose_ahead() is open on top of this one
-            if accepted == drafted:  # as propose_ahead() assumed
+        if self._open:  # a propose_pipelined() is open on top of this one
+            if accepted == drafted:  # as propose_pipelined() assumed
                 self.lm.end_round(fed, fed.shape[0])
                 return
             self._open.pop()

@@ -34,7 +34,7 @@ class Mtp:
         self._next: list[mx.array] = []  # ... and the s_{j+1} that go with them
         self._last: mx.array | None = None  # the head's output for the newest fed pair
         self._chained = 0
-        self._before_ahead: _Before | None = None  # what propose_ahead() may take back
+        self._before_pipelined: _Before | None = None  # what propose_pipelined() may take back
 
     def prefill(self, tokens: mx.array, hidden: mx.array | None) -> None:
         following = tokens[1:]
@@ -59,19 +59,19 @@ class Mtp:
         self._chained = k - 1
         return draft(k, sampling, next_logits)
 
-    def propose_ahead(self, tokens: mx.array, hidden: mx.array | None, k: int,
+    def propose_pipelined(self, tokens: mx.array, hidden: mx.array | None, k: int,
                       sampling: Sampling) -> tuple[mx.array, mx.array | None]:
         assumed = tokens.shape[0] - 1
         before = _Before(self.cache[0].offset, list(self._hidden), list(self._next),
                          self._last, self._chained, assumed)
         self.commit(assumed, tokens, hidden)
-        self._before_ahead = before
+        self._before_pipelined = before
         return self.propose(k, sampling)
 
     def commit(self, accepted: int, tokens: mx.array, hidden: mx.array | None) -> None:
-        before, self._before_ahead = self._before_ahead, None
+        before, self._before_pipelined = self._before_pipelined, None
         if before:
-            if accepted == before.accepted:  # propose_ahead() committed exactly this
+            if accepted == before.accepted:  # propose_pipelined() committed exactly this
                 return
             self._hidden, self._next = before.hidden, before.next
             self._last, self._chained = before.last, before.chained
@@ -92,7 +92,7 @@ class Mtp:
 
 
 class _Before(NamedTuple):
-    """The head's state before propose_ahead() committed ``accepted`` drafts."""
+    """The head's state before propose_pipelined() committed ``accepted`` drafts."""
 
     offset: int
     hidden: list[mx.array]

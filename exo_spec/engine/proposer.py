@@ -53,7 +53,7 @@ class Proposer(Protocol):
         """Draft s_{T+1}..s_{T+k}: tokens (k,) uint32 and, unless greedy, the
         distributions (k, V) they were drawn from. Lazy: no host sync."""
 
-    def propose_ahead(self, tokens: mx.array, hidden: mx.array | None, k: int,
+    def propose_pipelined(self, tokens: mx.array, hidden: mx.array | None, k: int,
                       sampling: Sampling) -> tuple[mx.array, mx.array | None]:
         """Draft the round after the latest proposal as if the target kept all of it:
         ``tokens`` are those drafts and the target's token after them, ``hidden`` the

@@ -1,10 +1,10 @@
 """Starting the next round ahead of reading the current one: forced on, forced off
-and as the engine decides (``RoundAhead``), for the MTP head of a make-models
+and as the engine decides (``RoundPipelining``), for the MTP head of a make-models
 target. Prints decode tok/s, tokens per round and the rounds started ahead and
 taken back (median tok/s over repeats, of the last repeat otherwise). Figures:
 docs/BENCHMARKS.md.
 
-    python benchmarks/round_ahead.py DIR [--ks 1,2] [--max-tokens 256] [--repeats 3]
+    python benchmarks/pipelining.py DIR [--ks 1,2] [--max-tokens 256] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from exo_spec.decoder_factory import make_decoder
 from exo_spec.engine import Sampling
-from exo_spec.engine.round_ahead import RoundAhead
+from exo_spec.engine.pipelining import RoundPipelining
 from exo_spec.model_set import load_models
 from exo_spec.prompt import encode_prompt
 from exo_spec.spec_mode import SpecMode
@@ -40,7 +40,7 @@ def main() -> None:
     for repeat in range(args.repeats + 1):
         for (k, name), decoders in runs.items():
             decoder = make_decoder(models, sampling=Sampling(), num_draft=k)
-            decoder.round_ahead = RoundAhead(forced=POLICIES[name])
+            decoder.pipelining = RoundPipelining(forced=POLICIES[name])
             decoder.eos = set()
             for _ in decoder.generate(prompt, args.max_tokens):
                 pass
@@ -51,7 +51,7 @@ def main() -> None:
         tps = statistics.median(d.stats.decode_tps for d in decoders)
         print(f"MTP k={k} ahead {name:8s} {tps:7.1f} tok/s  "
               f"{last.stats.tokens_per_round:.2f} tokens/round  "
-              f"{last.rounds_ahead} started ahead, {last.rounds_taken_back} taken back")
+              f"{last.rounds_pipelined} started ahead, {last.rounds_taken_back} taken back")
 
 if __name__ == "__main__":
     main()

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from exo_spec.engine.round_ahead import RoundAhead
+from exo_spec.engine.pipelining import RoundPipelining
 
 
-def _run(policy: RoundAhead, rounds: int, build_s: float, wait_s: float,
+def _run(policy: RoundPipelining, rounds: int, build_s: float, wait_s: float,
          kept_all_every: int = 1) -> list[bool]:
     """Feed the policy rounds as the engine does; what it wanted before each one."""
     wanted, read_ahead = [], False
@@ -24,12 +24,12 @@ def _run(policy: RoundAhead, rounds: int, build_s: float, wait_s: float,
 
 
 def test_nothing_is_started_ahead_before_anything_is_measured():
-    assert RoundAhead().wanted() is False
+    assert RoundPipelining().wanted() is False
 
 
 def test_device_bound_rounds_start_ahead_and_measure_again_now_and_then():
     """A Mac with a large model: the host waits 20 ms per round and builds in 2 ms."""
-    wanted = _run(RoundAhead(), 200, build_s=0.002, wait_s=0.020)
+    wanted = _run(RoundPipelining(), 200, build_s=0.002, wait_s=0.020)
     later = wanted[20:]
     assert sum(later) / len(later) > 0.9
     assert not all(later)  # a round now and then measures the wait again
@@ -37,17 +37,17 @@ def test_device_bound_rounds_start_ahead_and_measure_again_now_and_then():
 
 def test_host_bound_rounds_never_start_ahead():
     """A GPU with a small model: the device is done before the host reads (H100)."""
-    assert not any(_run(RoundAhead(), 200, build_s=0.004, wait_s=0.0001))
+    assert not any(_run(RoundPipelining(), 200, build_s=0.004, wait_s=0.0001))
 
 
 @pytest.mark.parametrize("kept_all_every, expected", [(1, True), (3, False)])
 def test_rounds_that_are_often_taken_back_do_not_start_ahead(kept_all_every, expected):
     """Waiting as long as building: worth it only if more than half keep every draft."""
-    wanted = _run(RoundAhead(), 200, build_s=0.003, wait_s=0.003,
+    wanted = _run(RoundPipelining(), 200, build_s=0.003, wait_s=0.003,
                   kept_all_every=kept_all_every)
     assert (sum(wanted[100:]) > 50) == expected
 
 
 @pytest.mark.parametrize("forced", [True, False])
 def test_forced(forced):
-    assert _run(RoundAhead(forced=forced), 10, build_s=0.001, wait_s=0.001) == [forced] * 10
+    assert _run(RoundPipelining(forced=forced), 10, build_s=0.001, wait_s=0.001) == [forced] * 10

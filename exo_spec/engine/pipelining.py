@@ -18,7 +18,7 @@ again every ``remeasure`` rounds by not starting ahead twice.
 from __future__ import annotations
 
 
-class RoundAhead:
+class RoundPipelining:
     decay = 0.9
     remeasure = 32
     min_gain = 0.05
