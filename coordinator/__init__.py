@@ -5,5 +5,6 @@ heartbeats, READY and LOST), decides where a model goes (placement_plan: pure, n
 I/O), loads and releases models on them (placement_lifecycle, with the records of
 placement_record), runs jobs on those placements (scheduler, with the records of
 job), and serves the public ``exo_spec.v1.Inference`` API (api). The states of
-those records are in states; server builds and connects the parts, main runs it.
+those records are in states; server builds and connects the parts
+(``exo_spec.commands.coordinator`` runs it).
 """

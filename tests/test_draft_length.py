@@ -181,7 +181,7 @@ SCENARIOS = {
     "2 H200s, 2-rank group, MTP head": ([0.84, 0.71, 0.64, 0.6], 0.0, 0.33, 0.1),
     "H200, MTP head": ([0.97, 0.78, 0.6, 0.5], 0.25, 0.53, 0.1),
     "H200, drafter": ([0.98, 0.97, 0.95, 0.9], 0.85, 0.5, 0.11),
-    # Timed per length on an H200 (the eighth session's trace): a verify of 4 or more
+    # Timed per length on an H200: a verify of 4 or more
     # positions leaves MLX's attention kernel for up to 3 query rows, so the cost of a
     # round is not a line in k.
     "H200, MTP head, costs per length": ([0.96, 0.72, 0.84, 0.8], (0.72, 1.16, 1.92, 2.5),

@@ -1,11 +1,11 @@
-"""Summaries per row, the issue's targets, the table and the JSON document."""
+"""Summaries per row, the speed targets, the table and the JSON document."""
 
 from __future__ import annotations
 
 from .rows import GROUP_PLAIN, PLAIN, SINGLE, Row
 from .timing import median_and_spread
 
-# Issue 6's targets: (check, what it compares, the least ratio that passes).
+# The speed targets the bench checks: (what it compares, the least ratio that passes).
 TARGETS = {
     "mtp_vs_mlx_plain": ("best exo-spec mtp row / mlx-lm plain", 1.8),
     "drafter_vs_mlx_speculative": ("best exo-spec drafter row / best mlx-lm speculative row",
@@ -141,7 +141,7 @@ def table(results: list[dict]) -> str:
 
 
 def checks_text(result: dict) -> str:
-    lines = ["", "targets (issue 6):"]
+    lines = ["", "targets:"]
     for key, c in result.items():
         if c["ratio"] is None:
             lines.append(f"  {key:<34} {'-':>7}  (>= {c['target']})  {c['note']}")

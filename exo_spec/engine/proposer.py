@@ -15,7 +15,7 @@ import mlx.core as mx
 from .sampling import Sampling, draw
 
 # While the round loop decodes plainly (speculation not paying), a proposer
-# catches up on at most this many of the newest tokens when it drafts again.
+# catches up on at most twice this many of the newest tokens when it drafts again.
 # Older ones never reach its context: its drafts may get worse, never the
 # output, and a useless proposer stops costing work in proportion to its idle time.
 MAX_CATCH_UP = 32

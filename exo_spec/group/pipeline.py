@@ -2,8 +2,8 @@
 
 Rank 0 keeps the embeddings, its layers and the head (final norm + lm_head);
 every other rank keeps only its layers. The last rank sends its raw hidden rows
-back to rank 0, which applies the head. The head sits on rank 0 (not on the last
-rank, as DESIGN.md prefers) so that the existing round loop runs there unchanged:
+back to rank 0, which applies the head. The head sits on rank 0, not on the last
+rank, so that the existing round loop runs there unchanged:
 it needs the logits to verify, and one round moves the same k+1 rows of hidden
 size back to rank 0 as it moves on every other hop, instead of k+1 rows of
 vocabulary size. Tied embeddings make the head rank 0's anyway.

@@ -3,9 +3,9 @@ tensor-parallel slices) and, on rank 0, the proposer's models.
 
 The one-shot ``--local-ranks`` runner and the worker's long-lived runner both
 start here. The proposer lives on rank 0, a drafter model or the checkpoint's
-own MTP head. DESIGN.md puts MTP "where the final hidden state is"; in this
-pipeline the last stage sends its hidden rows back to rank 0, which applies the
-head, so that is rank 0: only it loads the MTP weights, and the round loop feeds
+own MTP head. The MTP head reads the final hidden state, and in this pipeline
+the last stage sends its hidden rows back to rank 0, which applies the head:
+only rank 0 loads the MTP weights, and the round loop feeds
 the head the normed hidden rows it already gets back, with no extra transfer.
 In a tensor-parallel group every rank ends the pass with the whole hidden state,
 so rank 0 drafts alone there too; mlx-lm's ``shard`` may split the lm_head over

@@ -10,7 +10,7 @@ which is how the worker releases it, or dies.
 With more than one rank the worker also sets MLX_RANK and MLX_HOSTFILE, and the
 runner joins the ring: rank 0 drafts and leads every job (each opens with a reset
 that gives every rank fresh caches), the others follow it for as long as the group
-lives, waiting off the ring between jobs (``dist.doorbell``); ``watchdog`` fails a
+lives, waiting off the ring between jobs (``group.doorbell``); ``watchdog`` fails a
 job whose group stops making progress.
 """
 
@@ -138,7 +138,7 @@ def serve(target: Local | GroupLeader, commands: Commands, send: Send, timeout_s
             with watchdog.guarding(job.job_id) if watchdog else nullcontext():
                 run_job(job, target, send, partial(commands.is_cancelled, job.job_id))
             if isinstance(target, GroupLeader) and commands.jobs.empty():
-                target.target.park()  # followers idle off the ring (dist.doorbell)
+                target.target.park()  # followers idle off the ring (group.doorbell)
         except StatusError as e:  # refused before its first round: nothing has changed
             send(Error.of(e, job.job_id))
         except Exception as e:
