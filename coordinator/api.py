@@ -53,8 +53,7 @@ def job_request(request: inference_pb2.GenerateRequest, ready_nodes: int) -> Job
         check_request(spec, request.draft_model, decode.num_draft)
         if not decode.prompt:
             raise ValueError("the prompt is empty")
-        Sampling(temp=s.temperature, top_p=s.top_p or 1.0,  # the proto's top_p 0 means 1
-                 top_k=s.top_k, min_p=s.min_p)
+        Sampling.from_proto(s)
         if decode.max_tokens > MAX_TOKENS:
             raise ValueError(f"max_tokens must be <= {MAX_TOKENS}, got {decode.max_tokens}")
         if decode.num_draft > MAX_NUM_DRAFT:

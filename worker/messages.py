@@ -65,12 +65,11 @@ class Job:
 
     @classmethod
     def from_proto(cls, job_id: str, decode: common_pb2.Decode) -> Job:
-        """INVALID_ARGUMENT for sampling values out of range: the one place they are
-        checked, so the runner takes them as they come."""
+        """INVALID_ARGUMENT for sampling values out of range: the worker's edge checks
+        them, so the runner takes them as they come."""
         s = decode.sampling
         try:
-            sampling = Sampling(temp=s.temperature, top_p=s.top_p or 1.0, top_k=s.top_k,
-                                min_p=s.min_p)
+            sampling = Sampling.from_proto(s)
         except ValueError as e:
             raise StatusError(StatusCode.INVALID_ARGUMENT, str(e)) from None
         return cls(
