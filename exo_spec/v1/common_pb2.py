@@ -24,23 +24,33 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x65xo_spec/v1/common.proto\x12\x0b\x65xo_spec.v1\"h\n\x08Sampling\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\r\n\x05min_p\x18\x04 \x01(\x02\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x00\x88\x01\x01\x42\x07\n\x05_seed\"\x86\x01\n\x06\x44\x65\x63ode\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x12\n\nmax_tokens\x18\x02 \x01(\r\x12\'\n\x08sampling\x18\x03 \x01(\x0b\x32\x15.exo_spec.v1.Sampling\x12\x11\n\tnum_draft\x18\x04 \x01(\r\x12\x1c\n\x14ignore_chat_template\x18\x05 \x01(\x08\"\xbe\x02\n\x05Stats\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x11\n\tnum_draft\x18\x02 \x01(\r\x12\x0f\n\x07\x64rafted\x18\x03 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x04 \x01(\x04\x12\x17\n\x0f\x61\x63\x63\x65ptance_rate\x18\x05 \x01(\x01\x12\x18\n\x10tokens_per_round\x18\x06 \x01(\x01\x12\x15\n\rprompt_tokens\x18\x07 \x01(\x04\x12\x19\n\x11generation_tokens\x18\x08 \x01(\x04\x12\x0e\n\x06ttft_s\x18\t \x01(\x01\x12\x12\n\nprompt_tps\x18\n \x01(\x01\x12\x12\n\ndecode_tps\x18\x0b \x01(\x01\x12\r\n\x05ranks\x18\x0c \x01(\r\x12\x10\n\x08parallel\x18\r \x01(\t\x12\x17\n\x0f\x62ytes_per_round\x18\x0e \x01(\x01\x12\x1a\n\x12messages_per_round\x18\x0f \x01(\x01\"-\n\nTokenChunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\"e\n\x08\x46inished\x12\x15\n\rfinish_reason\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12!\n\x05stats\x18\x04 \x01(\x0b\x32\x12.exo_spec.v1.Stats*E\n\x08SpecMode\x12\x12\n\x0eSPEC_MODE_AUTO\x10\x00\x12\x11\n\rSPEC_MODE_MTP\x10\x01\x12\x12\n\x0eSPEC_MODE_NONE\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x65xo_spec/v1/common.proto\x12\x0b\x65xo_spec.v1\"h\n\x08Sampling\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_p\x18\x02 \x01(\x02\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\r\n\x05min_p\x18\x04 \x01(\x02\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x00\x88\x01\x01\x42\x07\n\x05_seed\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xa9\x02\n\tPenalties\x12\x18\n\x10presence_penalty\x18\x01 \x01(\x02\x12\x19\n\x11\x66requency_penalty\x18\x02 \x01(\x02\x12\x1a\n\x12repetition_penalty\x18\x03 \x01(\x02\x12\x1d\n\x15presence_context_size\x18\x04 \x01(\r\x12\x1e\n\x16\x66requency_context_size\x18\x05 \x01(\r\x12\x1f\n\x17repetition_context_size\x18\x06 \x01(\r\x12\x39\n\nlogit_bias\x18\x07 \x03(\x0b\x32%.exo_spec.v1.Penalties.LogitBiasEntry\x1a\x30\n\x0eLogitBiasEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\x93\x02\n\x06\x44\x65\x63ode\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x12\n\nmax_tokens\x18\x02 \x01(\r\x12\'\n\x08sampling\x18\x03 \x01(\x0b\x32\x15.exo_spec.v1.Sampling\x12\x11\n\tnum_draft\x18\x04 \x01(\r\x12\x1c\n\x14ignore_chat_template\x18\x05 \x01(\x08\x12*\n\x08messages\x18\x06 \x03(\x0b\x32\x18.exo_spec.v1.ChatMessage\x12\x0c\n\x04stop\x18\x07 \x03(\t\x12)\n\tpenalties\x18\x08 \x01(\x0b\x32\x16.exo_spec.v1.Penalties\x12\x10\n\x08logprobs\x18\t \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\n \x01(\r\"\xdc\x02\n\x05Stats\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x11\n\tnum_draft\x18\x02 \x01(\r\x12\x0f\n\x07\x64rafted\x18\x03 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x04 \x01(\x04\x12\x17\n\x0f\x61\x63\x63\x65ptance_rate\x18\x05 \x01(\x01\x12\x18\n\x10tokens_per_round\x18\x06 \x01(\x01\x12\x15\n\rprompt_tokens\x18\x07 \x01(\x04\x12\x19\n\x11generation_tokens\x18\x08 \x01(\x04\x12\x0e\n\x06ttft_s\x18\t \x01(\x01\x12\x12\n\nprompt_tps\x18\n \x01(\x01\x12\x12\n\ndecode_tps\x18\x0b \x01(\x01\x12\r\n\x05ranks\x18\x0c \x01(\r\x12\x10\n\x08parallel\x18\r \x01(\t\x12\x17\n\x0f\x62ytes_per_round\x18\x0e \x01(\x01\x12\x1a\n\x12messages_per_round\x18\x0f \x01(\x01\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x10 \x01(\x04\"h\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x02\x12\r\n\x05token\x18\x03 \x01(\x0c\x12&\n\x03top\x18\x04 \x03(\x0b\x32\x19.exo_spec.v1.TokenLogprob\"Z\n\nTokenChunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12+\n\x08logprobs\x18\x03 \x03(\x0b\x32\x19.exo_spec.v1.TokenLogprob\"e\n\x08\x46inished\x12\x15\n\rfinish_reason\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12!\n\x05stats\x18\x04 \x01(\x0b\x32\x12.exo_spec.v1.Stats*E\n\x08SpecMode\x12\x12\n\x0eSPEC_MODE_AUTO\x10\x00\x12\x11\n\rSPEC_MODE_MTP\x10\x01\x12\x12\n\x0eSPEC_MODE_NONE\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'exo_spec.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SPECMODE']._serialized_start=755
-  _globals['_SPECMODE']._serialized_end=824
+  _globals['_PENALTIES_LOGITBIASENTRY']._loaded_options = None
+  _globals['_PENALTIES_LOGITBIASENTRY']._serialized_options = b'8\001'
+  _globals['_SPECMODE']._serialized_start=1423
+  _globals['_SPECMODE']._serialized_end=1492
   _globals['_SAMPLING']._serialized_start=41
   _globals['_SAMPLING']._serialized_end=145
-  _globals['_DECODE']._serialized_start=148
-  _globals['_DECODE']._serialized_end=282
-  _globals['_STATS']._serialized_start=285
-  _globals['_STATS']._serialized_end=603
-  _globals['_TOKENCHUNK']._serialized_start=605
-  _globals['_TOKENCHUNK']._serialized_end=650
-  _globals['_FINISHED']._serialized_start=652
-  _globals['_FINISHED']._serialized_end=753
+  _globals['_CHATMESSAGE']._serialized_start=147
+  _globals['_CHATMESSAGE']._serialized_end=191
+  _globals['_PENALTIES']._serialized_start=194
+  _globals['_PENALTIES']._serialized_end=491
+  _globals['_PENALTIES_LOGITBIASENTRY']._serialized_start=443
+  _globals['_PENALTIES_LOGITBIASENTRY']._serialized_end=491
+  _globals['_DECODE']._serialized_start=494
+  _globals['_DECODE']._serialized_end=769
+  _globals['_STATS']._serialized_start=772
+  _globals['_STATS']._serialized_end=1120
+  _globals['_TOKENLOGPROB']._serialized_start=1122
+  _globals['_TOKENLOGPROB']._serialized_end=1226
+  _globals['_TOKENCHUNK']._serialized_start=1228
+  _globals['_TOKENCHUNK']._serialized_end=1318
+  _globals['_FINISHED']._serialized_start=1320
+  _globals['_FINISHED']._serialized_end=1421
 # @@protoc_insertion_point(module_scope)

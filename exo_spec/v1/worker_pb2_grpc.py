@@ -69,6 +69,11 @@ class WorkerControlStub:
                 request_serializer=exo__spec_dot_v1_dot_worker__pb2.ReleasePlacementRequest.SerializeToString,
                 response_deserializer=exo__spec_dot_v1_dot_worker__pb2.ReleasePlacementResponse.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/exo_spec.v1.WorkerControl/ListModels',
+                request_serializer=exo__spec_dot_v1_dot_worker__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=exo__spec_dot_v1_dot_worker__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerControlServicer:
@@ -123,6 +128,13 @@ class WorkerControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListModels(self, request, context):
+        """The models this worker can load from its model directories.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -155,6 +167,11 @@ def add_WorkerControlServicer_to_server(servicer, server):
                     servicer.ReleasePlacement,
                     request_deserializer=exo__spec_dot_v1_dot_worker__pb2.ReleasePlacementRequest.FromString,
                     response_serializer=exo__spec_dot_v1_dot_worker__pb2.ReleasePlacementResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=exo__spec_dot_v1_dot_worker__pb2.ListModelsRequest.FromString,
+                    response_serializer=exo__spec_dot_v1_dot_worker__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -324,6 +341,33 @@ class WorkerControl:
             '/exo_spec.v1.WorkerControl/ReleasePlacement',
             exo__spec_dot_v1_dot_worker__pb2.ReleasePlacementRequest.SerializeToString,
             exo__spec_dot_v1_dot_worker__pb2.ReleasePlacementResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/exo_spec.v1.WorkerControl/ListModels',
+            exo__spec_dot_v1_dot_worker__pb2.ListModelsRequest.SerializeToString,
+            exo__spec_dot_v1_dot_worker__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,
