@@ -1,4 +1,4 @@
-"""Tiny real checkpoints, written once per test session with fixed seeds."""
+"""Tiny real checkpoints, written once per test run with fixed seeds."""
 
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ MAX_TOKENS = 24
 
 @pytest.fixture(scope="module")
 def built(trained):
-    """The session's `exo-spec make-models --size test` output (conftest.trained)."""
+    """What `exo-spec make-models --size test` wrote, once per test run (conftest.trained)."""
     assert trained.log.splitlines()[-1].startswith(f"make-models: wrote {trained.path}")
     assert "target: step 30/30" in trained.log
     return trained.path
