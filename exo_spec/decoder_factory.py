@@ -15,7 +15,8 @@ from .engine import (
 from .engine.assistant import Gemma4Assistant
 from .engine.target import Target
 from .model_set import ModelSet
-from .models.load import LoadedModel, parameter_count
+from .models.load import LoadedModel, parameter_count, text_config
+from .sampling import Penalties
 from .spec_mode import ProposerKind
 
 MTP_COST_PRIOR = 0.1  # an MTP layer costs a small fraction of the target's pass
@@ -25,6 +26,8 @@ def make_decoder(
     models: ModelSet,
     *,
     sampling: Sampling,
+    penalties: Penalties | None = None,
+    logprobs: int | None = None,
     num_draft: int | None = None,
     max_kv_size: int | None = None,
     target: Target | None = None,
@@ -32,7 +35,10 @@ def make_decoder(
 ) -> SpecDecoder:
     """``target``: what to verify with (a group's), by default ``models.target`` on this
     machine; ``draft_length``: the adaptive policy of an earlier job on these models, to
-    go on with (unless ``num_draft`` fixes the length)."""
+    go on with (unless ``num_draft`` fixes the length); ``penalties`` and ``logprobs``:
+    as ``SpecDecoder`` takes them (ValueError for a logit bias outside the vocabulary)."""
+    penalties = penalties or Penalties()
+    check_penalties(models, penalties)
     target = target or CachedModel(models.target.model, max_kv_size=max_kv_size)
     proposer = None
     cost_prior = MTP_COST_PRIOR
@@ -56,7 +62,19 @@ def make_decoder(
         sampling=sampling,
         draft_length=draft_length,
         eos_token_ids=set(models.target.tokenizer.eos_token_ids),
+        penalties=penalties,
+        logprobs=logprobs,
     )
+
+
+def check_penalties(models: ModelSet, penalties: Penalties) -> None:
+    """ValueError for a logit bias on a token id the target has no logit for (where its
+    config names the vocabulary size; the decoder checks again against its logits)."""
+    vocab = text_config(models.target.config).get("vocab_size")
+    bad = [t for t in penalties.logit_bias if vocab and not 0 <= t < vocab]
+    if bad:
+        raise ValueError(f"logit_bias token id {bad[0]} is outside the vocabulary "
+                         f"(0..{vocab - 1})")
 
 
 def _parameter_ratio(drafter: LoadedModel, target: LoadedModel) -> float:

@@ -79,3 +79,6 @@ class Penalties:
             frequency_context_size=p.frequency_context_size or DEFAULT_CONTEXT_SIZE,
             repetition_context_size=p.repetition_context_size or DEFAULT_CONTEXT_SIZE,
             logit_bias=dict(p.logit_bias))
+
+
+NO_PENALTIES = Penalties()

@@ -23,7 +23,7 @@ from mlx_lm.models.cache import KVCache, RotatingKVCache
 from ..models.gemma4_assistant import Model, SharedKV
 from ..models.heads import language_model
 from .cached_model import CachedModel
-from .proposer import draft
+from .proposer import Process, draft
 from .sampling import Sampling
 
 
@@ -67,10 +67,11 @@ class Gemma4Assistant:
         self._token, self._hidden = tokens[-1:], hidden[-1:]
 
     def propose_pipelined(self, tokens: mx.array, hidden: mx.array | None, k: int,
-                      sampling: Sampling) -> tuple[mx.array, mx.array | None]:
+                          sampling: Sampling, process: Process | None = None
+                          ) -> tuple[mx.array, mx.array | None]:
         # Nothing to take back: the next commit() sets both fields again.
         self.commit(tokens.shape[0] - 1, tokens, hidden)
-        return self.propose(k, sampling)
+        return self.propose(k, sampling, process)
 
     def commit(self, accepted: int, tokens: mx.array, hidden: mx.array | None) -> None:
         self._token, self._hidden = tokens[-1:], hidden[-1:]
@@ -78,7 +79,8 @@ class Gemma4Assistant:
     def withdraw(self) -> None:
         pass  # proposing changed nothing
 
-    def propose(self, k: int, sampling: Sampling) -> tuple[mx.array, mx.array | None]:
+    def propose(self, k: int, sampling: Sampling, process: Process | None = None
+                ) -> tuple[mx.array, mx.array | None]:
         shared = self.shared_kv()
         position = self.target.cache[0].offset
         h = self._hidden[None]
@@ -89,7 +91,7 @@ class Gemma4Assistant:
                                   position)
             return logits
 
-        return draft(k, sampling, next_logits)
+        return draft(k, sampling, next_logits, process)
 
     def step(self, token: mx.array, hidden: mx.array, shared: SharedKV, position: int):
         """Logits (1, V) for the token after ``token`` (1,), and the next hidden (1, 1, H)."""

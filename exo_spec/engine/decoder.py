@@ -10,6 +10,11 @@ computes (a pipelined round); when a draft was rejected, that round is taken
 back from the target and the proposer. Where speculation does not pay, a plain
 target step queues the next one before it is read, as mlx-lm's generate_step
 does, for the same overlap.
+
+The job's penalties (``logits_processing``) apply at every target position with
+the history a plain decode has there, and to the proposer's logits with its drafts'
+history; logprobs (``logprobs``) are computed from the same processed logits and
+ride in the decision read, so neither adds a host sync.
 """
 
 from __future__ import annotations
@@ -21,10 +26,13 @@ from typing import ClassVar
 
 import mlx.core as mx
 
+from ..sampling import Penalties
+from . import logprobs as lp
 from .draft_length import AdaptiveDraftLength, FixedDraftLength
+from .logits_processing import LogitsProcessing
 from .pipelining import RoundPipelining
-from .proposer import Proposer
-from .sampling import Sampling, probs, sample
+from .proposer import Process, Proposer
+from .sampling import Sampling, log_probs
 from .stats import Stats
 from .target import Target
 from .verify import verify_greedy, verify_sampled
@@ -37,7 +45,7 @@ class Round:
     k: int
     fed: mx.array  # [last, d1..dk]
     tokens: mx.array  # what the target emits at each fed position
-    decision: mx.array  # [drafts kept, *tokens]: what the host reads, in one transfer
+    decision: mx.array  # [drafts kept, *tokens, logprobs?]: what the host reads, in one transfer
     hidden: mx.array | None  # the target's final hidden states there, if the proposer reads them
     pipelined: bool  # started before the previous round was read
 
@@ -47,6 +55,7 @@ class PlainStep:
     """One target step, queued on the device and not yet read."""
 
     token: mx.array  # the token it samples
+    decision: mx.array  # [token, logprobs?]: what the host reads (the token alone if no logprobs)
     hidden: mx.array | None  # the target's final hidden state, if the proposer reads it
     pipelined: bool  # queued before the previous step was read
     k: ClassVar[int] = 0  # no drafts
@@ -79,7 +88,13 @@ class SpecDecoder:
         draft_length: FixedDraftLength | AdaptiveDraftLength | None = None,
         eos_token_ids: set[int] | frozenset[int] = frozenset(),
         pipelining: RoundPipelining | None = None,
+        penalties: Penalties | None = None,
+        logprobs: int | None = None,
     ):
+        """``penalties``: applied to the logits as mlx-lm's ``make_logits_processors``
+        does; ``logprobs``: None, or report each emitted token's log-probability and
+        that many alternatives (0..20) in ``self.logprobs``."""
+        lp.check_top(logprobs)
         self.target = target
         self.proposer = proposer
         self.sampling = sampling
@@ -95,6 +110,13 @@ class SpecDecoder:
         self.rounds_pipelined = 0  # rounds started before the previous one was read ...
         self.rounds_taken_back = 0  # ... and of those, the ones a rejection took back
         self._hidden = bool(proposer and proposer.needs_hidden)
+        self.penalties = penalties = penalties or Penalties()
+        self._processing = LogitsProcessing(penalties) if penalties.active else None
+        # Prompt and emitted tokens through the newest one whose successor is queued,
+        # cut to what the penalties read (``LogitsProcessing.tail``): on the device.
+        self._history: mx.array | None = None
+        self.top_logprobs = logprobs
+        self.logprobs: list[lp.TokenLogprob] = []  # one per emitted token, in order
 
     def generate(self, prompt: list[int], max_tokens: int) -> Iterator[list[int]]:
         """Yield the emitted tokens round by round; ``self.finish`` says why it ended."""
@@ -107,15 +129,19 @@ class SpecDecoder:
         start = time.perf_counter()
         tokens = mx.array(prompt, dtype=mx.uint32)
         logits, hidden = self.target.prefill(tokens, hidden=self._hidden)
-        first = sample(logits[None], self.sampling)
+        if self._processing:
+            self._processing.bind(logits.shape[-1])
+            self._history = self._processing.tail(tokens)
+        first, decision = self._sample(logits[None])
         if self.proposer:
             # The proposer reads the prompt before the first token, as mlx-lm's
             # speculative_generate_step does: all prompt work counts as prompt time.
             self.proposer.prefill(mx.concatenate([tokens, first]), hidden)
-        emitted = first.tolist()
+        emitted, logprobs = self._read_step(decision)
+        self._extend_history(first)
         stats.ttft_s = time.perf_counter() - start
         last = first
-        out = self._emit(emitted, max_tokens)
+        out = self._emit(emitted, max_tokens, logprobs)
         if out:
             yield out
         decode_start = time.perf_counter()
@@ -128,15 +154,17 @@ class SpecDecoder:
                 current = queued or self._queue_step(last, next_k, remaining)
                 queued = None
                 if isinstance(current, Round):
-                    accepted, emitted, last, queued = self._speculative_round(current, remaining)
+                    accepted, emitted, logprobs, last, queued = self._speculative_round(
+                        current, remaining)
                     next_k = None
                 else:
-                    emitted, last, queued, next_k = self._plain_step(current, remaining)
+                    emitted, logprobs, last, queued, next_k = self._plain_step(
+                        current, remaining)
                     accepted = 0
                 seconds = _timing_sample(current, queued, time.perf_counter() - started)
                 stats.rounds += 1
                 self.draft_length.observe(current.k, accepted, seconds)
-                out = self._emit(emitted, max_tokens)
+                out = self._emit(emitted, max_tokens, logprobs)
                 if out:
                     yield out
                 stats.decode_s = time.perf_counter() - decode_start
@@ -157,75 +185,154 @@ class SpecDecoder:
         return self._queue_plain(last, pipelined=False)
 
     def _plain_step(self, current: PlainStep, remaining: int
-                    ) -> tuple[list[int], mx.array, PlainStep | None, int | None]:
-        """Read ``current`` and return (emitted, last token, the next plain step if one was
-        queued, the draft length chosen for the next round). What follows is chosen
-        before the read, once: a plain step is queued then, as mlx-lm's generate_step
-        does, so that building its graph overlaps this one's compute; a round chosen
-        then is the next round, so that asking again cannot flip the choice."""
+                    ) -> tuple[list[int], list[lp.TokenLogprob] | None, mx.array,
+                               PlainStep | None, int | None]:
+        """Read ``current`` and return (emitted, their logprobs if asked, last token, the
+        next plain step if one was queued, the draft length chosen for the next round).
+        What follows is chosen before the read, once: a plain step is queued then, as
+        mlx-lm's generate_step does, so that building its graph overlaps this one's
+        compute; a round chosen then is the next round, so that asking again cannot
+        flip the choice."""
+        self._extend_history(current.token)  # a plain step's token is never taken back
         next_plain, next_k = None, None
         if remaining > 1:
             next_k = self.draft_length.next() if self.proposer else 0
             if next_k == 0:
                 next_plain = self._queue_plain(current.token, pipelined=True)
-        emitted = current.token.tolist()
+        emitted, logprobs = self._read_step(current.decision)
         if self.proposer:
             self.proposer.commit(0, current.token, current.hidden)
-        return emitted, current.token, next_plain, next_k
+        return emitted, logprobs, current.token, next_plain, next_k
 
     def _speculative_round(self, current: Round, remaining: int
-                           ) -> tuple[int, list[int], mx.array, Round | None]:
-        """Read ``current`` and return (accepted, emitted, last token, the next round if
-        one was started before the read and stands). The next round is started then
-        where ``pipelining`` says it pays, assuming ``current`` keeps every draft."""
+                           ) -> tuple[int, list[int], list[lp.TokenLogprob] | None, mx.array,
+                                      Round | None]:
+        """Read ``current`` and return (accepted, emitted, their logprobs if asked, last
+        token, the next round if one was started before the read and stands). The next
+        round is started then where ``pipelining`` says it pays, assuming ``current``
+        keeps every draft."""
         k = current.k
         next_k = min(self.draft_length.next_pipelined(), remaining - (k + 1) - 1)
         pipelined_round = None
         if next_k > 0 and self.target.chains_rounds and self.pipelining.wanted():
             pipelined_round = self._start_round(current.tokens[-1:], next_k, after=current)
             self.rounds_pipelined += 1
-        accepted, emitted, last = self._end_round(current, pipelined_round)
+        accepted, emitted, logprobs, last = self._end_round(current, pipelined_round)
         if pipelined_round and accepted < k:
             pipelined_round = None
             self.rounds_taken_back += 1
-        return accepted, emitted, last, pipelined_round
+        return accepted, emitted, logprobs, last, pipelined_round
 
     def _queue_plain(self, last: mx.array, pipelined: bool) -> PlainStep:
+        """Queue the target step after ``last`` (the newest token of the history)."""
         logits, hidden = self.target(last, hidden=self._hidden)
-        token = sample(logits[-1:], self.sampling)
-        mx.async_eval(token)
-        return PlainStep(token, hidden, pipelined)
+        token, decision = self._sample(logits[-1:])
+        mx.async_eval(token, decision)
+        return PlainStep(token, decision, hidden, pipelined)
+
+    def _extend_history(self, tokens: mx.array) -> None:
+        if self._processing:
+            self._history = self._processing.extend(self._history, tokens)
+
+    def _process(self, logits: mx.array, history: mx.array | None,
+                 drafts: mx.array | None = None) -> mx.array:
+        """The job's penalties on ``logits`` (R, V), whose row j was fed after ``history``
+        and then ``drafts[:j]``; the logits as they are without penalties."""
+        if self._processing is None:
+            return logits
+        tokens = history if drafts is None or history is None \
+            else mx.concatenate([history, drafts])
+        return self._processing(logits, tokens)
+
+    def _draft_process(self, history: mx.array | None) -> Process | None:
+        """What the proposer's logits go through: the penalties over ``history`` and the
+        drafts before each one, as the target's verify rows will see them."""
+        processing = self._processing
+        if processing is None:
+            return None
+
+        def process(logits: mx.array, drafts: list[mx.array]) -> mx.array:
+            tokens = history if not drafts or history is None \
+                else mx.concatenate([history, *drafts])
+            return processing(logits, tokens)
+
+        return process
+
+    def _log_probs(self, logits: mx.array) -> mx.array:
+        """The target's log-probabilities (R, V) at processed ``logits``: of the
+        distribution tokens are drawn from; at temperature 0 the log-softmax."""
+        if self.sampling.greedy:
+            logits = logits.astype(mx.float32)
+            return logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        return log_probs(logits, self.sampling)
+
+    def _sample(self, logits: mx.array) -> tuple[mx.array, mx.array]:
+        """One token after ``self._history`` from the target's ``logits`` (1, V), and the
+        array the host reads for it (the token, then its logprobs if asked)."""
+        logits = self._process(logits, self._history)
+        if self.sampling.greedy:
+            token = mx.argmax(logits, axis=-1).astype(mx.uint32)
+            if self.top_logprobs is None:
+                return token, token
+            dist = self._log_probs(logits)
+        else:
+            dist = self._log_probs(logits)
+            token = mx.random.categorical(dist).astype(mx.uint32)
+            if self.top_logprobs is None:
+                return token, token
+        return token, mx.concatenate([token, lp.fields(dist, token, self.top_logprobs)])
+
+    def _read_step(self, decision: mx.array) -> tuple[list[int], list[lp.TokenLogprob] | None]:
+        """Read one sampled token's ``decision`` (a host sync): the token, and its
+        logprobs if asked."""
+        token, *rest = decision.tolist()
+        if self.top_logprobs is None:
+            return [token], None
+        return [token], lp.read(rest, 1, [token])
 
     def _start_round(self, last: mx.array, k: int, after: Round | None = None) -> Round:
         """Draft k tokens after ``last`` and queue their verification; ``after``: the
         round still unread, assumed to keep every draft."""
         start = time.perf_counter()
+        # The history ends with ``last``: the round before, if still unread, kept all.
+        history = self._history if after is None or self._processing is None \
+            else self._processing.extend(self._history, after.tokens)
+        process = self._draft_process(history)
         if after is None:
-            drafts, draft_probs = self.proposer.propose(k, self.sampling)
+            drafts, draft_probs = self.proposer.propose(k, self.sampling, process)
         else:
             drafts, draft_probs = self.proposer.propose_pipelined(
-                after.tokens, after.hidden, k, self.sampling)
+                after.tokens, after.hidden, k, self.sampling, process)
         fed = mx.concatenate([last, drafts])
         self.target.begin_round(k + 1)
         logits, hidden = self.target(fed, hidden=self._hidden)
+        logits = self._process(logits, history, drafts)
+        dist = None
         if self.sampling.greedy:
             accepted, tokens = verify_greedy(logits, drafts)
         else:
-            accepted, tokens = verify_sampled(probs(logits, self.sampling), draft_probs, drafts)
-        decision = mx.concatenate([accepted.astype(mx.uint32)[None], tokens])
+            dist = self._log_probs(logits)
+            accepted, tokens = verify_sampled(mx.exp(dist), draft_probs, drafts)
+        parts = [accepted.astype(mx.uint32)[None], tokens]
+        if self.top_logprobs is not None:
+            dist = self._log_probs(logits) if dist is None else dist
+            parts.append(lp.fields(dist, tokens, self.top_logprobs))
+        decision = mx.concatenate(parts)
         mx.async_eval(decision)
         self.pipelining.observe_build(time.perf_counter() - start)
         return Round(k, fed, tokens, decision, hidden, pipelined=after is not None)
 
-    def _end_round(self, current: Round,
-                   pipelined_round: Round | None) -> tuple[int, list[int], mx.array]:
+    def _end_round(self, current: Round, pipelined_round: Round | None
+                   ) -> tuple[int, list[int], list[lp.TokenLogprob] | None, mx.array]:
         """Read the accept decision of ``current`` (the round's one host sync) and move
         every cache to it; ``pipelined_round``, started on the assumption that every
         draft is kept, is taken back if one was not."""
         start = time.perf_counter()
-        n, *emitted = current.decision.tolist()
+        n, *values = current.decision.tolist()
         wait = time.perf_counter() - start
-        emitted = emitted[: n + 1]
+        rows = current.k + 1
+        emitted = values[: n + 1]
+        logprobs = None if self.top_logprobs is None else lp.read(values[rows:], rows, emitted)
         # The wait measures the device only for a round read right after its launch.
         self.pipelining.observe_read(
             n == current.k, None if current.pipelined or pipelined_round else wait)
@@ -233,13 +340,15 @@ class SpecDecoder:
             self.target.undo_round()
         self.target.end_round(current.fed, n + 1)
         kept = current.tokens[: n + 1]
+        self._extend_history(kept)
         hidden = current.hidden
         self.proposer.commit(n, kept, None if hidden is None else hidden[: n + 1])
         self.stats.drafted += current.k
         self.stats.accepted += n
-        return n, emitted, kept[-1:]
+        return n, emitted, logprobs, kept[-1:]
 
-    def _emit(self, tokens: list[int], max_tokens: int) -> list[int]:
+    def _emit(self, tokens: list[int], max_tokens: int,
+              logprobs: list[lp.TokenLogprob] | None = None) -> list[int]:
         out = []
         for t in tokens:
             if t in self.eos:
@@ -250,4 +359,6 @@ class SpecDecoder:
                 self.finish = Finish("length")
                 break
         self.stats.generation_tokens += len(out)
+        if logprobs:
+            self.logprobs.extend(logprobs[: len(out)])
         return out

@@ -6,7 +6,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .cached_model import CachedModel
-from .proposer import bounded, draft
+from .proposer import Process, bounded, draft
 from .sampling import Sampling
 
 
@@ -26,7 +26,8 @@ class DraftModel:
             self.lm.prefill(tokens[:-1])
         self._unfed = [tokens[-1:]]
 
-    def propose(self, k: int, sampling: Sampling) -> tuple[mx.array, mx.array | None]:
+    def propose(self, k: int, sampling: Sampling, process: Process | None = None
+                ) -> tuple[mx.array, mx.array | None]:
         unfed = mx.concatenate(self._unfed)
         # The last draft is never fed: its logits are not needed.
         self.lm.begin_round(unfed.shape[0] + k - 1)
@@ -34,15 +35,16 @@ class DraftModel:
         def next_logits(previous: mx.array | None) -> mx.array:
             return self.lm.last_logits(unfed if previous is None else previous)
 
-        drafts, dists = draft(k, sampling, next_logits)
+        drafts, dists = draft(k, sampling, next_logits, process)
         self._open.append((mx.concatenate([unfed, drafts[:-1]]), unfed.shape[0]))
         return drafts, dists
 
     def propose_pipelined(self, tokens: mx.array, hidden: mx.array | None, k: int,
-                      sampling: Sampling) -> tuple[mx.array, mx.array | None]:
+                          sampling: Sampling, process: Process | None = None
+                          ) -> tuple[mx.array, mx.array | None]:
         fed, unfed = self._open[-1]
         self._unfed = [tokens[fed.shape[0] - unfed :]]  # the last draft and the target's token
-        return self.propose(k, sampling)
+        return self.propose(k, sampling, process)
 
     def commit(self, accepted: int, tokens: mx.array, hidden: mx.array | None) -> None:
         if not self._open:  # a plain target step: nothing was drafted

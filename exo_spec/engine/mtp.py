@@ -16,7 +16,7 @@ import mlx.core as mx
 
 from ..models.heads import body_and_head, embedding
 from ..models.mtp import make_mtp_cache
-from .proposer import bounded, draft
+from .proposer import Process, bounded, draft
 from .sampling import Sampling
 from .target import PREFILL_CHUNK
 
@@ -43,7 +43,8 @@ class Mtp:
             self._last = self._feed(following[chunk], hidden[chunk])[-1:]
             mx.eval(self._last, self.cache[0].state)
 
-    def propose(self, k: int, sampling: Sampling) -> tuple[mx.array, mx.array | None]:
+    def propose(self, k: int, sampling: Sampling, process: Process | None = None
+                ) -> tuple[mx.array, mx.array | None]:
         if self._next:
             h = self._feed(mx.concatenate(self._next), mx.concatenate(self._hidden))[-1:]
             self._hidden, self._next = [], []
@@ -57,16 +58,17 @@ class Mtp:
             return self.mtp.logits(h, self.target_head)
 
         self._chained = k - 1
-        return draft(k, sampling, next_logits)
+        return draft(k, sampling, next_logits, process)
 
     def propose_pipelined(self, tokens: mx.array, hidden: mx.array | None, k: int,
-                      sampling: Sampling) -> tuple[mx.array, mx.array | None]:
+                          sampling: Sampling, process: Process | None = None
+                          ) -> tuple[mx.array, mx.array | None]:
         assumed = tokens.shape[0] - 1
         before = _Before(self.cache[0].offset, list(self._hidden), list(self._next),
                          self._last, self._chained, assumed)
         self.commit(assumed, tokens, hidden)
         self._before_pipelined = before
-        return self.propose(k, sampling)
+        return self.propose(k, sampling, process)
 
     def commit(self, accepted: int, tokens: mx.array, hidden: mx.array | None) -> None:
         before, self._before_pipelined = self._before_pipelined, None

@@ -29,13 +29,22 @@ def bounded(backlog: list[mx.array]) -> list[mx.array]:
     return [mx.concatenate(backlog)[-MAX_CATCH_UP:]]
 
 
-def draft(k: int, sampling: Sampling, next_logits: Callable[[mx.array | None], mx.array]
-          ) -> tuple[mx.array, mx.array | None]:
+# What the decoder applies to a proposer's logits (1, V) for its next draft, given the
+# drafts before it (the job's penalties, over the history those drafts extend).
+Process = Callable[[mx.array, list[mx.array]], mx.array]
+
+
+def draft(k: int, sampling: Sampling, next_logits: Callable[[mx.array | None], mx.array],
+          process: Process | None = None) -> tuple[mx.array, mx.array | None]:
     """k tokens drawn one after another, each from ``next_logits(the draft before it)``
-    (None for the first): tokens (k,) and, unless greedy, their distributions (k, V)."""
+    (None for the first), processed by ``process`` if given: tokens (k,) and, unless
+    greedy, their distributions (k, V)."""
     drafts, dists, previous = [], [], None
     for _ in range(k):
-        previous, dist = draw(next_logits(previous), sampling)
+        logits = next_logits(previous)
+        if process is not None:
+            logits = process(logits, drafts)
+        previous, dist = draw(logits, sampling)
         drafts.append(previous)
         dists.append(dist)
     return mx.concatenate(drafts), (None if sampling.greedy else mx.concatenate(dists))
@@ -49,12 +58,15 @@ class Proposer(Protocol):
         """After the prompt pass: tokens = s_0..s_T (the prompt and the first sampled
         token), hidden = h_0..h_{T-1}."""
 
-    def propose(self, k: int, sampling: Sampling) -> tuple[mx.array, mx.array | None]:
+    def propose(self, k: int, sampling: Sampling, process: Process | None = None
+                ) -> tuple[mx.array, mx.array | None]:
         """Draft s_{T+1}..s_{T+k}: tokens (k,) uint32 and, unless greedy, the
-        distributions (k, V) they were drawn from. Lazy: no host sync."""
+        distributions (k, V) they were drawn from, each draft's logits passed through
+        ``process`` (``draft``). Lazy: no host sync."""
 
     def propose_pipelined(self, tokens: mx.array, hidden: mx.array | None, k: int,
-                      sampling: Sampling) -> tuple[mx.array, mx.array | None]:
+                          sampling: Sampling, process: Process | None = None
+                          ) -> tuple[mx.array, mx.array | None]:
         """Draft the round after the latest proposal as if the target kept all of it:
         ``tokens`` are those drafts and the target's token after them, ``hidden`` the
         states of the positions fed to verify them (as commit() would get them). The

@@ -10,6 +10,7 @@ import sys
 
 import mlx.core as mx
 
+from ..commands.generate import penalties_from_args
 from ..engine import Sampling, SpecDecoder
 from ..job_series import JobSeries
 from ..local_job import decode, warm_up
@@ -43,7 +44,9 @@ def main(job: str) -> int:
         def new_decoder() -> SpecDecoder:
             group_target.reset()  # as a worker starts each job on its group
             return jobs.new_decoder(rank.models, sampling=sampling, num_draft=args.num_draft,
-                                    max_kv_size=args.max_kv_size, target=group_target)
+                                    max_kv_size=args.max_kv_size, target=group_target,
+                                    penalties=penalties_from_args(args),
+                                    logprobs=args.logprobs)
 
         warm_up(args, new_decoder, rank.target.tokenizer)
         decoder = new_decoder()
