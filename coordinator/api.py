@@ -2,11 +2,15 @@
 
 Requests are checked before anything is queued (``job_request``). Status codes:
 
-- INVALID_ARGUMENT: no model or prompt, an unknown spec mode, contradicting
-  proposer settings, sampling values out of range (temperature < 0, top_p outside
-  (0, 1], top_k < 0, min_p outside [0, 1]), max_tokens or num_draft above their
-  limits, a prompt longer than the model's context, a drafter whose vocabulary
-  differs, more nodes than the model has layers;
+- INVALID_ARGUMENT: no model, neither a prompt nor messages (or both), a message
+  role other than system, user, assistant or tool, an unknown spec mode,
+  contradicting proposer settings, sampling values out of range (temperature < 0,
+  top_p outside (0, 1], top_k < 0, min_p outside [0, 1]), penalties out of range,
+  more than 16 stop strings or one not 1 to 256 characters, max_tokens, num_draft or
+  top_logprobs (20) above their limits, messages for a model without a chat
+  template, a drafter whose vocabulary differs, more nodes than the model has layers;
+- OUT_OF_RANGE: a prompt longer than the model's context, or max_tokens more than
+  the context leaves after it;
 - NOT_FOUND: no node can find the model (or drafter), or no such job;
 - FAILED_PRECONDITION: more nodes asked for than are ready, a proposer the model
   cannot run (MTP without MTP heads, a Gemma 4 assistant across nodes);
@@ -26,7 +30,8 @@ import time
 from grpc import StatusCode
 
 from .. import __version__
-from ..sampling import Sampling
+from ..decode_request import prompt_or_messages, stop_strings, top_logprobs
+from ..sampling import Penalties, Sampling
 from ..spec_mode import SpecMode, check_request
 from ..status import StatusError
 from ..v1 import inference_pb2, inference_pb2_grpc
@@ -51,9 +56,11 @@ def job_request(request: inference_pb2.GenerateRequest, ready_nodes: int) -> Job
             raise ValueError("no model given")
         spec = SpecMode.from_proto(request.spec)
         check_request(spec, request.draft_model, decode.num_draft)
-        if not decode.prompt:
-            raise ValueError("the prompt is empty")
+        prompt_or_messages(decode)
         Sampling.from_proto(s)
+        Penalties.from_proto(decode.penalties)
+        stop_strings(decode)
+        top_logprobs(decode)
         if decode.max_tokens > MAX_TOKENS:
             raise ValueError(f"max_tokens must be <= {MAX_TOKENS}, got {decode.max_tokens}")
         if decode.num_draft > MAX_NUM_DRAFT:

@@ -8,6 +8,12 @@ A job runs as one task:
 3. ``RunJob`` on rank 0's worker, streaming token chunks and the result to the
    job's caller.
 
+Jobs are served in arrival order: those of one model get their placement one
+after the other (``_in_turn``), then wait for it to load and for its lock, and
+asyncio wakes both kinds of waiter first come, first served. At most
+``max_queue`` jobs of a model wait (queued or loading) at a time: a job submitted
+beyond that fails at once with RESOURCE_EXHAUSTED, never queued.
+
 Cancelling a job (``CancelJob``, or its caller leaving) cancels its task, which
 cancels the worker's ``RunJob``; the job ends CANCELLED with what it produced so
 far. A placement that is dropped (its node was lost, say) stops the job running on
@@ -19,9 +25,11 @@ cluster can serve it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 
 import grpc
 from grpc import StatusCode
@@ -40,9 +48,12 @@ ATTEMPTS = 3
 CANCEL_WAIT_S = 10.0
 PROBE_TIMEOUT_S = 1.0  # after a job failed: which of its nodes still answers
 HISTORY = 1000  # finished jobs kept for GetJob and ListJobs
+DEFAULT_MAX_QUEUE = 64  # jobs of one model waiting at a time
+DEFAULT_MAX_TOKENS = 4096  # the cap of a job that names no max_tokens
+WAITING = (JobState.QUEUED, JobState.LOADING)
 # A RunJob that ends with these refused the job, not the placement: it stays.
 JOB_FAULTS = (StatusCode.INVALID_ARGUMENT, StatusCode.FAILED_PRECONDITION,
-              StatusCode.RESOURCE_EXHAUSTED)
+              StatusCode.RESOURCE_EXHAUSTED, StatusCode.OUT_OF_RANGE)
 # A job stopped from outside with these ends CANCELLED, with what it produced;
 # any other stop ends it FAILED.
 CALLER_STOPS = (StatusCode.CANCELLED, StatusCode.DEADLINE_EXCEEDED)
@@ -53,21 +64,47 @@ class _Replace(Exception):
 
 
 class Scheduler:
-    def __init__(self, registry: Registry, placements: PlacementLifecycle):
+    def __init__(self, registry: Registry, placements: PlacementLifecycle, *,
+                 max_queue: int = DEFAULT_MAX_QUEUE,
+                 default_max_tokens: int = DEFAULT_MAX_TOKENS):
+        """``max_queue``: how many jobs of one model may wait at a time;
+        ``default_max_tokens``: the cap of a job that names no max_tokens (it decodes
+        the rest of the model's context, at most this many tokens)."""
+        if max_queue < 1 or default_max_tokens < 1:
+            raise ValueError(f"max_queue and default_max_tokens must be >= 1, got "
+                             f"{max_queue} and {default_max_tokens}")
         self.registry = registry
         self.placements = placements
+        self.max_queue = max_queue
+        self.default_max_tokens = default_max_tokens
         self.jobs: dict[str, Job] = {}
         self._finished: deque[str] = deque()
+        self._turns: dict[str, tuple[asyncio.Lock, list[int]]] = {}
 
     # -- jobs ------------------------------------------------------------------------
 
     def submit(self, request: JobRequest) -> Job:
+        """The job, queued; or, when ``max_queue`` jobs of its model already wait,
+        refused: ended at once, FAILED with RESOURCE_EXHAUSTED (its caller reads that
+        from its events as from any job that fails)."""
+        waiting = self.waiting(request.model)
         job = Job(request)
         self.jobs[job.id] = job
+        if waiting >= self.max_queue:
+            self._end(job, JobState.FAILED, StatusError(
+                StatusCode.RESOURCE_EXHAUSTED,
+                f"{waiting} job{' is' if waiting == 1 else 's are'} already waiting for "
+                f"{request.model}"))
+            return job
         log.info("job %s queued: %s (nodes %s)", job.id, request.model,
                  request.nodes or "auto")
         job.task = asyncio.create_task(self._run(job), name=f"job {job.id}")
         return job
+
+    def waiting(self, model: str) -> int:
+        """How many jobs of ``model`` wait for a placement, for it to load or to be free."""
+        return sum(j.request.model == model and j.state in WAITING
+                   for j in self.jobs.values())
 
     async def cancel(self, job_id: str) -> Job:
         job = self.jobs.get(job_id)
@@ -83,7 +120,8 @@ class Scheduler:
     async def _run(self, job: Job) -> None:
         try:
             for attempt in range(1, ATTEMPTS + 1):
-                p = await self.placements.placement_for(job)
+                async with self._in_turn(job.request.model):
+                    p = await self.placements.placement_for(job)
                 try:
                     await self._run_on(job, p)
                     break
@@ -106,6 +144,21 @@ class Scheduler:
             log.exception("job %s", job.id)
             self._end(job, JobState.FAILED,
                       StatusError(StatusCode.INTERNAL, f"{type(e).__name__}: {e}"))
+
+    @contextlib.asynccontextmanager
+    async def _in_turn(self, model: str) -> AsyncIterator[None]:
+        """One job of ``model`` at a time, in arrival order, gets its placement: the
+        one after it then reuses the same (loading) placement and waits behind it,
+        however long each one's placing took."""
+        lock, users = self._turns.setdefault(model, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._turns[model]
 
     def _state(self, job: Job, state: JobState, detail: str = "") -> None:
         if job.state != state:
@@ -168,7 +221,8 @@ class Scheduler:
         self._state(job, JobState.RUNNING, f" on {', '.join(p.node_ids)} ({p.id}, {p.mode})")
         job.progress("running", f"running on {', '.join(p.node_ids)} ({p.id}, {p.mode})")
         call = leader.stub.RunJob(worker_pb2.RunJobRequest(
-            placement_id=p.id, job_id=job.id, decode=job.request.decode))
+            placement_id=p.id, job_id=job.id, decode=job.request.decode,
+            default_max_tokens=self.default_max_tokens))
         try:
             async for event in call:
                 if event.HasField("tokens"):

@@ -17,6 +17,7 @@ COMMANDS = {
     "bench": "commands.bench",
     "make-models": "commands.make_models",
     "worker": "commands.worker",
+    "serve": "commands.serve",
 }
 
 

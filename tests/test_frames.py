@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from exo_spec import frames
-from exo_spec.sampling import Sampling
+from exo_spec.sampling import Penalties, Sampling
 from exo_spec.spec_mode import ProposerKind, SpecMode
 from exo_spec.status import StatusError
 from exo_spec.worker.messages import (
@@ -20,6 +20,7 @@ from exo_spec.worker.messages import (
     Finished,
     Job,
     LoadConfig,
+    Logprob,
     Progress,
     Ready,
     Tokens,
@@ -85,10 +86,20 @@ def test_every_message_comes_back_as_it_was_sent():
     sent = [
         Job(job_id="j1", prompt="héllo", max_tokens=8, sampling=Sampling(temp=0.5, top_k=3),
             seed=7, num_draft=None, ignore_chat_template=True),
+        Job(job_id="j2", prompt="", max_tokens=0, sampling=Sampling(), seed=None, num_draft=3,
+            ignore_chat_template=False,
+            messages=[{"role": "system", "content": "be brief"},
+                      {"role": "user", "content": "héllo"}],
+            stop=["\n\n", "END"], top_logprobs=2, default_max_tokens=100,
+            penalties=Penalties(frequency_penalty=0.5, repetition_context_size=64,
+                                logit_bias={3: -100.0, 70000: 2.5})),
         Cancel(job_id="j1"),
         Progress("loading target"),
         Ready(ProposerKind.DRAFT),
         Tokens("j1", [1, 300, 70000], "hé"),
+        Tokens("j1", [1, 300], "a", [
+            Logprob(1, -0.25, b"a", [Logprob(1, -0.25, b"a"), Logprob(9, -2.0, b"\xc3")]),
+            Logprob(300, -1.5, b"\xa9", [])]),
         Finished("j1", "length", "héllo", [1, 300], {"mode": "draft", "acceptance_rate": 0.5}),
         Error.of(StatusError(grpc.StatusCode.INVALID_ARGUMENT, "the prompt is empty"), "j1"),
         Error.of(StatusError("UNAVAILABLE", "rank 0 is gone")),
@@ -116,3 +127,13 @@ def test_every_message_comes_back_as_it_was_sent():
 def test_a_frame_that_is_no_message_is_a_frame_error(frame):
     with pytest.raises(frames.FrameError):
         from_frame(frame)
+
+
+def test_tokens_carry_their_logprobs_into_the_chunk():
+    chunk = Tokens("j1", [1, 300], "a", [
+        Logprob(1, -0.25, b"a", [Logprob(1, -0.25, b"a"), Logprob(9, -2.0, b"\xc3")]),
+        Logprob(300, -1.5, b"\xa9")]).to_proto().tokens
+    assert list(chunk.token_ids) == [lp.token_id for lp in chunk.logprobs] == [1, 300]
+    assert [(t.token_id, t.logprob, t.token) for t in chunk.logprobs[0].top] == \
+        [(1, -0.25, b"a"), (9, -2.0, b"\xc3")]
+    assert (chunk.logprobs[1].token, list(chunk.logprobs[1].top)) == (b"\xa9", [])

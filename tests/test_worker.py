@@ -5,6 +5,8 @@ over a real ring group of two."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import os
 import subprocess
 import sys
@@ -44,7 +46,7 @@ from reference import greedy_reference
 
 PROMPT = "def heappush(heap, item):"
 MAX_TOKENS = 12
-LONG = 100_000  # a job that runs until it is stopped
+LONG = 4000  # a job that runs until it is stopped (most of the context of 4096)
 GROUP_TIMEOUT = ("--group-timeout", "5")  # the tiny models' forwards take milliseconds
 SERVICE_TYPE = "_exo-spec._tcp.local."  # what coordinators browse for
 
@@ -243,15 +245,165 @@ def test_single_node_jobs_match_greedy_reference(workers, checkpoints, single):
     assert single in workers[0].stub.GetInfo(worker_pb2.GetInfoRequest()).placement_ids
 
 
-def test_bad_jobs_are_invalid_argument(workers, single):
-    long = decode(prompt=PROMPT * 600)
-    code, details = status_of(lambda: run(workers[0], single, long))
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and "longer than the model's context" in details
-    hot = decode(sampling=common_pb2.Sampling(temperature=-1))
-    code, details = status_of(lambda: run(workers[0], single, hot))
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and "temperature" in details
-    _, finished = run(workers[0], single, decode())  # the placement still serves
-    assert finished.finish_reason == "length"
+@pytest.mark.parametrize("job, code, message", [
+    (decode(prompt=PROMPT * 600), grpc.StatusCode.OUT_OF_RANGE,
+     "longer than the model's context"),
+    (decode(sampling=common_pb2.Sampling(temperature=-1)), grpc.StatusCode.INVALID_ARGUMENT,
+     "temperature"),
+    (decode(messages=[common_pb2.ChatMessage(role="user", content="hi")]),
+     grpc.StatusCode.INVALID_ARGUMENT, "a prompt or messages, not both"),
+    (decode(stop=[""]), grpc.StatusCode.INVALID_ARGUMENT, "each must be 1 to 256"),
+    (decode(logprobs=True, top_logprobs=21), grpc.StatusCode.INVALID_ARGUMENT,
+     "top_logprobs must be <= 20"),
+    (decode(penalties=common_pb2.Penalties(logit_bias={100_000: 1.0})),
+     grpc.StatusCode.INVALID_ARGUMENT, "outside the vocabulary"),
+])
+def test_bad_jobs_are_refused(workers, single, job, code, message):
+    got, details = status_of(lambda: run(workers[0], single, job))
+    assert got == code and message in details, details
+
+
+@pytest.fixture(scope="module")
+def short(workers, checkpoints, tmp_path_factory):
+    """The llama with its context cut to 64 tokens, decoding plainly."""
+    path = tmp_path_factory.mktemp("short")
+    for f in checkpoints.llama.iterdir():
+        (path / f.name).write_bytes(f.read_bytes())
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 64}))
+    load(workers[0], "short", path, spec=common_pb2.SPEC_MODE_NONE)
+    yield "short"
+    release(workers[:1], "short")
+
+
+def test_max_tokens_and_the_context(workers, short):
+    """PROMPT is 10 tokens raw: 6 of them fill 60 of the context's 64, leaving room for 4."""
+    near = {"prompt": PROMPT * 6, "ignore_chat_template": True}
+    code, details = status_of(lambda: run(workers[0], short, decode(max_tokens=5, **near)))
+    assert code == grpc.StatusCode.OUT_OF_RANGE
+    assert details == "max_tokens 5 and the prompt's 60 tokens exceed the model's context of 64"
+    code, details = status_of(lambda: run(workers[0], short, decode(prompt=PROMPT * 7)))
+    assert code == grpc.StatusCode.OUT_OF_RANGE and "longer than the model's context" in details
+    _, finished = run(workers[0], short, decode(max_tokens=4, **near))
+    assert (finished.finish_reason, len(finished.token_ids)) == ("length", 4)
+    _, finished = run(workers[0], short, decode(max_tokens=0, **near))  # the rest: 4
+    assert (finished.finish_reason, len(finished.token_ids)) == ("length", 4)
+    for job, default, generated in ((near, 3, 3), (near, 9, 4), ({"prompt": "def"}, 9, 9)):
+        *_, last = workers[0].stub.RunJob(worker_pb2.RunJobRequest(  # the default caps it
+            placement_id=short, decode=decode(max_tokens=0, **job),
+            default_max_tokens=default), timeout=60)
+        assert (last.finished.finish_reason, len(last.finished.token_ids)) == \
+            ("length", generated)
+
+
+# -- chat, stop strings and logprobs, on a drafter that always agrees ----------------
+
+
+@pytest.fixture(scope="module")
+def twin(workers, checkpoints):
+    """The llama drafting for itself: every draft is kept, so with --num-draft 3 each
+    round emits 4 tokens."""
+    events = load(workers[0], "twin", checkpoints.llama, draft_model=checkpoints.llama)
+    assert events[-1].ready_mode == "draft"
+    yield "twin"
+    release(workers[:1], "twin")
+
+
+def chunks(worker: Worker, placement_id: str, job: common_pb2.Decode):
+    """The job's token chunks as streamed, and its Finished event."""
+    events = list(worker.stub.RunJob(worker_pb2.RunJobRequest(
+        placement_id=placement_id, job_id=uuid.uuid4().hex, decode=job), timeout=60))
+    assert events[-1].HasField("finished")
+    return [e.tokens for e in events[:-1]], events[-1].finished
+
+
+def test_chat_messages_render_with_the_chat_template(workers, checkpoints, twin):
+    turns = [("system", "You write Python."), ("user", PROMPT)]
+    job = common_pb2.Decode(max_tokens=MAX_TOKENS, num_draft=3, messages=[
+        common_pb2.ChatMessage(role=r, content=c) for r, c in turns])
+    streamed, finished = run(workers[0], twin, job)
+    model = loaded(checkpoints.llama)
+    prompt = model.tokenizer.apply_chat_template(
+        [{"role": r, "content": c} for r, c in turns], add_generation_prompt=True)
+    assert streamed == list(finished.token_ids) == \
+        greedy_reference(model.model, list(prompt), MAX_TOKENS)
+    assert finished.stats.prompt_tokens == len(prompt)
+    assert finished.stats.accepted == finished.stats.drafted > 0
+
+
+def test_a_stop_string_completing_inside_a_round_ends_the_job_there(workers, checkpoints,
+                                                                     twin):
+    rounds, _ = chunks(workers[0], twin, decode(max_tokens=40, num_draft=3))
+    tokens = [t for r in rounds for t in r.token_ids]
+    # The text after each token, as the runner's detokenizer shows it; a stop string of
+    # 3 characters that first completes with a token inside a round (not its last).
+    detok = loaded(checkpoints.llama).tokenizer.detokenizer
+    texts, text = [], ""
+    for t in tokens:
+        detok.add_token(t)
+        text += detok.last_segment
+        texts.append(text)
+    ends = list(itertools.accumulate(len(r.token_ids) for r in rounds))  # past each round
+    cut = next(i for i in range(1, len(tokens))
+               if i + 1 not in ends and len(texts[i]) > len(texts[i - 1]) >= 3
+               and texts[i].find(texts[i][-3:]) == len(texts[i]) - 3)
+    stop = texts[cut][-3:]
+    got, finished = chunks(workers[0], twin, decode(max_tokens=40, num_draft=3,
+                                                    stop=["never there", stop],
+                                                    logprobs=True, top_logprobs=2))
+    assert finished.finish_reason == "stop"
+    assert [t for r in got for t in r.token_ids] == list(finished.token_ids) == \
+        tokens[: cut + 1]
+    assert "".join(r.text for r in got) == finished.text == texts[cut][:-3]
+    # No round after the one the stop string cut: each round after the first token drafted
+    # 3, and the decoder drafted no more.
+    last_round = next(i for i, end in enumerate(ends) if end > cut)
+    assert len(got) == last_round + 1 and len(rounds[last_round].token_ids) > 1
+    assert finished.stats.drafted == 3 * last_round
+    assert finished.stats.generation_tokens == cut + 1
+    assert all(len(r.logprobs) == len(r.token_ids) for r in got)
+
+
+def test_logprobs_come_with_every_token(workers, checkpoints, twin):
+    got, finished = chunks(workers[0], twin, decode(num_draft=3, logprobs=True,
+                                                    top_logprobs=2))
+    logprobs = [lp for r in got for lp in r.logprobs]
+    assert [lp.token_id for lp in logprobs] == list(finished.token_ids) == \
+        reference(checkpoints.llama)
+    for lp in logprobs:  # greedy: each token is the likeliest at its position
+        assert len(lp.top) == 2 and lp.top[0].token_id == lp.token_id
+        assert lp.top[0].logprob == pytest.approx(lp.logprob) and lp.logprob <= 0
+        assert lp.top[1].logprob <= lp.top[0].logprob and lp.top[1].token
+    text = b"".join(lp.token for lp in logprobs).decode("utf-8", "replace")
+    assert text == loaded(checkpoints.llama).tokenizer.decode(finished.token_ids)
+    plain, _ = chunks(workers[0], twin, decode(num_draft=3))
+    assert all(not r.logprobs for r in plain)
+
+
+# -- ListModels --------------------------------------------------------------------
+
+
+def test_list_models_from_the_hub_cache_and_model_dirs(tmp_path, monkeypatch):
+    hub, dirs = tmp_path / "hub", [tmp_path / "a", tmp_path / "b"]
+    (hub / "models--org--tiny" / "snapshots" / "0123").mkdir(parents=True)
+    (hub / "models--org--tiny" / "snapshots" / "0123" / "config.json").write_text("{}")
+    (hub / "models--org--partial" / "snapshots").mkdir(parents=True)
+    for d, name in ((dirs[0], "zeta"), (dirs[1], "alpha"), (dirs[1], "no-config")):
+        (d / name).mkdir(parents=True)
+        if name != "no-config":
+            (d / name / "config.json").write_text("{}")
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    worker = start_workers(tmp_path, ("lister", "--no-mdns", "--model-dir", str(dirs[0]),
+                                      "--model-dir", str(dirs[1])))[0]
+    try:
+        listed = worker.stub.ListModels(worker_pb2.ListModelsRequest()).models
+    finally:
+        worker.stop()
+    assert list(listed) == [str(dirs[0] / "zeta"), str(dirs[1] / "alpha"), "org/tiny"]
+    missing = subprocess.run([sys.executable, "-m", "exo_spec.cli", "worker", "--no-mdns",
+                              "--model-dir", str(tmp_path / "nowhere")],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "is not a directory" in missing.stderr
 
 
 def test_unknown_placements(workers):

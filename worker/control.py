@@ -11,8 +11,10 @@ import functools
 import logging
 import socket
 import uuid
+from collections.abc import Sequence
 from contextlib import aclosing
 from inspect import isasyncgenfunction
+from pathlib import Path
 
 from grpc import StatusCode
 
@@ -23,6 +25,7 @@ from ..status import StatusError
 from ..v1 import worker_pb2, worker_pb2_grpc
 from .messages import Finished, Job, LoadConfig, Ready
 from .model_info import inspect_model
+from .model_list import list_models
 from .node import Node
 from .placements import Placements
 
@@ -61,10 +64,12 @@ def _spec_mode(value: int) -> SpecMode:
 
 
 class WorkerControl(worker_pb2_grpc.WorkerControlServicer):
-    def __init__(self, node: Node, placements: Placements, group_timeout_s: float):
+    def __init__(self, node: Node, placements: Placements, group_timeout_s: float,
+                 model_dirs: Sequence[Path] = ()):
         self.node = node
         self.placements = placements
         self.group_timeout_s = group_timeout_s
+        self.model_dirs = list(model_dirs)  # --model-dir: checkpoints ListModels lists
         self.port = 0  # set once the server is bound
 
     @_refusals
@@ -129,7 +134,8 @@ class WorkerControl(worker_pb2_grpc.WorkerControlServicer):
         if placement.rank != 0:
             raise StatusError(StatusCode.FAILED_PRECONDITION,
                               f"{placement}: jobs run on the worker of rank 0")
-        job = Job.from_proto(request.job_id or uuid.uuid4().hex, request.decode)
+        job = Job.from_proto(request.job_id or uuid.uuid4().hex, request.decode,
+                             request.default_max_tokens)
         log.info("%s: job %s", placement, job.job_id)
         async with aclosing(placement.run(job)) as events:
             async for event in events:
@@ -143,3 +149,8 @@ class WorkerControl(worker_pb2_grpc.WorkerControlServicer):
         await self.placements.release(request.placement_id)
         log.info("placement %s released", request.placement_id)
         return worker_pb2.ReleasePlacementResponse()
+
+    @_refusals
+    async def ListModels(self, request, context):
+        models = await asyncio.to_thread(list_models, self.model_dirs)
+        return worker_pb2.ListModelsResponse(models=models)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -24,10 +26,11 @@ from .placements import Placements
 SERVICE = worker_pb2.DESCRIPTOR.services_by_name["WorkerControl"].full_name
 
 
-async def serve(node: Node, port: int, *, mdns: bool, group_timeout_s: float) -> int:
+async def serve(node: Node, port: int, *, mdns: bool, group_timeout_s: float,
+                model_dirs: Sequence[Path] = ()) -> int:
     server = grpc.aio.server()
     placements = Placements()
-    control = WorkerControl(node, placements, group_timeout_s)
+    control = WorkerControl(node, placements, group_timeout_s, model_dirs)
     worker_pb2_grpc.add_WorkerControlServicer_to_server(control, server)
     health_status = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_status, server)

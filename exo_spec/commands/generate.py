@@ -5,8 +5,9 @@ from __future__ import annotations
 import sys
 
 from ..models.quantize import QUANTIZE_BITS
-from ..sampling import Sampling
+from ..sampling import DEFAULT_CONTEXT_SIZE, Penalties, Sampling
 from ..spec_mode import SpecMode, check_request
+from ..stop_strings import check_stop
 
 FLAG_NAMES = {"mtp": "--mtp", "none": "--no-spec", "draft_model": "--draft-model",
               "num_draft": "--num-draft"}
@@ -30,6 +31,21 @@ def add_parser(sub) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--min-p", type=float, default=0.0)
     p.add_argument("--seed", type=int)
+    p.add_argument("--presence-penalty", type=float, default=0.0,
+                   help="subtract this from the logit of every token in the recent context")
+    p.add_argument("--frequency-penalty", type=float, default=0.0,
+                   help="subtract this from a token's logit once per time it is in the context")
+    p.add_argument("--repetition-penalty", type=float, default=0.0,
+                   help="divide positive (multiply negative) logits of tokens in the context "
+                        "by this (0 or 1: off)")
+    p.add_argument("--penalty-context-size", type=int, default=DEFAULT_CONTEXT_SIZE,
+                   metavar="N", help="the penalties look at the newest N tokens, prompt "
+                                     f"included (default {DEFAULT_CONTEXT_SIZE})")
+    p.add_argument("--logit-bias", action="append", metavar="ID=BIAS",
+                   help="add BIAS to token ID's logit (repeatable)")
+    p.add_argument("--logprobs", type=int, metavar="N",
+                   help="with --json: each token's log-probability and the N likeliest "
+                        "alternatives (0..20)")
     p.add_argument("--max-kv-size", type=int, help="rotating KV cache of this many tokens")
     p.add_argument("--quantize", type=int, choices=QUANTIZE_BITS, metavar="BITS",
                    help="quantize a float checkpoint as it loads (4 or 8 bits, group size "
@@ -40,6 +56,8 @@ def add_parser(sub) -> None:
                         "the stats show steady-state speed (MLX builds kernels on first use; "
                         "adaptive k goes on with what the warm-up measured)")
     p.add_argument("--ignore-chat-template", action="store_true")
+    p.add_argument("--stop", action="append", default=[], metavar="STR",
+                   help="end the output before the first occurrence of STR (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON object at the end")
     p.add_argument("--local-ranks", type=int,
                    help="pipeline the target over this many local processes (ring backend)")
@@ -63,8 +81,31 @@ def _check(args):
         raise ValueError(f"--warmup-tokens must be >= 0, got {args.warmup_tokens}")
     if args.num_draft is not None and args.num_draft < 1:
         raise ValueError(f"--num-draft must be >= 1, got {args.num_draft}")
+    check_stop(args.stop)
     check_request(args.spec, args.draft_model, args.num_draft, names=FLAG_NAMES)
     return Sampling(temp=args.temp, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p)
+
+
+def penalties_from_args(args) -> Penalties:
+    """The job's ``Penalties`` (and a check of ``--logprobs``); ValueError for flags out
+    of range."""
+    if args.logprobs is not None and not 0 <= args.logprobs <= 20:
+        raise ValueError(f"--logprobs must be in 0..20, got {args.logprobs}")
+    if args.penalty_context_size < 1:
+        raise ValueError(f"--penalty-context-size must be >= 1, got {args.penalty_context_size}")
+    bias = {}
+    for item in args.logit_bias or []:
+        token, _, value = item.partition("=")
+        try:
+            bias[int(token)] = float(value)
+        except ValueError:
+            raise ValueError(f"--logit-bias takes ID=BIAS, got {item!r}") from None
+    size = args.penalty_context_size
+    return Penalties(presence_penalty=args.presence_penalty,
+                     frequency_penalty=args.frequency_penalty,
+                     repetition_penalty=args.repetition_penalty, presence_context_size=size,
+                     frequency_context_size=size, repetition_context_size=size,
+                     logit_bias=bias)
 
 
 def run(args) -> int:
@@ -72,10 +113,17 @@ def run(args) -> int:
 
     try:
         sampling = _check(args)
+        penalties = penalties_from_args(args)
         if args.coordinator:
             if args.warmup_tokens:
                 raise ValueError("--warmup-tokens runs on this machine; a cluster's workers "
                                  "keep their kernels from job to job")
+            if args.stop:
+                raise ValueError("--stop runs on this machine for now (the cluster client "
+                                 "does not send stop strings yet)")
+            if penalties.active or args.logprobs is not None:
+                raise ValueError("penalties, --logit-bias and --logprobs run on this machine "
+                                 "for now (the cluster client does not send them yet)")
             from . import cluster
 
             return cluster.generate(args)
@@ -88,6 +136,9 @@ def run(args) -> int:
         from ..model_set import load_models
 
         models = load_models(args.model, args.draft_model, args.spec, args.quantize)
+        from ..decoder_factory import check_penalties
+
+        check_penalties(models, penalties)
     except (ValueError, ModelLoadError, OSError) as e:
         print(f"exo-spec generate: error: {e}", file=sys.stderr)
         return 2
@@ -98,7 +149,8 @@ def run(args) -> int:
 
     def new_decoder():
         return jobs.new_decoder(models, sampling=sampling, num_draft=args.num_draft,
-                                max_kv_size=args.max_kv_size)
+                                max_kv_size=args.max_kv_size, penalties=penalties,
+                                logprobs=args.logprobs)
 
     warm_up(args, new_decoder, models.target.tokenizer)
     return decode(args, new_decoder(), models.target.tokenizer)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from pathlib import Path
 
 from ..worker.runner.watchdog import DEFAULT_TIMEOUT_S
 
@@ -20,6 +21,9 @@ def add_parser(sub) -> None:
     p.add_argument("--group-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
                    help="fail a job whose group makes no progress for S seconds "
                         f"(default {DEFAULT_TIMEOUT_S:g})")
+    p.add_argument("--model-dir", action="append", default=[], metavar="DIR",
+                   help="a folder of checkpoint directories to list as loadable models "
+                        "(repeatable; the Hugging Face hub cache is always listed)")
     p.set_defaults(run=run)
 
 
@@ -27,6 +31,12 @@ def run(args) -> int:
     for flag, value in (("--memory-gb", args.memory_gb), ("--group-timeout", args.group_timeout)):
         if value is not None and value <= 0:
             print(f"exo-spec worker: error: {flag} must be > 0, got {value}", file=sys.stderr)
+            return 2
+    model_dirs = [Path(d).expanduser().resolve() for d in args.model_dir]
+    for d in model_dirs:
+        if not d.is_dir():
+            print(f"exo-spec worker: error: --model-dir {d} is not a directory",
+                  file=sys.stderr)
             return 2
     from ..worker.node import this_node
     from ..worker.server import serve
@@ -36,6 +46,6 @@ def run(args) -> int:
                         format=f"%(asctime)s exo-spec worker {node.node_id}: %(message)s")
     try:
         return asyncio.run(serve(node, args.port, mdns=not args.no_mdns,
-                                 group_timeout_s=args.group_timeout))
+                                 group_timeout_s=args.group_timeout, model_dirs=model_dirs))
     except KeyboardInterrupt:
         return 0

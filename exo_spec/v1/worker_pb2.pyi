@@ -96,14 +96,16 @@ class LoadEvent(_message.Message):
     def __init__(self, progress: _Optional[str] = ..., ready_mode: _Optional[str] = ...) -> None: ...
 
 class RunJobRequest(_message.Message):
-    __slots__ = ("placement_id", "job_id", "decode")
+    __slots__ = ("placement_id", "job_id", "decode", "default_max_tokens")
     PLACEMENT_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     DECODE_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     placement_id: str
     job_id: str
     decode: _common_pb2.Decode
-    def __init__(self, placement_id: _Optional[str] = ..., job_id: _Optional[str] = ..., decode: _Optional[_Union[_common_pb2.Decode, _Mapping]] = ...) -> None: ...
+    default_max_tokens: int
+    def __init__(self, placement_id: _Optional[str] = ..., job_id: _Optional[str] = ..., decode: _Optional[_Union[_common_pb2.Decode, _Mapping]] = ..., default_max_tokens: _Optional[int] = ...) -> None: ...
 
 class RunEvent(_message.Message):
     __slots__ = ("tokens", "finished")

@@ -29,8 +29,10 @@ class WorkerControlStub:
     """How a coordinator drives a worker. Errors use standard gRPC status codes:
     NOT_FOUND for a model this node cannot find (neither a local path nor a
     Hugging Face id it can fetch), INVALID_ARGUMENT for bad input (a drafter
-    whose vocabulary differs, a prompt longer than the context), UNAVAILABLE
-    when a rank of the placement is gone.
+    whose vocabulary differs, messages for a model without a chat template),
+    OUT_OF_RANGE for a prompt longer than the model's context or a max_tokens
+    that does not fit in what it leaves, UNAVAILABLE when a rank of the
+    placement is gone.
     """
 
     def __init__(self, channel):
@@ -80,8 +82,10 @@ class WorkerControlServicer:
     """How a coordinator drives a worker. Errors use standard gRPC status codes:
     NOT_FOUND for a model this node cannot find (neither a local path nor a
     Hugging Face id it can fetch), INVALID_ARGUMENT for bad input (a drafter
-    whose vocabulary differs, a prompt longer than the context), UNAVAILABLE
-    when a rank of the placement is gone.
+    whose vocabulary differs, messages for a model without a chat template),
+    OUT_OF_RANGE for a prompt longer than the model's context or a max_tokens
+    that does not fit in what it leaves, UNAVAILABLE when a rank of the
+    placement is gone.
     """
 
     def GetInfo(self, request, context):
@@ -129,7 +133,8 @@ class WorkerControlServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListModels(self, request, context):
-        """The models this worker can load from its model directories.
+        """The models this worker can load: Hugging Face ids in its hub cache and
+        checkpoints in its --model-dir folders.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -185,8 +190,10 @@ class WorkerControl:
     """How a coordinator drives a worker. Errors use standard gRPC status codes:
     NOT_FOUND for a model this node cannot find (neither a local path nor a
     Hugging Face id it can fetch), INVALID_ARGUMENT for bad input (a drafter
-    whose vocabulary differs, a prompt longer than the context), UNAVAILABLE
-    when a rank of the placement is gone.
+    whose vocabulary differs, messages for a model without a chat template),
+    OUT_OF_RANGE for a prompt longer than the model's context or a max_tokens
+    that does not fit in what it leaves, UNAVAILABLE when a rank of the
+    placement is gone.
     """
 
     @staticmethod

@@ -11,16 +11,21 @@ from ...group.rank import Rank
 from ...job_series import JobSeries
 from ...model_set import ModelSet
 from ...models.load import text_config
+from ...sampling import NO_PENALTIES, Penalties
+from .token_bytes import TokenBytes
 
 
 class Target(Protocol):
     """What ``job.run_job`` needs."""
 
     tokenizer: TokenizerWrapper
+    token_bytes: TokenBytes  # a token's own bytes, for logprobs
     context_length: int  # 0 when unknown
 
-    def decoder(self, sampling: Sampling, num_draft: int | None) -> SpecDecoder:
-        """A decoder with empty caches, ready for one job."""
+    def decoder(self, sampling: Sampling, num_draft: int | None, *,
+                penalties: Penalties = NO_PENALTIES, logprobs: int | None = None) -> SpecDecoder:
+        """A decoder with empty caches, ready for one job; ``logprobs``: with each
+        emitted token, its logprob and this many alternatives (None: none)."""
 
     def extra_stats(self, decoder: SpecDecoder) -> dict:
         """Stats beyond the decoder's own (ranks, traffic), asked once it is done."""
@@ -36,11 +41,14 @@ class Local(JobSeries):
     def __init__(self, models: ModelSet):
         self.models = models
         self.tokenizer = models.target.tokenizer
+        self.token_bytes = TokenBytes(self.tokenizer)
         self.context_length = _context_length(models.target.config)
         self.mode = models.mode
 
-    def decoder(self, sampling: Sampling, num_draft: int | None) -> SpecDecoder:
-        return self.new_decoder(self.models, sampling=sampling, num_draft=num_draft)
+    def decoder(self, sampling: Sampling, num_draft: int | None, *,
+                penalties: Penalties = NO_PENALTIES, logprobs: int | None = None) -> SpecDecoder:
+        return self.new_decoder(self.models, sampling=sampling, num_draft=num_draft,
+                                penalties=penalties, logprobs=logprobs)
 
     def extra_stats(self, decoder: SpecDecoder) -> dict:
         return {"ranks": 1}
@@ -53,13 +61,15 @@ class GroupLeader(JobSeries):
         self.rank = rank
         self.target = rank.lead()
         self.tokenizer = rank.target.tokenizer
+        self.token_bytes = TokenBytes(self.tokenizer)
         self.context_length = _context_length(rank.target.config)
         self.mode = rank.models.mode
 
-    def decoder(self, sampling: Sampling, num_draft: int | None) -> SpecDecoder:
+    def decoder(self, sampling: Sampling, num_draft: int | None, *,
+                penalties: Penalties = NO_PENALTIES, logprobs: int | None = None) -> SpecDecoder:
         self.target.reset()
         return self.new_decoder(self.rank.models, sampling=sampling, num_draft=num_draft,
-                                target=self.target)
+                                penalties=penalties, logprobs=logprobs, target=self.target)
 
     def extra_stats(self, decoder: SpecDecoder) -> dict:
         return {"ranks": self.rank.group.size(), "parallel": self.rank.parallel,
