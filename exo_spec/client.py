@@ -16,11 +16,13 @@ cancels the call, and with it the job.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from dataclasses import asdict
 from typing import TypedDict, Unpack
 
 import grpc
 
+from .sampling import NO_PENALTIES, Penalties
 from .spec_mode import SpecMode
 from .status import StatusError
 from .v1 import common_pb2, inference_pb2, inference_pb2_grpc
@@ -46,14 +48,21 @@ class GenerateOptions(TypedDict, total=False):
     num_draft: int  # 0 is adaptive
     ignore_chat_template: bool
     nodes: int  # 0 lets the coordinator choose
+    messages: list[dict]  # [{"role": ..., "content": ...}], instead of the prompt
+    stop: list[str]
+    penalties: Penalties
+    logprobs: int | None  # with each token, its logprob and this many alternatives
 
 
 def generate_request(model: str, prompt: str, *, draft_model: str = "",
                      spec: str = SpecMode.AUTO, max_tokens: int = 256,
                      temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
                      min_p: float = 0.0, seed: int | None = None, num_draft: int = 0,
-                     ignore_chat_template: bool = False,
-                     nodes: int = 0) -> inference_pb2.GenerateRequest:
+                     ignore_chat_template: bool = False, nodes: int = 0,
+                     messages: Sequence[dict] = (), stop: Sequence[str] = (),
+                     penalties: Penalties = NO_PENALTIES,
+                     logprobs: int | None = None) -> inference_pb2.GenerateRequest:
+    """``prompt`` is ignored (send "") when ``messages`` are given."""
     try:
         mode = SpecMode(spec)
     except ValueError:
@@ -64,7 +73,15 @@ def generate_request(model: str, prompt: str, *, draft_model: str = "",
             prompt=prompt, max_tokens=max_tokens, num_draft=num_draft or 0,
             ignore_chat_template=ignore_chat_template,
             sampling=common_pb2.Sampling(temperature=temperature, top_p=top_p, top_k=top_k,
-                                         min_p=min_p, seed=seed)))
+                                         min_p=min_p, seed=seed),
+            messages=[common_pb2.ChatMessage(role=m["role"], content=m["content"])
+                      for m in messages],
+            stop=list(stop), penalties=_penalties(penalties),
+            logprobs=logprobs is not None, top_logprobs=logprobs or 0))
+
+
+def _penalties(p: Penalties) -> common_pb2.Penalties:
+    return common_pb2.Penalties(**asdict(p))
 
 
 def address(target: str) -> str:

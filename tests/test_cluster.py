@@ -17,6 +17,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from mlx_lm.sample_utils import make_logits_processors
 
 from exo_spec.cli import main
 from exo_spec.client import AsyncClient, Client
@@ -445,6 +446,32 @@ def test_cli_generate(cluster, checkpoints, reference, capsys):
         code, out, err = cli(capsys, "generate", *base, *flags)
         assert (code, out, err.count("\n")) == (status, "", 1), err
         assert err.startswith(line), err
+
+
+def test_cli_generate_carries_penalties_stop_strings_and_logprobs(cluster, checkpoints,
+                                                                  reference, capsys):
+    """The cluster decodes with the flags a local run takes: the penalized greedy tokens
+    are mlx-lm's with the same logits processors, cut before the stop string."""
+    model = loaded(checkpoints.llama)
+    penalized = greedy_reference(model.model, encode_prompt(model.tokenizer, PROMPT),
+                                 MAX_TOKENS, logits_processors=make_logits_processors(
+                                     presence_penalty=1.0, presence_context_size=8,
+                                     logit_bias={74: 0.5}))
+    full, stop = model.tokenizer.decode(penalized), "self"
+    assert penalized[0] != reference[0] and 0 < full.index(stop)
+    code, out, err = cli(capsys, "generate", "--coordinator", cluster.address,
+                         "--model", str(checkpoints.llama), "--prompt", PROMPT,
+                         "--max-tokens", str(MAX_TOKENS), "--draft-model",
+                         str(checkpoints.drafter), "--num-draft", "3",
+                         "--presence-penalty", "1", "--penalty-context-size", "8",
+                         "--logit-bias", "74=0.5", "--stop", stop, "--logprobs", "2", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert (result["finish_reason"], result["text"]) == ("stop", full[:full.index(stop)])
+    kept = result["tokens"]
+    assert kept == penalized[:len(kept)] and model.tokenizer.decode(kept).endswith(stop)
+    assert [lp["token_id"] for lp in result["logprobs"]] == kept
+    assert all(len(lp["top"]) == 2 and lp["logprob"] <= 0 for lp in result["logprobs"])
 
 
 def test_cli_nodes_and_jobs(cluster, checkpoints, reference, capsys):

@@ -20,8 +20,9 @@ import grpc
 from ..client import Client, generate_request, no_result, stats_dict
 from ..coordinator.states import JobState, NodeState
 from ..engine.stats import summary
+from ..sampling import Penalties
 from ..status import StatusError
-from ..v1 import inference_pb2
+from ..v1 import common_pb2, inference_pb2
 
 TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
              grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED)
@@ -36,7 +37,7 @@ def _fail(command: str, e: StatusError) -> int:
 # -- generate ----------------------------------------------------------------------------
 
 
-def generate(args) -> int:
+def generate(args, penalties: Penalties) -> int:
     """``exo-spec generate --coordinator``: ValueError for flags that do not apply."""
     for flag, given in (("--local-ranks", args.local_ranks is not None),
                         ("--split", bool(args.split)),
@@ -55,16 +56,20 @@ def generate(args) -> int:
         spec=args.spec, max_tokens=args.max_tokens,
         temperature=args.temp, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
         seed=args.seed, num_draft=args.num_draft or 0,
-        ignore_chat_template=args.ignore_chat_template, nodes=args.nodes or 0)
+        ignore_chat_template=args.ignore_chat_template, nodes=args.nodes or 0,
+        stop=args.stop, penalties=penalties, logprobs=args.logprobs)
     streamed = False
     finished = None
+    logprobs = []
     try:
         with Client(args.coordinator) as client:
             for event in client.stream(request, timeout=args.timeout):
-                if event.HasField("tokens") and not args.json:
-                    sys.stdout.write(event.tokens.text)
-                    sys.stdout.flush()
-                    streamed = True
+                if event.HasField("tokens"):
+                    logprobs.extend(_logprob(t) for t in event.tokens.logprobs)
+                    if not args.json:
+                        sys.stdout.write(event.tokens.text)
+                        sys.stdout.flush()
+                        streamed = True
                 elif event.HasField("finished"):
                     finished = event.finished
     except StatusError as e:
@@ -80,12 +85,20 @@ def generate(args) -> int:
         return _fail("generate", no_result())
     stats = stats_dict(finished.stats)
     if args.json:
-        print(json.dumps({"text": finished.text, "tokens": list(finished.token_ids),
-                          "finish_reason": finished.finish_reason, "stats": stats}))
+        result = {"text": finished.text, "tokens": list(finished.token_ids),
+                  "finish_reason": finished.finish_reason, "stats": stats}
+        if args.logprobs is not None:  # as a local run prints them
+            result["logprobs"] = logprobs
+        print(json.dumps(result))
     else:
         sys.stdout.write("\n")
         print(summary(stats), file=sys.stderr)
     return 0
+
+
+def _logprob(t: common_pb2.TokenLogprob) -> dict:
+    return {"token_id": t.token_id, "logprob": t.logprob,
+            "top": [[a.token_id, a.logprob] for a in t.top]}
 
 
 # -- nodes and jobs ------------------------------------------------------------------------

@@ -118,15 +118,9 @@ def run(args) -> int:
             if args.warmup_tokens:
                 raise ValueError("--warmup-tokens runs on this machine; a cluster's workers "
                                  "keep their kernels from job to job")
-            if args.stop:
-                raise ValueError("--stop runs on this machine for now (the cluster client "
-                                 "does not send stop strings yet)")
-            if penalties.active or args.logprobs is not None:
-                raise ValueError("penalties, --logit-bias and --logprobs run on this machine "
-                                 "for now (the cluster client does not send them yet)")
             from . import cluster
 
-            return cluster.generate(args)
+            return cluster.generate(args, penalties)
         if args.nodes is not None or args.timeout is not None:
             raise ValueError("--nodes and --timeout need --coordinator")
         if args.local_ranks is not None or args.split or args.parallel != "pipeline":
