@@ -17,6 +17,7 @@ import httpx
 import mlx_lm
 import openai
 import pytest
+from mlx_lm.sample_utils import make_logits_processors
 from test_cluster import ready_ids, start_worker, wait_until
 
 from exo_spec.client import Client
@@ -137,6 +138,34 @@ def test_chat_matches_mlx_lm_greedy(cluster, checkpoints):
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == MAX_TOKENS
     assert all(c.usage is None for c in chunks[:-1])
     assert len({c.id for c in chunks}) == 1 and chunks[0].object == "chat.completion.chunk"
+
+
+def test_stop_strings_penalties_and_logit_bias_match_mlx_lm(cluster, checkpoints):
+    """Penalized greedy decoding through the API is mlx-lm's with the same logits
+    processors; the stop string completes inside a speculative round (the target
+    drafts for itself, so every round keeps its 3 drafts) and the output ends before it,
+    streamed or not."""
+    model, tokenizer = mlx_lm_model(checkpoints.llama)
+    prompt = list(tokenizer.apply_chat_template(CHAT[:2], add_generation_prompt=True))
+    processors = make_logits_processors(presence_penalty=1.0, presence_context_size=8,
+                                        logit_bias={74: 0.5})
+    tokens = greedy_reference(model, prompt, MAX_TOKENS, logits_processors=processors)
+    full = tokenizer.decode(tokens)
+    cut = len(tokenizer.decode(tokens[:6]))  # the stop string ends inside the 2nd round
+    stop = full[cut - 3:cut]
+    assert stop not in full[:cut - 1] and tokens[:6] != greedy_reference(model, prompt, 6)
+    body = dict(model=str(checkpoints.llama), messages=CHAT[:2], max_tokens=MAX_TOKENS,
+                temperature=0, stop=[stop, "never in the output"], presence_penalty=1.0,
+                logit_bias={"74": 0.5},
+                extra_body={"presence_context_size": 8, "speculation": {
+                    "draft_model": str(checkpoints.llama), "num_draft": 3}})
+    r = cluster.openai.chat.completions.create(**body)
+    assert (r.choices[0].message.content, r.choices[0].finish_reason) == (
+        full[:cut - 3], "stop")
+    assert r.usage.model_dump()["speculation"]["accepted"] > 0
+    chunks = list(cluster.openai.chat.completions.create(**body, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == full[:cut - 3]
+    assert chunks[-1].choices[0].finish_reason == "stop"
 
 
 def test_completions_with_logprobs_and_stream(cluster, checkpoints):
