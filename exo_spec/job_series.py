@@ -1,20 +1,30 @@
 """Decoders for one job after another on the same models, each going on with the
 adaptive draft-length policy of the jobs before: its round costs are this machine's
 and its kernels stay built (``AdaptiveDraftLength.start_job``). A worker's placement
-decodes this way, and so do ``generate``'s timed job after its warm-up and a bench row."""
+decodes this way, and so do ``generate``'s timed job after its warm-up and a bench row.
+With a ``PrefixCache`` the series also keeps the caches of its recent prompts, so that
+a job whose prompt extends one (a conversation's next turn) prefills only the rest."""
 
 from __future__ import annotations
 
 from .decoder_factory import make_decoder
 from .engine import AdaptiveDraftLength, SpecDecoder
+from .engine.prefix_cache import PrefixCache
 from .model_set import ModelSet
 
 
 class JobSeries:
     policy: AdaptiveDraftLength | None = None
+    prefix_cache: PrefixCache | None = None  # one per series: one model, one cache layout
+
+    def __init__(self, prefix_cache: PrefixCache | None = None):
+        self.prefix_cache = prefix_cache
 
     def new_decoder(self, models: ModelSet, **kwargs) -> SpecDecoder:
-        """``make_decoder(models, **kwargs)``, with the policy of the jobs before."""
+        """``make_decoder(models, **kwargs)``, with the policy of the jobs before (and the
+        series' prefix cache, unless ``kwargs`` name a target: a group's is uncached)."""
+        if self.prefix_cache is not None and kwargs.get("target") is None:
+            kwargs.setdefault("prefix_cache", self.prefix_cache)
         decoder = make_decoder(models, draft_length=self.policy, **kwargs)
         if decoder.draft_length.adaptive:
             self.policy = decoder.draft_length

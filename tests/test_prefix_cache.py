@@ -201,3 +201,24 @@ def test_checks_and_aliases(checkpoints):
     memo: dict = {}
     copies = [cache_snapshot.clone(c, memo=memo) for c in (shared, shared)]
     assert copies[0] is copies[1] and copies[0] is not shared  # ... with one, one clone
+
+
+def test_lookup_serves_only_caches_of_the_asked_layout(checkpoints):
+    """Caches made with another ``max_kv_size`` (rotating instead of full KV caches) are
+    no hit, and a cuttable entry does not replace a prefix entry of another layout."""
+    model, new_full = _setup("llama", checkpoints)
+    _, new_rotating = _setup("llama-rotating", checkpoints)
+    full, rotating = new_full(), new_rotating()
+    _feed(model, full, P + Q)
+    _feed(model, rotating, P)
+    prefix = PrefixCache(BIG)
+    prefix.store(P, rotating)
+    prefix.store(P + Q, full)  # P is its prefix, but of another layout: both stay
+    assert len(prefix) == 2
+    layout = cache_snapshot.layout
+    assert layout(full) != layout(rotating)
+    assert prefix.lookup(P + R, layout(rotating)).caches[0].__class__ is RotatingKVCache
+    assert prefix.lookup(P + Q + R, layout(full)).length == len(P + Q)
+    assert prefix.lookup(P + Q + R, layout(rotating)).length == len(P)
+    assert prefix.lookup(P + R, layout(make_cache(model, max_kv_size=128))) is None
+    assert prefix.misses == 1

@@ -81,8 +81,9 @@ def start_workers(tmp: Path, *specs: tuple[str, ...]) -> list[Worker]:
 @pytest.fixture(scope="module")
 def workers(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("workers")
-    started = start_workers(tmp, ("w0", "--no-mdns", *GROUP_TIMEOUT),
-                            ("w1", "--no-mdns", "--memory-gb", "3", *GROUP_TIMEOUT))
+    started = start_workers(tmp, ("w0", "--no-mdns", "--prefix-cache-mb", "64", *GROUP_TIMEOUT),
+                            ("w1", "--no-mdns", "--memory-gb", "3", "--prefix-cache-mb", "0",
+                             *GROUP_TIMEOUT))
     yield started
     for w in started:
         w.stop()
@@ -381,6 +382,38 @@ def test_logprobs_come_with_every_token(workers, checkpoints, twin):
 
 
 # -- ListModels --------------------------------------------------------------------
+
+
+def test_a_conversation_s_next_turn_reads_the_prefix_cache(workers, checkpoints):
+    """w0 keeps a prefix cache per placement, w1 none: turn 2 of a chat re-sends turn 1,
+    which w0 does not prefill again, with the same tokens as w1 and mlx-lm."""
+    placements = {w: f"chat-{w.node_id}" for w in workers}
+    for w, placement_id in placements.items():
+        load(w, placement_id, checkpoints.llama, draft_model=checkpoints.drafter)
+    try:
+        turn = [common_pb2.ChatMessage(role="user", content=PROMPT)]
+        got, turn1_tokens = {}, {}
+        for w, placement_id in placements.items():
+            _, first = run(w, placement_id, decode(prompt="", num_draft=2, messages=turn))
+            assert first.stats.cached_prompt_tokens == 0
+            turn1_tokens[w.node_id] = first.stats.prompt_tokens
+            turn2 = turn + [common_pb2.ChatMessage(role="assistant", content=first.text),
+                            common_pb2.ChatMessage(role="user", content="class Queue:")]
+            got[w.node_id] = run(w, placement_id, decode(prompt="", num_draft=2,
+                                                         messages=turn2))
+        (cached_tokens, cached), (plain_tokens, plain) = got["w0"], got["w1"]
+        # The template renders turn 2 as turn 1's prompt and more: a hit at its very end.
+        assert cached.stats.cached_prompt_tokens == turn1_tokens["w0"] > 0
+        assert plain.stats.cached_prompt_tokens == 0
+        model = loaded(checkpoints.llama)
+        prompt = model.tokenizer.apply_chat_template(
+            [{"role": m.role, "content": m.content} for m in turn2], add_generation_prompt=True)
+        assert cached.stats.prompt_tokens == plain.stats.prompt_tokens == len(prompt)
+        assert cached_tokens == plain_tokens == greedy_reference(model.model, list(prompt),
+                                                                 MAX_TOKENS)
+    finally:
+        for w, placement_id in placements.items():
+            release([w], placement_id)
 
 
 def test_list_models_from_the_hub_cache_and_model_dirs(tmp_path, monkeypatch):

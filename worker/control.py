@@ -31,6 +31,19 @@ from .placements import Placements
 
 log = logging.getLogger(__name__)
 
+# Each one-node placement keeps the caches of its recent prompts (``engine.prefix_cache``)
+# in up to this many MiB by default, and at most this share of the node's memory budget,
+# so a small machine gives it less. Bounded by its own bytes, it is memory beyond what
+# the coordinator plans for a placement (``placement_plan.need``: the weights, 20% for
+# the live caches and activations, the runner): the share keeps that small next to the
+# quarter of physical memory a worker leaves out of its budget by default.
+PREFIX_CACHE_MB = 1024
+PREFIX_CACHE_SHARE = 0.05
+
+
+def default_prefix_cache_bytes(memory_bytes: int) -> int:
+    return min(PREFIX_CACHE_MB * 2**20, int(memory_bytes * PREFIX_CACHE_SHARE))
+
 
 def _refusals(method):
     """Abort the call with a refusal's status and message."""
@@ -65,10 +78,14 @@ def _spec_mode(value: int) -> SpecMode:
 
 class WorkerControl(worker_pb2_grpc.WorkerControlServicer):
     def __init__(self, node: Node, placements: Placements, group_timeout_s: float,
-                 model_dirs: Sequence[Path] = ()):
+                 model_dirs: Sequence[Path] = (), prefix_cache_bytes: int | None = None):
+        """``prefix_cache_bytes``: each one-node placement's prefix cache (0: none; None:
+        ``default_prefix_cache_bytes`` of the node's budget)."""
         self.node = node
         self.placements = placements
         self.group_timeout_s = group_timeout_s
+        self.prefix_cache_bytes = default_prefix_cache_bytes(node.memory_bytes) \
+            if prefix_cache_bytes is None else prefix_cache_bytes
         self.model_dirs = list(model_dirs)  # --model-dir: checkpoints ListModels lists
         self.port = 0  # set once the server is bound
 
@@ -114,7 +131,9 @@ class WorkerControl(worker_pb2_grpc.WorkerControlServicer):
         except ValueError as e:
             raise StatusError(StatusCode.INVALID_ARGUMENT, str(e)) from None
         config = LoadConfig(model=request.model, draft_model=draft_model, spec=spec, split=split,
-                            ranks=len(hosts), group_timeout_s=self.group_timeout_s)
+                            ranks=len(hosts), group_timeout_s=self.group_timeout_s,
+                            # a group keeps none (``runner.targets.GroupLeader``)
+                            prefix_cache_bytes=self.prefix_cache_bytes if len(hosts) == 1 else 0)
         placement = await self.placements.start(request.placement_id, rank, hosts, config)
         log.info("%s: starting (%s)", placement, request.model)
         ready = False

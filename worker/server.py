@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ..serving import address, until_stopped
+from ..serving import ParsedRequests, address, until_stopped
 from ..v1 import worker_pb2, worker_pb2_grpc
 from .advertise import Advertiser
 from .control import WorkerControl
@@ -27,10 +27,10 @@ SERVICE = worker_pb2.DESCRIPTOR.services_by_name["WorkerControl"].full_name
 
 
 async def serve(node: Node, port: int, *, mdns: bool, group_timeout_s: float,
-                model_dirs: Sequence[Path] = ()) -> int:
-    server = grpc.aio.server()
+                model_dirs: Sequence[Path] = (), prefix_cache_bytes: int | None = None) -> int:
+    server = grpc.aio.server(interceptors=[ParsedRequests()])
     placements = Placements()
-    control = WorkerControl(node, placements, group_timeout_s, model_dirs)
+    control = WorkerControl(node, placements, group_timeout_s, model_dirs, prefix_cache_bytes)
     worker_pb2_grpc.add_WorkerControlServicer_to_server(control, server)
     health_status = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_status, server)

@@ -66,6 +66,12 @@ class Gemma4Assistant:
     def prefill(self, tokens: mx.array, hidden: mx.array | None) -> None:
         self._token, self._hidden = tokens[-1:], hidden[-1:]
 
+    def state(self) -> dict:
+        return {}  # the target's caches are its state, and they are restored anyway
+
+    def restore(self, state: dict) -> None:
+        pass
+
     def propose_pipelined(self, tokens: mx.array, hidden: mx.array | None, k: int,
                           sampling: Sampling, process: Process | None = None
                           ) -> tuple[mx.array, mx.array | None]:

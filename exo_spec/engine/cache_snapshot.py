@@ -85,6 +85,22 @@ def sink_window(cache) -> int | None:
     return None
 
 
+def layout(caches: list) -> tuple:
+    """What a list of caches is made of, for telling whether restored caches fit a model
+    built with other settings (a ``max_kv_size``, a quantized cache): each cache's type,
+    and a rotating cache's window and kept tokens, a quantized one's bits."""
+    def one(c):
+        if isinstance(c, CacheList):
+            return ("CacheList", tuple(map(one, c.caches)))
+        if isinstance(c, RotatingKVCache):
+            return ("RotatingKVCache", c.max_size, c.keep)
+        if isinstance(c, QuantizedKVCache):
+            return ("QuantizedKVCache", c.bits, c.group_size)
+        return (type(c).__name__,)
+
+    return tuple(map(one, caches))
+
+
 def clone(cache, length: int | None = None, memo: dict | None = None):
     """A fresh, independent copy of one mlx-lm cache; with ``length``, cut to its first
     ``length`` tokens (only where ``can_cut``). ``memo``: id -> clone, shared across

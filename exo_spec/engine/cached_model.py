@@ -1,5 +1,6 @@
 """A model on this machine with its own caches, rewound after speculation
-(``round_cache``). The target and a separate drafter use it the same way."""
+(``round_cache``). The target and a separate drafter use it the same way; either may
+start a job from restored caches (``adopt``, see ``prefix_cache``)."""
 
 from __future__ import annotations
 
@@ -50,8 +51,14 @@ class CachedModel:
         h = self._body(tokens[None], cache=self.cache)
         return self._head(h[:, -1:])[0]
 
-    def prefill(self, tokens: mx.array, *, hidden: bool = False):
-        return prefill(self, self.cache, tokens, hidden=hidden)
+    def prefill(self, tokens: mx.array, *, hidden: bool = False, start: int = 0):
+        return prefill(self, self.cache, tokens, hidden=hidden, start=start)
+
+    def adopt(self, caches: list) -> None:
+        """Go on from ``caches`` (a prefix-cache hit's, of this model's layout) instead of
+        the caches it holds; a round left open is dropped, not closed."""
+        self.rounds.drop()
+        self.rounds.cache = caches
 
     def begin_round(self, width: int) -> None:
         self.rounds.begin(width)

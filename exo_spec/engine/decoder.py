@@ -15,6 +15,12 @@ The job's penalties (``logits_processing``) apply at every target position with
 the history a plain decode has there, and to the proposer's logits with its drafts'
 history; logprobs (``logprobs``) are computed from the same processed logits and
 ride in the decision read, so neither adds a host sync.
+
+With a ``prefix_cache`` (``prefix_cache.PrefixCache``, one per model placement), a job
+whose prompt extends a stored sequence starts from copies of its caches and prefills
+only the rest; the proposer's state comes along where the hit is at the stored
+prompt's end. Each job stores its prompt's caches once its first token is read (copies
+queued on the device, no host sync). Output is the same with or without a hit.
 """
 
 from __future__ import annotations
@@ -27,10 +33,12 @@ from typing import ClassVar
 import mlx.core as mx
 
 from ..sampling import Penalties
+from . import cache_snapshot
 from . import logprobs as lp
 from .draft_length import AdaptiveDraftLength, FixedDraftLength
 from .logits_processing import LogitsProcessing
 from .pipelining import RoundPipelining
+from .prefix_cache import PrefixCache
 from .proposer import Process, Proposer
 from .sampling import Sampling, log_probs
 from .stats import Stats
@@ -90,12 +98,16 @@ class SpecDecoder:
         pipelining: RoundPipelining | None = None,
         penalties: Penalties | None = None,
         logprobs: int | None = None,
+        prefix_cache: PrefixCache | None = None,
     ):
         """``penalties``: applied to the logits as mlx-lm's ``make_logits_processors``
         does; ``logprobs``: None, or report each emitted token's log-probability and
-        that many alternatives (0..20) in ``self.logprobs``."""
+        that many alternatives (0..20) in ``self.logprobs``; ``prefix_cache``: where to
+        look the prompt up and store it, shared by the decoders of one model and cache
+        layout (the target must have ``cache`` and ``adopt``, as ``CachedModel`` has)."""
         lp.check_top(logprobs)
         self.target = target
+        self.prefix_cache = prefix_cache
         self.proposer = proposer
         self.sampling = sampling
         self.draft_length = draft_length or AdaptiveDraftLength()
@@ -128,18 +140,24 @@ class SpecDecoder:
         stats.prompt_tokens = len(prompt)
         start = time.perf_counter()
         tokens = mx.array(prompt, dtype=mx.uint32)
-        logits, hidden = self.target.prefill(tokens, hidden=self._hidden)
+        cached, restored = self._restore(prompt)
+        stats.cached_prompt_tokens = cached
+        logits, hidden = self.target.prefill(tokens[cached:], hidden=self._hidden,
+                                             start=cached)
         if self._processing:
             self._processing.bind(logits.shape[-1])
-            self._history = self._processing.tail(tokens)
+            self._history = self._processing.tail(tokens)  # the whole prompt, cached or not
         first, decision = self._sample(logits[None])
         if self.proposer:
             # The proposer reads the prompt before the first token, as mlx-lm's
             # speculative_generate_step does: all prompt work counts as prompt time.
-            self.proposer.prefill(mx.concatenate([tokens, first]), hidden)
+            # Hidden states exist only for the prefilled positions (``Proposer.prefill``).
+            fed = cached if restored or self._hidden else 0
+            self.proposer.prefill(mx.concatenate([tokens[fed:], first]), hidden)
         emitted, logprobs = self._read_step(decision)
         self._extend_history(first)
         stats.ttft_s = time.perf_counter() - start
+        self._store(prompt)
         last = first
         out = self._emit(emitted, max_tokens, logprobs)
         if out:
@@ -173,6 +191,31 @@ class SpecDecoder:
             if isinstance(queued, Round):
                 self.target.undo_round()
                 self.proposer.withdraw()
+
+    def _restore(self, prompt: list[int]) -> tuple[int, bool]:
+        """Start from the prefix cache's longest entry for ``prompt``: (the prompt tokens
+        the target's caches now hold, whether the proposer's state came along)."""
+        if self.prefix_cache is None:
+            return 0, False
+        # Only caches like the target's own (not those of another max_kv_size, say).
+        hit = self.prefix_cache.lookup(prompt, cache_snapshot.layout(self.target.cache))
+        if hit is None:
+            return 0, False
+        self.target.adopt(hit.caches)
+        extra = hit.extra  # only where the hit ends at a stored prompt's end
+        if self.proposer is None or extra is None or extra.get("mode") != self.proposer.mode:
+            return hit.length, False
+        self.proposer.restore(extra["proposer"])
+        return hit.length, True
+
+    def _store(self, prompt: list[int]) -> None:
+        """Keep the caches as they are at the prompt's end (the first token is not fed
+        yet), with the proposer's state there."""
+        if self.prefix_cache is None:
+            return
+        extra = {"mode": self.proposer.mode, "proposer": self.proposer.state()} \
+            if self.proposer else None
+        self.prefix_cache.store(prompt, self.target.cache, extra)
 
     def _queue_step(self, last: mx.array, next_k: int | None,
                     remaining: int) -> Round | PlainStep:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
+from . import cache_snapshot
 from .cached_model import CachedModel
 from .proposer import Process, bounded, draft
 from .sampling import Sampling
@@ -20,11 +21,20 @@ class DraftModel:
         # Per unsettled propose(), oldest first: what it fed, and how many of those rows
         # were committed tokens (the rest are its drafts).
         self._open: list[tuple[mx.array, int]] = []
+        self._restored = 0  # tokens in the caches ``restore`` gave it
 
     def prefill(self, tokens: mx.array, hidden: mx.array | None) -> None:
         if tokens.shape[0] > 1:
-            self.lm.prefill(tokens[:-1])
+            self.lm.prefill(tokens[:-1], start=self._restored)
         self._unfed = [tokens[-1:]]
+
+    def state(self) -> dict:
+        return {"cache": self.lm.cache}  # it holds the prompt: the first token is unfed
+
+    def restore(self, state: dict) -> None:
+        self.lm.adopt(state["cache"])
+        self._restored = next(
+            (n for n in map(cache_snapshot.length, state["cache"]) if n is not None), 0)
 
     def propose(self, k: int, sampling: Sampling, process: Process | None = None
                 ) -> tuple[mx.array, mx.array | None]:

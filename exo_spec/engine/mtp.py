@@ -6,6 +6,10 @@ queued and fed in one pass at the next propose(), so a plain target step costs
 the MTP nothing until it is asked to draft. The prompt's pairs are fed in
 prefill(), with the rest of the prompt work. For k > 1 the head chains on its
 own output hidden state; those speculative positions are trimmed at commit.
+
+Its state over a prompt s_0..s_{T-1} (``state``, for a prefix cache) is the cache over
+the pairs j < T-1 (the last pair, (h_{T-1}, s_T), holds the first sampled token) and
+h_{T-1}, which the next job's first pair reads (``restore``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import mlx.core as mx
 
 from ..models.heads import body_and_head, embedding
 from ..models.mtp import make_mtp_cache
+from . import cache_snapshot
 from .proposer import Process, bounded, draft
 from .sampling import Sampling
 from .target import PREFILL_CHUNK
@@ -35,13 +40,28 @@ class Mtp:
         self._last: mx.array | None = None  # the head's output for the newest fed pair
         self._chained = 0
         self._before_pipelined: _Before | None = None  # what propose_pipelined() may take back
+        self._carry: mx.array | None = None  # restore(): the h_{L-1} that pairs with s_L
+        self._prompt_end: mx.array | None = None  # prefill(): h_{T-1}, the prompt's last
 
     def prefill(self, tokens: mx.array, hidden: mx.array | None) -> None:
-        following = tokens[1:]
+        if self._carry is None:  # pairs (h_j, s_{j+1}) from j = 0
+            following = tokens[1:]
+        else:  # restored after s_0..s_{L-1}: from (h_{L-1}, s_L)
+            following, hidden = tokens, mx.concatenate([self._carry, hidden])
+            self._carry = None
+        self._prompt_end = hidden[-1:]
         for start in range(0, following.shape[0], PREFILL_CHUNK):
             chunk = slice(start, start + PREFILL_CHUNK)
             self._last = self._feed(following[chunk], hidden[chunk])[-1:]
             mx.eval(self._last, self.cache[0].state)
+
+    def state(self) -> dict:
+        cache = self.cache[0]
+        return {"cache": [cache_snapshot.clone(cache, cache.offset - 1)],
+                "hidden": self._prompt_end}
+
+    def restore(self, state: dict) -> None:
+        self.cache, self._carry = list(state["cache"]), state["hidden"]
 
     def propose(self, k: int, sampling: Sampling, process: Process | None = None
                 ) -> tuple[mx.array, mx.array | None]:

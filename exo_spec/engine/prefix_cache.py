@@ -36,6 +36,11 @@ that implies, since state is kept at exact boundaries:
 Copies are taken on the device and queued with ``mx.async_eval`` at store time; a hit's
 copies are lazy and computed with the first prefill chunk. Not thread-safe: a runner
 serves one job at a time.
+
+``engine.decoder.SpecDecoder`` looks each prompt up before its prefill (only entries of
+its own target's cache ``layout``) and stores it, with the proposer's state as
+``extra``, once its first token is read; ``job_series.JobSeries`` carries one from job to
+job, as a worker's one-machine placement does (``exo-spec worker --prefix-cache-mb``).
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ class _Entry:
     nbytes: int
     cuttable: bool  # every cache may be cut to a prefix (KV caches only)
     window: int | None  # the longest sequence it may start (sink_window), None: any
+    layout: tuple  # cache_snapshot.layout of its caches
 
     def usable(self, tokens: np.ndarray) -> int:
         """How many of ``tokens`` this entry can stand for, leaving at least one."""
@@ -121,13 +127,15 @@ class PrefixCache:
             cuttable=all(cache_snapshot.can_cut(c) for c in caches),
             window=min((w for w in map(cache_snapshot.sink_window, caches) if w is not None),
                        default=None),
+            layout=cache_snapshot.layout(caches),
         )
         if entry.nbytes > self.max_bytes:
             return False
         self._drop(key)
         if entry.cuttable:  # a cuttable entry serves whatever its cuttable prefixes did
             for old_key, old in list(self._entries.items()):
-                if old.cuttable and len(old_key) < len(key) and key[: len(old_key)] == old_key:
+                if old.cuttable and old.layout == entry.layout and len(old_key) < len(key) \
+                        and key[: len(old_key)] == old_key:
                     self._drop(old_key)
         self._entries[key] = entry
         self._bytes += entry.nbytes
@@ -138,14 +146,18 @@ class PrefixCache:
             mx.async_eval(new)
         return True
 
-    def lookup(self, tokens: Sequence[int]) -> Hit | None:
+    def lookup(self, tokens: Sequence[int], layout: tuple | None = None) -> Hit | None:
         """Fresh caches for the longest stored prefix of ``tokens`` that leaves at least
         one token to prefill, or None. Among equally long ones, an entry that ends there
-        (its ``extra`` comes along) is preferred, then the most recent."""
+        (its ``extra`` comes along) is preferred, then the most recent. ``layout``: only
+        entries whose caches have it (``cache_snapshot.layout`` of the caller's own: a
+        model built with another ``max_kv_size`` makes other caches)."""
         wanted = np.asarray(tokens, dtype=np.int64).reshape(-1)
         best, best_length, best_ends = None, 0, False
         for key in reversed(self._entries):  # most recent first
             entry = self._entries[key]
+            if layout is not None and entry.layout != layout:
+                continue
             n = entry.usable(wanted)
             ends = n == len(key)
             if n > best_length or (n and n == best_length and ends and not best_ends):

@@ -56,7 +56,21 @@ class Proposer(Protocol):
 
     def prefill(self, tokens: mx.array, hidden: mx.array | None) -> None:
         """After the prompt pass: tokens = s_0..s_T (the prompt and the first sampled
-        token), hidden = h_0..h_{T-1}."""
+        token), hidden = h_0..h_{T-1}. After ``restore`` of the state at s_0..s_{L-1},
+        only what follows: tokens = s_L..s_T, hidden = h_L..h_{T-1}. Where the target
+        prefilled only s_L.. (a prefix-cache hit without the proposer's state), a
+        proposer that needs_hidden gets the same (it starts from nothing: its drafts
+        may be worse, never the output); one that does not gets the whole prompt."""
+
+    def state(self) -> dict:
+        """Right after ``prefill``: the proposer's state over the prompt alone,
+        s_0..s_{T-1} (not the first sampled token), as caches, arrays and plain values
+        that ``prefix_cache.PrefixCache`` copies; the proposer may go on changing its
+        own."""
+
+    def restore(self, state: dict) -> None:
+        """Before ``prefill``, on a fresh proposer: go on from a copy of ``state()`` taken
+        after a prompt s_0..s_{L-1}, which this job's prompt extends."""
 
     def propose(self, k: int, sampling: Sampling, process: Process | None = None
                 ) -> tuple[mx.array, mx.array | None]:

@@ -13,6 +13,7 @@ class Stats:
     accepted: int = 0
     rounds: int = 0  # target passes after the prompt (speculative rounds and plain steps)
     prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0  # of prompt_tokens, those a prefix-cache hit held: not prefilled
     generation_tokens: int = 0
     ttft_s: float = 0.0
     decode_s: float = 0.0

@@ -20,10 +20,11 @@ class Target(Protocol):
                  ) -> tuple[mx.array, mx.array | None]:
         """Logits (S, V) for ``tokens`` (S,), and the final hidden states (S, H) if asked."""
 
-    def prefill(self, tokens: mx.array, *, hidden: bool = False
+    def prefill(self, tokens: mx.array, *, hidden: bool = False, start: int = 0
                 ) -> tuple[mx.array, mx.array | None]:
-        """Feed the prompt; the last position's logits (V,) and, if asked, every
-        position's hidden states (S, H)."""
+        """Feed the prompt; the last position's logits (V,) and, if asked, every fed
+        position's hidden states (S, H). ``start``: the caches already hold that many
+        tokens before ``tokens`` (a prefix-cache hit, see ``CachedModel.adopt``)."""
 
     def begin_round(self, width: int) -> None:
         """``width`` tokens follow that may be partly rejected."""
@@ -36,12 +37,17 @@ class Target(Protocol):
 
 
 def prefill(forward: Callable[..., tuple[mx.array, mx.array | None]], cache: list,
-            tokens: mx.array, *, hidden: bool = False) -> tuple[mx.array, mx.array | None]:
+            tokens: mx.array, *, hidden: bool = False, start: int = 0
+            ) -> tuple[mx.array, mx.array | None]:
     """``Target.prefill`` for a target whose ``forward`` (its ``__call__``) feeds ``cache``:
-    the prompt in chunks of PREFILL_CHUNK, each evaluated before the next is built."""
+    the prompt in chunks of PREFILL_CHUNK, each evaluated before the next is built. The
+    chunks end at the positions a prefill from position 0 ends them (multiples of
+    PREFILL_CHUNK), also when ``start`` tokens are in the caches already, so that a
+    prefix-cache hit splits at most one of a fresh prefill's chunks in two."""
     hiddens = []
-    for start in range(0, tokens.shape[0], PREFILL_CHUNK):
-        logits, h = forward(tokens[start : start + PREFILL_CHUNK], hidden=hidden)
+    cuts = range(PREFILL_CHUNK - start % PREFILL_CHUNK, tokens.shape[0], PREFILL_CHUNK)
+    for lo, hi in zip([0, *cuts], [*cuts, tokens.shape[0]], strict=True):
+        logits, h = forward(tokens[lo:hi], hidden=hidden)
         if hidden:
             hiddens.append(h)
         mx.eval(logits[-1], hiddens, [c.state for c in cache])

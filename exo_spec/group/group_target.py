@@ -3,7 +3,8 @@
 Per call: one command (``protocol.exchange``), then the forward runs across the
 group (``forward.PipelineForward`` or ``forward.TensorForward``) and rank 0 gets
 the logits. Opening and closing speculative rounds ride on the next command.
-A long-lived group resets between jobs instead of closing.
+A long-lived group resets between jobs instead of closing. A group keeps no prefix
+cache (``worker.runner.targets.GroupLeader``): every job prefills its whole prompt.
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ class GroupTarget:
         self._begin_width, self._end_kept = 0, -1
         return self._forward.lead(tokens, hidden)
 
-    def prefill(self, tokens: mx.array, *, hidden: bool = False):
-        out = prefill(self, self._local.rounds.cache, tokens, hidden=hidden)
+    def prefill(self, tokens: mx.array, *, hidden: bool = False, start: int = 0):
+        out = prefill(self, self._local.rounds.cache, tokens, hidden=hidden, start=start)
         self._prompt_traffic = self._total_traffic()
         return out
 

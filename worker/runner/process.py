@@ -5,7 +5,9 @@ frames (``exo_spec.frames``) over stdin and stdout; the real stdout is kept for
 frames and fd 1 is pointed at stderr, so nothing any library prints can corrupt
 them. It loads its weights once (``Progress``, then ``Ready`` with the proposer
 mode, or an ``Error``), then serves jobs one after the other until stdin closes,
-which is how the worker releases it, or dies.
+which is how the worker releases it, or dies. A one-machine placement keeps the caches
+of its recent prompts (``LoadConfig.prefix_cache_bytes``, ``engine.prefix_cache``), so a
+conversation's next turn prefills only its new tokens.
 
 With more than one rank the worker also sets MLX_RANK and MLX_HOSTFILE, and the
 runner joins the ring: rank 0 drafts and leads every job (each opens with a reset
@@ -30,6 +32,7 @@ import mlx.core as mx
 from grpc import StatusCode
 
 from ... import frames
+from ...engine.prefix_cache import PrefixCache
 from ...group.rank import Rank, load_rank
 from ...model_set import load_models
 from ...spec_mode import ProposerKind
@@ -93,7 +96,9 @@ def load(config: LoadConfig, send: Send) -> Local | GroupLeader | Rank:
 
     if config.ranks == 1:
         progress("loading target and drafter" if config.draft_model else "loading target")
-        return Local(load_models(config.model, config.draft_model, config.spec))
+        prefix_cache = PrefixCache(config.prefix_cache_bytes) if config.prefix_cache_bytes \
+            else None
+        return Local(load_models(config.model, config.draft_model, config.spec), prefix_cache)
     progress(f"joining a group of {config.ranks}")
     group = mx.distributed.init(backend="ring", strict=True)
     rank = load_rank(group, config.model, config.draft_model, config.spec, split=config.split,
@@ -119,7 +124,9 @@ def job_failure(e: Exception, target: Local | GroupLeader) -> StatusError:
         return StatusError(StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
     if isinstance(e, RuntimeError):  # the ring backend's "peer was lost"
         return StatusError(StatusCode.UNAVAILABLE, f"a rank of the group is gone: {e}")
-    return StatusError(StatusCode.INTERNAL, f"{type(e).__name__}: {e} (the group is stopped)")
+    # Its ranks may now disagree on where they are: the group stops, and the placement
+    # with it (UNAVAILABLE: the coordinator places the model again).
+    return StatusError(StatusCode.UNAVAILABLE, f"{type(e).__name__}: {e} (the group is stopped)")
 
 
 def serve(target: Local | GroupLeader, commands: Commands, send: Send, timeout_s: float) -> int:
@@ -143,10 +150,13 @@ def serve(target: Local | GroupLeader, commands: Commands, send: Send, timeout_s
             send(Error.of(e, job.job_id))
         except Exception as e:
             send(Error.of(job_failure(e, target), job.job_id))
-            # Local: fresh caches next job, nothing is left broken. A group's ranks may
-            # now disagree on where they are: it serves no more jobs.
+            # Local: fresh caches next job, nothing is left broken (the prefix cache is
+            # emptied too: the failure may have been memory). A group's ranks may now
+            # disagree on where they are: it serves no more jobs.
             if isinstance(target, GroupLeader):
                 return 1
+            if target.prefix_cache is not None:
+                target.prefix_cache.clear()
         finally:
             commands.cancelled.discard(job.job_id)
 

@@ -7,10 +7,11 @@ from typing import Protocol
 from mlx_lm.tokenizer_utils import TokenizerWrapper
 
 from ...engine import Sampling, SpecDecoder
+from ...engine.prefix_cache import PrefixCache
 from ...group.rank import Rank
 from ...job_series import JobSeries
 from ...model_set import ModelSet
-from ...models.load import text_config
+from ...models.load import context_length
 from ...sampling import NO_PENALTIES, Penalties
 from .token_bytes import TokenBytes
 
@@ -31,18 +32,16 @@ class Target(Protocol):
         """Stats beyond the decoder's own (ranks, traffic), asked once it is done."""
 
 
-def _context_length(config: dict) -> int:
-    return int(text_config(config).get("max_position_embeddings", 0))
-
-
 class Local(JobSeries):
-    """One machine: weights loaded once, a fresh decoder (and caches) per job."""
+    """One machine: weights loaded once, a fresh decoder per job, whose caches start
+    from ``prefix_cache``'s longest entry for its prompt, if any (one per placement)."""
 
-    def __init__(self, models: ModelSet):
+    def __init__(self, models: ModelSet, prefix_cache: PrefixCache | None = None):
+        super().__init__(prefix_cache)
         self.models = models
         self.tokenizer = models.target.tokenizer
         self.token_bytes = TokenBytes(self.tokenizer)
-        self.context_length = _context_length(models.target.config)
+        self.context_length = context_length(models.target.config)
         self.mode = models.mode
 
     def decoder(self, sampling: Sampling, num_draft: int | None, *,
@@ -55,14 +54,17 @@ class Local(JobSeries):
 
 
 class GroupLeader(JobSeries):
-    """Rank 0 of a group: every job starts by resetting the whole group."""
+    """Rank 0 of a group: every job starts by resetting the whole group. A group keeps
+    no prefix cache: every rank holds its own stage's caches, so a hit would need every
+    rank to restore its own entry for the same prefix (not done: each job prefills its
+    whole prompt)."""
 
     def __init__(self, rank: Rank):
         self.rank = rank
         self.target = rank.lead()
         self.tokenizer = rank.target.tokenizer
         self.token_bytes = TokenBytes(self.tokenizer)
-        self.context_length = _context_length(rank.target.config)
+        self.context_length = context_length(rank.target.config)
         self.mode = rank.models.mode
 
     def decoder(self, sampling: Sampling, num_draft: int | None, *,
