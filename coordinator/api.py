@@ -8,10 +8,14 @@ Requests are checked before anything is queued (``job_request``). Status codes:
   top_p outside (0, 1], top_k < 0, min_p outside [0, 1]), penalties out of range,
   more than 16 stop strings or one not 1 to 256 characters, max_tokens, num_draft or
   top_logprobs (20) above their limits, messages for a model without a chat
-  template, a drafter whose vocabulary differs, more nodes than the model has layers;
+  template, a drafter whose vocabulary differs, more nodes than the model has layers,
+  a checkpoint that cannot be used (``worker.model_info``: its config, weight files
+  or tokenizer files), a request that does not parse (``serving.ParsedRequests``:
+  a string field that is not UTF-8); a negative seed is no error (``mlx_seed``);
 - OUT_OF_RANGE: a prompt longer than the model's context, or max_tokens more than
   the context leaves after it;
-- NOT_FOUND: no node can find the model (or drafter), or no such job;
+- NOT_FOUND: no node can find the model (or its drafter: the message says which),
+  or no such job;
 - FAILED_PRECONDITION: more nodes asked for than are ready, a proposer the model
   cannot run (MTP without MTP heads, a Gemma 4 assistant across nodes);
 - RESOURCE_EXHAUSTED: the model does not fit in the free memory of the nodes;
@@ -33,7 +37,7 @@ from .. import __version__
 from ..decode_request import prompt_or_messages, stop_strings, top_logprobs
 from ..sampling import Penalties, Sampling
 from ..spec_mode import SpecMode, check_request
-from ..status import StatusError
+from ..status import StatusError, clipped
 from ..v1 import inference_pb2, inference_pb2_grpc
 from .job import End, JobRequest, timestamp
 from .placement_lifecycle import PlacementLifecycle
@@ -111,7 +115,7 @@ class Inference(inference_pb2_grpc.InferenceServicer):
             await context.abort(StatusCode.INVALID_ARGUMENT, "no job_id given")
         job = self.scheduler.jobs.get(request.job_id)
         if job is None:
-            await context.abort(StatusCode.NOT_FOUND, f"no job {request.job_id}")
+            await context.abort(StatusCode.NOT_FOUND, clipped(f"no job {request.job_id}"))
         return job.to_proto()
 
     async def ListJobs(self, request, context):

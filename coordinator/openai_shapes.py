@@ -89,6 +89,32 @@ def _is_integer(v: Any) -> bool:
         isinstance(v, float) and v.is_integer()
 
 
+def _check_unicode(value: Any, where: str = "") -> None:
+    """FieldError for a string (or object key) that is not Unicode text: JSON may
+    escape a lone surrogate ("\\ud800"), which no UTF-8 string field can carry."""
+    def bad(text: str) -> bool:
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            return True
+        return False
+
+    if isinstance(value, str) and bad(value):
+        raise FieldError(where or None, f"{where or 'the request'} is not valid Unicode text "
+                                        "(a lone surrogate escape?)")
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_unicode(item, f"{where}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            name = f"{where}.{key}" if where else key
+            if bad(key):
+                raise FieldError(where or None, f"a key of {where or 'the request body'} is "
+                                                "not valid Unicode text (a lone surrogate "
+                                                "escape?)")
+            _check_unicode(item, name)
+
+
 class _Body:
     """A JSON object's fields, each read with its expected type (null is absent)."""
 
@@ -97,6 +123,8 @@ class _Body:
             raise FieldError(prefix.rstrip(".") or None,
                              f"{prefix.rstrip('.') or 'the request body'} must be a JSON "
                              f"object, got {_kind(body)}")
+        if not prefix:
+            _check_unicode(body)
         self.body, self.prefix = body, prefix
 
     def get(self, name: str, ok, what: str) -> Any:
@@ -114,7 +142,8 @@ class _Body:
         if value is None:
             return None
         if not low <= value < high:
-            bound = f"from {low} to {high - 1}" if high < UINT32 else f">= {low}"
+            bound = f"from {low} to {high - 1}" if high < UINT32 or value >= high \
+                else f">= {low}"
             raise FieldError(self.prefix + name,
                              f"{self.prefix}{name} must be an integer {bound}, got {value}")
         return int(value)
@@ -168,7 +197,7 @@ def _common(body: _Body, defaults: Defaults, *, chat: bool) -> inference_pb2.Gen
         setattr(p, name, body.integer(name, 1) or 0)
     bias = body.object("logit_bias")
     for key, value in (bias.body.items() if bias else ()):
-        if not (key.isdigit() and int(key) < UINT32):
+        if not (key.isascii() and key.isdigit() and int(key) < UINT32):
             raise FieldError("logit_bias", f"logit_bias keys must be token ids, got {key!r}")
         if not _is_number(value) or not math.isfinite(value):
             raise FieldError("logit_bias", f"logit_bias[{key}] must be a finite number, "

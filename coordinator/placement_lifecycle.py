@@ -144,8 +144,13 @@ class PlacementLifecycle:
             if blamed := [e for e in errors.values() if e.code == code]:
                 raise blamed[0]
         detail = "; ".join(f"{n}: {errors[n].message}" for n in sorted(errors))
-        if any(e.code == StatusCode.NOT_FOUND for e in errors.values()):
-            raise StatusError(StatusCode.NOT_FOUND, f"no node can find {request.model}: {detail}")
+        if missing := [e for e in errors.values() if e.code == StatusCode.NOT_FOUND]:
+            # what the nodes miss: the model, or (when each says "drafter D not found",
+            # as ``worker.model_info.local_dir`` words it) its drafter
+            drafter = [e.message.split(" not found", 1)[0].removeprefix("drafter ")
+                       for e in missing if e.message.startswith("drafter ")]
+            what = f"drafter {drafter[0]}" if len(drafter) == len(missing) else request.model
+            raise StatusError(StatusCode.NOT_FOUND, f"no node can find {what}: {detail}")
         raise StatusError(StatusCode.UNAVAILABLE,
                           f"no node could inspect {request.model}: {detail}")
 

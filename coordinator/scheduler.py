@@ -53,7 +53,7 @@ DEFAULT_MAX_TOKENS = 4096  # the cap of a job that names no max_tokens
 WAITING = (JobState.QUEUED, JobState.LOADING)
 # A RunJob that ends with these refused the job, not the placement: it stays.
 JOB_FAULTS = (StatusCode.INVALID_ARGUMENT, StatusCode.FAILED_PRECONDITION,
-              StatusCode.RESOURCE_EXHAUSTED, StatusCode.OUT_OF_RANGE)
+              StatusCode.RESOURCE_EXHAUSTED, StatusCode.OUT_OF_RANGE, StatusCode.INTERNAL)
 # A job stopped from outside with these ends CANCELLED, with what it produced;
 # any other stop ends it FAILED.
 CALLER_STOPS = (StatusCode.CANCELLED, StatusCode.DEADLINE_EXCEEDED)

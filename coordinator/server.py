@@ -11,7 +11,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ..serving import address
+from ..serving import ParsedRequests, address
 from ..v1 import inference_pb2, inference_pb2_grpc
 from .api import Inference
 from .discovery import MdnsDiscovery, add_peers
@@ -54,7 +54,7 @@ class Coordinator:
         self.registry.on_lost = self.placements.node_lost
         self.registry.on_info = self.placements.node_info
         self.discovery = MdnsDiscovery(self.registry, host) if mdns else None
-        self.server = grpc.aio.server()
+        self.server = grpc.aio.server(interceptors=[ParsedRequests()])
         self.health = health.aio.HealthServicer()
 
     async def start(self) -> int:

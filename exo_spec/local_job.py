@@ -13,6 +13,7 @@ from mlx_lm.tokenizer_utils import TokenizerWrapper
 
 from .engine import SpecDecoder
 from .prompt import encode_prompt
+from .sampling import mlx_seed
 from .stop_strings import OutputText
 
 
@@ -29,7 +30,7 @@ def decode(args, decoder: SpecDecoder, tokenizer: TokenizerWrapper,
     """Run ``decoder`` on the prompt and print text (or JSON) and stats, with
     ``extra_stats()`` asked for once generation is done."""
     if args.seed is not None:
-        mx.random.seed(args.seed)
+        mx.random.seed(mlx_seed(args.seed))
     prompt = encode_prompt(tokenizer, args.prompt, not args.ignore_chat_template)
     tokens: list[int] = []
     # --stop: the text ends before the first stop string; the tokens run up to and

@@ -9,6 +9,23 @@ import math
 from dataclasses import dataclass, field
 
 DEFAULT_CONTEXT_SIZE = 20  # mlx-lm's make_logits_processors default for every penalty
+SEED_RANGE = (-(2**63), 2**63 - 1)  # Sampling.seed is an int64, as OpenAI's seed is
+# The most tokens a penalty may look back over: the decoder gathers each verified row's
+# window (rows x size), so a size of 2^32 would ask for tens of GiB in the runner.
+MAX_CONTEXT_SIZE = 1 << 16
+
+
+def check_seed(seed: int | None) -> None:
+    """ValueError for a seed outside the API's int64."""
+    if seed is not None and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise ValueError(f"seed must be from {SEED_RANGE[0]} to {SEED_RANGE[1]}, got {seed}")
+
+
+def mlx_seed(seed: int) -> int:
+    """The seed as MLX takes it (0 to 2**64 - 1): a negative seed is read as its 64-bit
+    two's complement, so -1 seeds as 2**64 - 1. Every front door seeds this way: the
+    same seed gives the same samples locally and on a cluster."""
+    return seed % 2**64
 
 
 @dataclass(frozen=True)
@@ -59,8 +76,9 @@ class Penalties:
             raise ValueError(f"repetition_penalty must be >= 0, got {self.repetition_penalty:g}")
         for name in ("presence_context_size", "frequency_context_size",
                      "repetition_context_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            if not 1 <= getattr(self, name) <= MAX_CONTEXT_SIZE:
+                raise ValueError(f"{name} must be from 1 to {MAX_CONTEXT_SIZE}, got "
+                                 f"{getattr(self, name)}")
         if not all(math.isfinite(v) for v in self.logit_bias.values()):
             raise ValueError("logit_bias values must be finite numbers")
 

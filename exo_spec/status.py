@@ -10,10 +10,27 @@ from __future__ import annotations
 
 import grpc
 
+# gRPC sends a status's message in a trailer, percent-encoding every byte but printable
+# ASCII, and a client drops trailers past 8 KiB: then it sees no status at all. So a
+# message is cut to this many bytes as sent (a request field echoed back may be long).
+MAX_MESSAGE_BYTES = 4096
+
+
+def clipped(message: str) -> str:
+    """``message``, cut (ending with "...") to ``MAX_MESSAGE_BYTES`` as gRPC sends it."""
+    sent = 0
+    for i, c in enumerate(message):
+        sent += 1 if " " <= c <= "~" and c != "%" else 3 * len(c.encode(errors="replace"))
+        if sent > MAX_MESSAGE_BYTES - 3:
+            return message[:i] + "..."
+    return message
+
 
 class StatusError(Exception):
     def __init__(self, code: grpc.StatusCode | str, message: str):
-        """``code``: a ``grpc.StatusCode``, or its name (as frames carry it)."""
+        """``code``: a ``grpc.StatusCode``, or its name (as frames carry it);
+        ``message`` is ``clipped``."""
+        message = clipped(message)
         super().__init__(message)
         self.code = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode[code]
         self.message = message

@@ -319,12 +319,16 @@ def test_the_callers_deadline(cluster, checkpoints, reference):
 
 @pytest.fixture(scope="module")
 def huge(checkpoints, tmp_path_factory) -> Path:
-    """The llama with a sparse 1 TiB weight file beside it: too big for any node."""
+    """The llama with a sparse 1 TiB weight file beside it (a whole one: a header that
+    says so, and that many bytes): too big for any node."""
     path = tmp_path_factory.mktemp("huge")
     for f in checkpoints.llama.iterdir():
         (path / f.name).symlink_to(f)
+    header = json.dumps({"padding": {"dtype": "U8", "shape": [2**40],
+                                     "data_offsets": [0, 2**40]}}).encode()
     with open(path / "model-padding.safetensors", "wb") as f:
-        f.truncate(2**40)
+        f.write(len(header).to_bytes(8, "little") + header)
+        f.truncate(8 + len(header) + 2**40)
     return path
 
 

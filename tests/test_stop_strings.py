@@ -156,8 +156,5 @@ def test_generate_stops_at_a_stop_string(checkpoints, capsys):
     assert result["stats"]["generation_tokens"] == cut + 1
     code, out, err = generate(capsys, *model, *stop)
     assert (code, out) == (0, texts[cut][:-3] + "\n"), err
-    for bad, message in ((["--stop", ""], "stop string 0 is 0 characters"),
-                         (["--stop", "x", "--coordinator", "127.0.0.1:1"],
-                          "--stop runs on this machine")):
-        code, _, err = generate(capsys, *model, *bad)
-        assert code == 2 and message in err, err
+    code, _, err = generate(capsys, *model, "--stop", "")
+    assert code == 2 and "stop string 0 is 0 characters" in err, err

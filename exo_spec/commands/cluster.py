@@ -17,7 +17,7 @@ import sys
 
 import grpc
 
-from ..client import Client, generate_request, no_result, stats_dict
+from ..client import Client, address, generate_request, no_result, stats_dict
 from ..coordinator.states import JobState, NodeState
 from ..engine.stats import summary
 from ..sampling import Penalties
@@ -34,6 +34,14 @@ def _fail(command: str, e: StatusError) -> int:
     return 1 if e.code in TRANSIENT else 2
 
 
+def check_coordinator(target: str) -> None:
+    """ValueError for a ``--coordinator`` that is no address at all (retrying will not
+    help: gRPC would say UNAVAILABLE); "host" alone gets the default port."""
+    host, _, port = address(target).rpartition(":")
+    if not host.strip("[]") or not (port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"--coordinator takes HOST:PORT, got {target!r}")
+
+
 # -- generate ----------------------------------------------------------------------------
 
 
@@ -47,6 +55,7 @@ def generate(args, penalties: Penalties) -> int:
         if given:
             raise ValueError(f"{flag} does not apply with --coordinator "
                              "(the coordinator places the model; --nodes N asks for N nodes)")
+    check_coordinator(args.coordinator)
     if args.nodes is not None and args.nodes < 0:
         raise ValueError(f"--nodes must be >= 0, got {args.nodes}")
     if args.timeout is not None and args.timeout <= 0:
@@ -121,7 +130,7 @@ def add_parser(sub) -> None:
     p.add_argument("action", nargs="?", choices=("list", "show", "cancel"), default="list")
     p.add_argument("job_id", nargs="?", metavar="ID")
     p.add_argument("--state", action="append", default=[],
-                   choices=list(JobState),
+                   choices=[str(s) for s in JobState],
                    help="with list: only jobs in this state (repeatable)")
     _coordinator_flag(p)
     p.set_defaults(run=jobs)
@@ -164,7 +173,18 @@ def table(header: list[str], rows: list[list[str]]) -> str:
                      .rstrip() for row in [header, *rows])
 
 
+def _bad_coordinator(command: str, target: str) -> bool:
+    try:
+        check_coordinator(target)
+    except ValueError as e:
+        print(f"exo-spec {command}: error: {e}", file=sys.stderr)
+        return True
+    return False
+
+
 def nodes(args) -> int:
+    if _bad_coordinator("nodes", args.coordinator):
+        return 2
     try:
         with Client(args.coordinator) as client:
             found = client.nodes()
@@ -187,6 +207,8 @@ def jobs(args) -> int:
     if args.action == "list" and args.job_id:
         print(f"exo-spec jobs: error: unexpected {args.job_id!r} (jobs show ID?)",
               file=sys.stderr)
+        return 2
+    if _bad_coordinator("jobs", args.coordinator):
         return 2
     try:
         with Client(args.coordinator) as client:

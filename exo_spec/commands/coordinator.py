@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import sys
 
 from ..coordinator.api import MAX_TOKENS
@@ -76,10 +77,11 @@ def run(args) -> int:
             parse_address(peer)
     except ValueError as e:
         return _error(f"--peer: {e}")
-    if args.heartbeat <= 0 or args.lost_after < 1:
+    if not 0 < args.heartbeat < math.inf or args.lost_after < 1:  # NaN too
         return _error("--heartbeat must be > 0 and --lost-after >= 1")
-    if args.http_port is not None and not 0 <= args.http_port < 65536:
-        return _error(f"--http-port must be a port number, got {args.http_port}")
+    for flag, port in (("--port", args.port), ("--http-port", args.http_port)):
+        if port is not None and not 0 <= port < 65536:
+            return _error(f"{flag} must be a port number, got {port}")
     if args.http_host is not None and args.http_port is None:
         return _error("--http-host needs --http-port")
     if wrong := check_job_flags(args):

@@ -5,7 +5,13 @@ from __future__ import annotations
 import sys
 
 from ..models.quantize import QUANTIZE_BITS
-from ..sampling import DEFAULT_CONTEXT_SIZE, Penalties, Sampling
+from ..sampling import (
+    DEFAULT_CONTEXT_SIZE,
+    MAX_CONTEXT_SIZE,
+    Penalties,
+    Sampling,
+    check_seed,
+)
 from ..spec_mode import SpecMode, check_request
 from ..stop_strings import check_stop
 
@@ -81,6 +87,12 @@ def _check(args):
         raise ValueError(f"--warmup-tokens must be >= 0, got {args.warmup_tokens}")
     if args.num_draft is not None and args.num_draft < 1:
         raise ValueError(f"--num-draft must be >= 1, got {args.num_draft}")
+    if args.max_kv_size is not None and args.max_kv_size < 1:
+        raise ValueError(f"--max-kv-size must be >= 1, got {args.max_kv_size}")
+    try:
+        check_seed(args.seed)  # a negative one is fine: see sampling.mlx_seed
+    except ValueError as e:
+        raise ValueError(f"--{e}") from None
     check_stop(args.stop)
     check_request(args.spec, args.draft_model, args.num_draft, names=FLAG_NAMES)
     return Sampling(temp=args.temp, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p)
@@ -91,8 +103,9 @@ def penalties_from_args(args) -> Penalties:
     of range."""
     if args.logprobs is not None and not 0 <= args.logprobs <= 20:
         raise ValueError(f"--logprobs must be in 0..20, got {args.logprobs}")
-    if args.penalty_context_size < 1:
-        raise ValueError(f"--penalty-context-size must be >= 1, got {args.penalty_context_size}")
+    if not 1 <= args.penalty_context_size <= MAX_CONTEXT_SIZE:
+        raise ValueError(f"--penalty-context-size must be from 1 to {MAX_CONTEXT_SIZE}, got "
+                         f"{args.penalty_context_size}")
     bias = {}
     for item in args.logit_bias or []:
         token, _, value = item.partition("=")
@@ -108,8 +121,26 @@ def penalties_from_args(args) -> Penalties:
                      logit_bias=bias)
 
 
+def check_prompt(args, tokenizer, config: dict) -> None:
+    """That the prompt, as the target (with this tokenizer and config) reads it, is not
+    empty and leaves room for ``--max-tokens`` in the model's context: ValueError, or
+    OUT_OF_RANGE in the words and by the bound of a worker's runner
+    (``Job.token_budget``)."""
+    from ..models.load import context_length
+    from ..prompt import encode_prompt
+    from ..worker.messages import Job
+
+    prompt = encode_prompt(tokenizer, args.prompt, not args.ignore_chat_template)
+    if not prompt:
+        raise ValueError("the prompt is empty")
+    Job(job_id="local", prompt=args.prompt, max_tokens=args.max_tokens, sampling=Sampling(),
+        seed=None, num_draft=None, ignore_chat_template=args.ignore_chat_template,
+        ).token_budget(len(prompt), context_length(config))
+
+
 def run(args) -> int:
     from ..models.load import ModelLoadError
+    from ..status import StatusError
 
     try:
         sampling = _check(args)
@@ -133,8 +164,12 @@ def run(args) -> int:
         from ..decoder_factory import check_penalties
 
         check_penalties(models, penalties)
+        check_prompt(args, models.target.tokenizer, models.target.config)
     except (ValueError, ModelLoadError, OSError) as e:
         print(f"exo-spec generate: error: {e}", file=sys.stderr)
+        return 2
+    except StatusError as e:  # OUT_OF_RANGE: as a cluster refuses the same request
+        print(f"exo-spec generate: error: {e.line()}", file=sys.stderr)
         return 2
     from ..job_series import JobSeries
     from ..local_job import decode, warm_up

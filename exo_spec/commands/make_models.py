@@ -45,6 +45,8 @@ def _overridden(size: Size, batch_size: int | None, distill_count: int | None) -
 def run(args) -> int:
     out = args.out.expanduser()
     try:
+        if args.seed is not None and not 0 <= args.seed < 2**63:  # MLX's and numpy's keys
+            raise ValueError(f"--seed must be from 0 to {2**63 - 1}, got {args.seed}")
         if args.max_steps is not None and args.max_steps < 1:
             raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
         if args.time_budget is not None and args.time_budget <= 0:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def run(args) -> int:
     for flag, port in (("--port", args.port), ("--grpc-port", args.grpc_port)):
         if not 0 <= port < 65536:
             return _error(f"{flag} must be a port number, got {port}")
-    if args.memory_gb is not None and args.memory_gb <= 0:
+    if args.memory_gb is not None and not 0 < args.memory_gb < math.inf:  # NaN too
         return _error(f"--memory-gb must be > 0, got {args.memory_gb}")
     if wrong := check_job_flags(args):
         return _error(wrong)
@@ -81,7 +82,7 @@ async def _serve(args) -> int:
     import grpc
 
     from ..coordinator.server import Coordinator
-    from ..serving import address, until_stopped
+    from ..serving import ParsedRequests, address, until_stopped
     from ..v1 import worker_pb2_grpc
     from ..worker.control import WorkerControl
     from ..worker.node import this_node
@@ -91,7 +92,7 @@ async def _serve(args) -> int:
     stopped = asyncio.create_task(until_stopped())
     await asyncio.sleep(0)  # its signal handlers are in place from here on
     node = this_node("local", "127.0.0.1", args.memory_gb)
-    worker, placements = grpc.aio.server(), Placements()
+    worker, placements = grpc.aio.server(interceptors=[ParsedRequests()]), Placements()
     control = WorkerControl(node, placements, DEFAULT_TIMEOUT_S, args.model_dir)
     worker_pb2_grpc.add_WorkerControlServicer_to_server(control, worker)
     control.port = worker.add_insecure_port("127.0.0.1:0")

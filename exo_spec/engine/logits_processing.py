@@ -89,7 +89,8 @@ class LogitsProcessing:
             logits = logits.at[:, ids].add(values)
         rows = logits.shape[0]
         for name, penalty, size in self._history_penalties:
-            index, real = _windows(tokens.shape[0], rows, size)
+            # A window wider than the history only pads it: cap it there.
+            index, real = _windows(tokens.shape[0], rows, min(size, tokens.shape[0]))
             window = tokens[index]  # (R, size)
             if name == "frequency":  # every occurrence counts: padding must not
                 amount = mx.where(real, penalty, 0.0).astype(logits.dtype)

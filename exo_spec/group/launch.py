@@ -25,7 +25,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from ..engine.cuda import on_cuda
-from ..models.load import read_config, resolve, text_config
+from ..models.load import check_checkpoint, read_config, resolve, text_config, tokenizer_of
 from ..proposer_choice import choose_group_proposer
 from .pipeline import layer_ranges, parse_split, split_refusal
 from .tensor import check_quantizable, check_shardable
@@ -60,10 +60,18 @@ def gpu_pin(rank: int, devices: list[str]) -> dict[str, str]:
     return {"CUDA_VISIBLE_DEVICES": devices[rank % len(devices)]} if len(devices) > 1 else {}
 
 
-def _check(args) -> None:
+def check_local(args) -> None:
+    """What can be refused before any rank starts, one line rather than one per rank:
+    the flags, the checkpoint's files, a proposer or split the group cannot run, and
+    the prompt (empty, or too long for the context with ``--max-tokens``). ValueError
+    or ModelLoadError; OUT_OF_RANGE as a StatusError."""
+    from ..commands.generate import check_prompt
+
     if args.local_ranks is None or args.local_ranks < 2:
         raise ValueError("--local-ranks must be >= 2 (and --split needs it)")
     path = resolve(args.model)
+    config = check_checkpoint(path)
+    check_prompt(args, tokenizer_of(path, config), config)
     choose_group_proposer(args.model, path, args.draft_model, args.spec)  # refuse it here
     if args.parallel == "tensor":
         if args.split:
@@ -81,7 +89,7 @@ def _check(args) -> None:
 
 
 def launch_local(args) -> int:
-    _check(args)
+    check_local(args)
     job = json.dumps({k: v for k, v in vars(args).items() if k != "run"})
     with tempfile.TemporaryDirectory(prefix="exo-spec-ring-") as tmp:
         hostfile = Path(tmp) / "hosts.json"

@@ -54,7 +54,7 @@ from mlx_lm.models import gemma4_text
 from mlx_lm.utils import load_model, load_tokenizer
 
 from .heads import language_model
-from .load import LoadedModel, ModelLoadError, check_same_vocabulary
+from .load import LoadedModel, ModelLoadError, check_checkpoint, check_same_vocabulary
 
 MODEL_TYPE = "gemma4_assistant"
 
@@ -212,6 +212,7 @@ def load(path: Path) -> tuple[Model, dict]:
 
 def load_for(path: Path, target: LoadedModel) -> LoadedModel:
     """Load the assistant at ``path`` and refuse it unless it was made for ``target``."""
+    check_checkpoint(path, tokenizer=False)  # its config and weight files, or one line
     try:
         model, config = load(path)
     except (ValueError, KeyError, FileNotFoundError) as e:

@@ -39,10 +39,19 @@ def parameter_count(model: nn.Module) -> int:
     return total
 
 
+def exists(path_or_id: str) -> bool:
+    """Whether ``path_or_id`` names a local file or directory (a name no file system
+    takes, too long, say, names none)."""
+    try:
+        return Path(path_or_id).expanduser().exists()
+    except (OSError, ValueError):
+        return False
+
+
 def resolve(path_or_id: str) -> Path:
     """A local checkpoint directory for ``path_or_id``, downloading a Hugging Face id."""
     local = Path(path_or_id).expanduser()
-    if local.exists():
+    if exists(path_or_id):
         if not (local / "config.json").is_file():
             raise ModelLoadError(f"{local} is not a model directory (no config.json)")
         return local
@@ -54,16 +63,127 @@ def resolve(path_or_id: str) -> Path:
         raise ModelLoadError(f"cannot fetch {path_or_id} from Hugging Face: {e}") from e
 
 
+# Sizes exo-spec reads itself (placement, the MTP heads, the context): when a config
+# gives one, it must be a non-negative integer.
+SIZE_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "vocab_size",
+             "max_position_embeddings", "num_nextn_predict_layers", "mtp_num_hidden_layers")
+# A tokenizer needs at least one of these beside the weights (mlx-lm loads it with
+# transformers' AutoTokenizer from the same directory).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
+                   "vocab.txt", "tiktoken.model", "spiece.model")
+MAX_SAFETENSORS_HEADER = 100_000_000  # bytes: the safetensors format's own limit
+
+
 def read_config(path: Path) -> dict:
+    """``path``'s config.json, checked as far as exo-spec and mlx-lm rely on it: a JSON
+    object with a ``model_type`` and integer sizes. ModelLoadError naming the file and
+    what is wrong with it."""
+    file = path / "config.json"
     try:
-        return json.loads((path / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"unreadable config {path / 'config.json'}: {e}") from e
+        config = json.loads(file.read_text())
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError
+        raise ModelLoadError(f"unreadable config {file}: {e}") from e
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{file} must hold a JSON object, not {type(config).__name__}")
+    text = config.get("text_config", config)
+    if not isinstance(text, dict):
+        raise ModelLoadError(f"{file}: text_config must be an object, not "
+                             f"{type(text).__name__}")
+    if not isinstance(config.get("model_type"), str) or not config["model_type"]:
+        raise ModelLoadError(f"{file} has no model_type" if "model_type" not in config else
+                             f"{file}: model_type must be a string, got "
+                             f"{config['model_type']!r}")
+    for part, where in ((config, ""), (text, "text_config.")):
+        for key in SIZE_KEYS:
+            value = part.get(key, 0)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+                raise ModelLoadError(f"{file}: {where}{key} must be a non-negative integer, "
+                                     f"got {value!r}")
+        if text is config:
+            break
+    return config
 
 
 def text_config(config: dict) -> dict:
     """The text model's part of a checkpoint's config (multimodal ones nest it)."""
     return config.get("text_config", config)
+
+
+def context_length(config: dict) -> int:
+    """The model's context in tokens, 0 when its config does not say."""
+    return text_config(config).get("max_position_embeddings") or 0
+
+
+def check_weights(path: Path) -> None:
+    """That ``path`` has weight files and that each is whole: a safetensors header that
+    parses, and as many bytes as its tensors need (reads the headers only).
+    ModelLoadError naming the file otherwise, as for a download cut short."""
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise ModelLoadError(f"{path} has no weights (no *.safetensors file)")
+    for file in files:
+        _check_safetensors(file)
+
+
+def _check_safetensors(file: Path) -> None:
+    cut = "(an incomplete download?)"
+    try:
+        size = file.stat().st_size
+        with file.open("rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            whole = size >= 8 and length <= MAX_SAFETENSORS_HEADER and 8 + length <= size
+            raw = f.read(length) if whole else None
+    except OSError as e:
+        raise ModelLoadError(f"cannot read {file}: {e}") from None
+    if size < 8 or length > MAX_SAFETENSORS_HEADER:
+        raise ModelLoadError(f"{file} is not a safetensors file {cut}")
+    if raw is None:
+        raise ModelLoadError(f"{file} is truncated: {size} bytes, less than its "
+                             f"{length}-byte header {cut}")
+    try:
+        header = json.loads(raw)
+        end = max((int(t["data_offsets"][1]) for k, t in header.items()
+                   if k != "__metadata__"), default=0)
+    except (ValueError, AttributeError, KeyError, IndexError, TypeError):
+        raise ModelLoadError(f"{file} is not a safetensors file (its header is not one) "
+                             f"{cut}") from None
+    if 8 + length + end > size:
+        raise ModelLoadError(f"{file} is truncated: {size} bytes, its tensors need "
+                             f"{8 + length + end} {cut}")
+
+
+def check_tokenizer(path: Path) -> None:
+    """That ``path`` has tokenizer files; ModelLoadError naming what is missing."""
+    if not any((path / name).is_file() for name in TOKENIZER_FILES) \
+            and not any(path.glob("*.tiktoken")):
+        raise ModelLoadError(f"{path} has no tokenizer: none of {', '.join(TOKENIZER_FILES)} "
+                             "or *.tiktoken is there")
+
+
+def check_checkpoint(path: Path, *, tokenizer: bool = True) -> dict:
+    """Everything about the checkpoint at ``path`` that can be checked without reading
+    its tensors: its config (returned), its weight files and (with ``tokenizer``) its
+    tokenizer files."""
+    config = read_config(path)
+    check_weights(path)
+    if tokenizer:
+        check_tokenizer(path)
+    return config
+
+
+def check_model_type(path: Path, config: dict) -> None:
+    """That mlx-lm has a model for the config's model_type (no weights are read)."""
+    if "model_file" in config:  # its own architecture: mlx-lm refuses to run it unasked
+        return
+    try:
+        _get_classes(config)
+    except ValueError as e:
+        raise ModelLoadError(f"{path / 'config.json'}: {_first_line(e)}") from None
+
+
+def _first_line(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0].strip() if lines else type(e).__name__
 
 
 def _classes_without_mtp(config: dict):
@@ -89,14 +209,15 @@ def load(path_or_id: str, *, lazy: bool = False, bits: int | None = None) -> Loa
     """``lazy`` leaves the weights unread until evaluated (pipeline ranks keep a share);
     ``bits`` quantizes the model as it loads (see ``quantize``)."""
     path = resolve(path_or_id)
-    config = read_config(path)
-    if "model_type" not in config:
-        raise ModelLoadError(f"{path / 'config.json'} has no model_type")
+    check_checkpoint(path)
     try:
         model, config = load_model(path, lazy=lazy, get_model_classes=_classes_without_mtp)
-        tokenizer = load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))
-    except (ValueError, FileNotFoundError) as e:
-        raise ModelLoadError(f"cannot load {path}: {e}") from e
+    except (ValueError, TypeError, KeyError, FileNotFoundError, RuntimeError) as e:
+        # a config mlx-lm's model cannot be built from (RuntimeError: mx.load on a
+        # weight file that is not what its header says)
+        raise ModelLoadError(f"cannot load {path}: {type(e).__name__}: {_first_line(e)}") \
+            from e
+    tokenizer = tokenizer_of(path, config)
     if bits:
         quantize(model, bits)
         if not lazy:
@@ -104,6 +225,15 @@ def load(path_or_id: str, *, lazy: bool = False, bits: int | None = None) -> Loa
     if not lazy:
         build_quantized_kernels(model)
     return LoadedModel(model, tokenizer, path, config)
+
+
+def tokenizer_of(path: Path, config: dict) -> TokenizerWrapper:
+    """The tokenizer of the checkpoint at ``path``, whose config is ``config``."""
+    check_tokenizer(path)
+    try:
+        return load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))
+    except Exception as e:  # transformers raises many types, over several lines
+        raise ModelLoadError(f"cannot load the tokenizer of {path}: {_first_line(e)}") from e
 
 
 def vocabulary(tokenizer: TokenizerWrapper) -> dict[str, int]:

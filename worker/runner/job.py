@@ -27,6 +27,7 @@ import mlx.core as mx
 from grpc import StatusCode
 
 from ...prompt import encode_messages, encode_prompt
+from ...sampling import mlx_seed
 from ...status import StatusError
 from ...stop_strings import OutputText
 from ..messages import Finished, Job, Logprob, RunnerMessage, Tokens
@@ -58,7 +59,7 @@ def run_job(job: Job, target: Target, send: Send, cancelled: Callable[[], bool])
     except ValueError as e:  # a logit bias on a token outside the vocabulary
         raise StatusError(StatusCode.INVALID_ARGUMENT, str(e)) from None
     if job.seed is not None:
-        mx.random.seed(job.seed)
+        mx.random.seed(mlx_seed(job.seed))  # negative seeds too
     tokens: list[int] = []
     output = OutputText(target.tokenizer.detokenizer, job.stop)
     reason = None
