@@ -16,6 +16,7 @@ INVALID_ARGUMENT naming the field.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
@@ -338,7 +339,7 @@ def _token(t: common_pb2.TokenLogprob) -> dict:
             "bytes": list(t.token)}
 
 
-class _Shape:
+class _Shape(ABC):
     """One response's envelope: its id, object names, creation time and model."""
 
     id_prefix = whole_object = chunk_object = ""
@@ -356,8 +357,10 @@ class _Shape:
     def _usage_field(self) -> dict:
         return {"usage": None} if self.parsed.include_usage else {}
 
+    @abstractmethod
     def chunk(self, text: str, logprobs: list, finish: str | None = None) -> dict:
-        raise NotImplementedError
+        """One streamed chunk: ``text`` and its tokens' logprobs, or the last one with
+        its ``finish`` reason."""
 
     def first_chunks(self) -> list[dict]:
         return []
