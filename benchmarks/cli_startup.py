@@ -19,8 +19,8 @@ import time
 
 COMMANDS = [
     [],
-    *([name] for name in ("demo", "generate", "coordinator", "worker", "nodes", "jobs",
-                          "bench", "make-models")),
+    *([name] for name in ("demo", "generate", "serve", "coordinator", "worker", "nodes",
+                          "jobs", "bench", "make-models")),
 ]
 
 

@@ -51,7 +51,8 @@ HISTORY = 1000  # finished jobs kept for GetJob and ListJobs
 DEFAULT_MAX_QUEUE = 64  # jobs of one model waiting at a time
 DEFAULT_MAX_TOKENS = 4096  # the cap of a job that names no max_tokens
 WAITING = (JobState.QUEUED, JobState.LOADING)
-# A RunJob that ends with these refused the job, not the placement: it stays.
+# A RunJob that ends with these failed the job, not the placement: it stays (a runner
+# that hit a bug in one job starts the next with fresh caches).
 JOB_FAULTS = (StatusCode.INVALID_ARGUMENT, StatusCode.FAILED_PRECONDITION,
               StatusCode.RESOURCE_EXHAUSTED, StatusCode.OUT_OF_RANGE, StatusCode.INTERNAL)
 # A job stopped from outside with these ends CANCELLED, with what it produced;

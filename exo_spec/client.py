@@ -238,8 +238,9 @@ class AsyncClient:
                                  inference_pb2.GetClusterStatusRequest())
 
 
-STATS = ("mode", "num_draft", "drafted", "accepted", "prompt_tokens", "generation_tokens",
-         "ttft_s", "acceptance_rate", "tokens_per_round", "prompt_tps", "decode_tps")
+STATS = ("mode", "num_draft", "drafted", "accepted", "prompt_tokens", "cached_prompt_tokens",
+         "generation_tokens", "ttft_s", "acceptance_rate", "tokens_per_round", "prompt_tps",
+         "decode_tps")
 GROUP_STATS = ("ranks", "parallel", "bytes_per_round", "messages_per_round")
 
 

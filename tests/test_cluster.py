@@ -36,8 +36,9 @@ from reference import greedy_reference
 PROMPT = "def heappush(heap, item):"
 MAX_TOKENS = 12
 LONG = 4000  # a job that runs until it is stopped (most of the context of 4096)
-STATS_KEYS = ["mode", "num_draft", "drafted", "accepted", "prompt_tokens", "generation_tokens",
-              "ttft_s", "acceptance_rate", "tokens_per_round", "prompt_tps", "decode_tps"]
+STATS_KEYS = ["mode", "num_draft", "drafted", "accepted", "prompt_tokens", "cached_prompt_tokens",
+              "generation_tokens", "ttft_s", "acceptance_rate", "tokens_per_round", "prompt_tps",
+              "decode_tps"]
 
 
 def start_worker(tmp: Path, node_id: str, port: int = 0, *args: str) -> tuple[Background, int]:
