@@ -15,6 +15,7 @@ from .engine import (
 from .engine.assistant import Gemma4Assistant
 from .engine.prefix_cache import PrefixCache
 from .engine.target import Target
+from .group.prefix_cache import GroupPrefixCache
 from .model_set import ModelSet
 from .models.load import LoadedModel, parameter_count, text_config
 from .sampling import Penalties
@@ -33,15 +34,16 @@ def make_decoder(
     max_kv_size: int | None = None,
     target: Target | None = None,
     draft_length: AdaptiveDraftLength | None = None,
-    prefix_cache: PrefixCache | None = None,
+    prefix_cache: PrefixCache | GroupPrefixCache | None = None,
 ) -> SpecDecoder:
     """``target``: what to verify with (a group's), by default ``models.target`` on this
     machine; ``draft_length``: the adaptive policy of an earlier job on these models, to
     go on with (unless ``num_draft`` fixes the length); ``penalties`` and ``logprobs``:
     as ``SpecDecoder`` takes them (ValueError for a logit bias outside the vocabulary);
     ``prefix_cache``: the caches of earlier prompts on these models (``SpecDecoder``),
-    only with this machine's own target (a group's ranks hold their own stages)."""
-    if prefix_cache is not None and target is not None:
+    with this machine's own target, or with a group's target a
+    ``group.prefix_cache.GroupPrefixCache`` (its ranks hold their own stages' caches)."""
+    if isinstance(prefix_cache, PrefixCache) and target is not None:
         raise ValueError("a prefix cache serves only a target on this machine")
     penalties = penalties or Penalties()
     check_penalties(models, penalties)

@@ -18,6 +18,7 @@ import pytest
 from mlx.utils import tree_flatten
 
 from exo_spec.engine.cached_model import make_cache
+from exo_spec.group.launch import _free_ports
 from exo_spec.group.pipeline import Stage, layer_count
 from exo_spec.group.protocol import FORWARD, Command
 from exo_spec.group.stage_cache import StageCache
@@ -217,6 +218,43 @@ def test_tensor_parallel_refusals_are_one_line(models, target, args, message):
 def test_models_mlx_lm_cannot_shard_are_refused():
     with pytest.raises(ValueError, match="mlx-lm cannot shard model_type gemma4_text"):
         check_shardable({"model_type": "gemma4_text"}, 2)
+
+
+@pytest.mark.parametrize(
+    "target, parallel, split, drafter",
+    [("qwen3_5", "pipeline", [3, 1], "qwen3_5-noisy"), ("llama4", "tensor", None, "llama4-noisy")],
+)
+def test_next_turn_from_the_prefix_cache_across_ranks(models, tmp_path, target, parallel,
+                                                      split, drafter):
+    """A 2-rank group keeps every rank's own caches of turn 1's prompt: turn 2 starts
+    from them (rank 0's proposer state too) and decodes what it decodes with no cache,
+    mlx-lm's greedy decode."""
+    path = models[target]
+    job = {"model": str(path), "draft_model": str(models[drafter]), "parallel": parallel,
+           "split": split, "num_draft": 2, "max_tokens": MAX_TOKENS,
+           "first": "def heappush(heap, item):\n    heap.append(item)\n" * 4,
+           "next": "class Queue:\n    def __init__(self"}
+    hostfile = tmp_path / "hosts.json"
+    hostfile.write_text(json.dumps([[f"127.0.0.1:{p}"] for p in _free_ports(2)]))
+    script = Path(__file__).with_name("group_turns.py")
+    procs = [subprocess.Popen([sys.executable, str(script), json.dumps(job)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "MLX_RANK": str(rank),
+                                   "MLX_HOSTFILE": str(hostfile)})
+             for rank in range(2)]
+    try:
+        outs = [p.communicate(timeout=180) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1] + outs[1][1]
+    out = json.loads(outs[0][0])
+    prompt = out["prompt"]
+    assert out["got"] == out["want"] == greedy_reference(loaded(path).model, prompt, MAX_TOKENS)
+    assert 0 < out["cached"] < len(prompt) and out["fresh_cached"] == 0
+    assert out["logits_differ"] < 1e-4  # every rank restored its own caches
 
 
 def test_sampling_matches_one_process(checkpoints):

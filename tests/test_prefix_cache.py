@@ -222,3 +222,33 @@ def test_lookup_serves_only_caches_of_the_asked_layout(checkpoints):
     assert prefix.lookup(P + Q + R, layout(rotating)).length == len(P)
     assert prefix.lookup(P + R, layout(make_cache(model, max_kv_size=128))) is None
     assert prefix.misses == 1
+
+
+def test_a_group_mirrors_rank_0s_entries(checkpoints):
+    """``GroupPrefixCache`` (rank 0) tells a follower's ``Snapshots`` to keep, restore and
+    forget its own caches by entry id, as its index stores, hits and evicts; a hit cut
+    from a longer entry is a miss across ranks."""
+    from types import SimpleNamespace
+
+    from exo_spec.group.prefix_cache import GroupPrefixCache, Snapshots
+
+    model, new_cache = _setup("llama", checkpoints)
+    follower = SimpleNamespace(rounds=SimpleNamespace(cache=new_cache(), drop=lambda: None))
+    snapshots = Snapshots()
+    leader = SimpleNamespace(command=lambda c: snapshots.serve(c, follower))
+    caches = new_cache()
+    _feed(model, caches, P)
+    one = cache_snapshot.nbytes(cache_snapshot.clone_tree(caches))
+    group = GroupPrefixCache(PrefixCache(one + one // 2), leader)  # room for one entry
+    _feed(model, follower.rounds.cache, P)
+    assert group.store(P, caches) and len(snapshots) == 1
+    follower.rounds.cache = new_cache()
+    assert group.lookup(P[:-3]) is None and group.index.misses == 1  # a cut hit
+    hit = group.lookup(P + Q)
+    assert hit.length == len(P) and group.index.hits == 1
+    assert_same_caches(follower.rounds.cache, caches, **TIGHT)  # restored on the follower
+    other = new_cache()
+    _feed(model, other, R + P)  # longer than P, and not its extension
+    assert group.store(R + P, other) and len(group) == 1 and len(snapshots) == 1  # P evicted
+    group.clear()
+    assert len(snapshots) == 0

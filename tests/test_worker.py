@@ -522,6 +522,21 @@ def _wait_until_idle(workers, timeout_s: float = 20) -> None:
         assert time.monotonic() < deadline, "the runners never went idle"
 
 
+def test_a_group_s_next_turn_reads_the_prefix_cache(workers, checkpoints, group):
+    """Rank 0's worker (w0) keeps a prefix cache, and every rank its own stage's caches:
+    turn 2 of a chat prefills only what follows turn 1's prompt, with mlx-lm's tokens."""
+    turn = [common_pb2.ChatMessage(role="user", content=PROMPT + " # group")]
+    _, first = run(workers[0], group, decode(prompt="", num_draft=2, messages=turn))
+    turn2 = turn + [common_pb2.ChatMessage(role="assistant", content=first.text),
+                    common_pb2.ChatMessage(role="user", content="class Queue:")]
+    streamed, finished = run(workers[0], group, decode(prompt="", num_draft=2, messages=turn2))
+    assert finished.stats.cached_prompt_tokens == first.stats.prompt_tokens > 0
+    model = loaded(checkpoints.llama)
+    prompt = model.tokenizer.apply_chat_template(
+        [{"role": m.role, "content": m.content} for m in turn2], add_generation_prompt=True)
+    assert streamed == greedy_reference(model.model, list(prompt), MAX_TOKENS)
+
+
 def test_an_idle_group_waits_off_the_ring(workers, checkpoints, group):
     """Between jobs the follower parks on rank 0's doorbell instead of spinning in the
     ring backend's poll loop (a core per follower before), and the next job wakes it."""

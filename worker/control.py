@@ -31,7 +31,8 @@ from .placements import Placements
 
 log = logging.getLogger(__name__)
 
-# Each one-node placement keeps the caches of its recent prompts (``engine.prefix_cache``)
+# Each placement keeps the caches of its recent prompts (``engine.prefix_cache``; a group:
+# every rank its own share, bounded by rank 0's)
 # in up to this many MiB by default, and at most this share of the node's memory budget,
 # so a small machine gives it less. Bounded by its own bytes, it is memory beyond what
 # the coordinator plans for a placement (``placement_plan.need``: the weights, 20% for
@@ -132,8 +133,8 @@ class WorkerControl(worker_pb2_grpc.WorkerControlServicer):
             raise StatusError(StatusCode.INVALID_ARGUMENT, str(e)) from None
         config = LoadConfig(model=request.model, draft_model=draft_model, spec=spec, split=split,
                             ranks=len(hosts), group_timeout_s=self.group_timeout_s,
-                            # a group keeps none (``runner.targets.GroupLeader``)
-                            prefix_cache_bytes=self.prefix_cache_bytes if len(hosts) == 1 else 0)
+                            # a group's is bounded by rank 0's share (``GroupLeader``)
+                            prefix_cache_bytes=self.prefix_cache_bytes)
         placement = await self.placements.start(request.placement_id, rank, hosts, config)
         log.info("%s: starting (%s)", placement, request.model)
         ready = False

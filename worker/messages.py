@@ -42,7 +42,7 @@ class LoadConfig:
     split: list[int] | None  # layers per rank; None splits them evenly
     ranks: int
     group_timeout_s: float  # see ``runner.watchdog``
-    prefix_cache_bytes: int = 0  # one machine's placement: its PrefixCache's bound (0: none)
+    prefix_cache_bytes: int = 0  # its PrefixCache's bound (a group: rank 0's share; 0: none)
 
     def to_json(self) -> str:
         return json.dumps(_plain(self))

@@ -104,6 +104,10 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __contains__(self, tokens: Sequence[int]) -> bool:
+        """Whether an entry ends exactly at ``tokens``."""
+        return tuple(int(t) for t in tokens) in self._entries
+
     def store(self, tokens: Sequence[int], caches: list, extra: dict | None = None) -> bool:
         """Keep a copy of ``caches``, which have seen exactly ``tokens``, and of ``extra``.
         False if the copy alone is larger than ``max_bytes`` (nothing is stored then).

@@ -3,8 +3,9 @@
 Per call: one command (``protocol.exchange``), then the forward runs across the
 group (``forward.PipelineForward`` or ``forward.TensorForward``) and rank 0 gets
 the logits. Opening and closing speculative rounds ride on the next command.
-A long-lived group resets between jobs instead of closing. A group keeps no prefix
-cache (``worker.runner.targets.GroupLeader``): every job prefills its whole prompt.
+A long-lived group resets between jobs instead of closing. With a prefix cache
+(``group.prefix_cache.GroupPrefixCache``) a job may start from every rank's own copy
+of an earlier prompt's caches: rank 0 ``adopt``s its own, ``command`` tells the rest.
 """
 
 from __future__ import annotations
@@ -43,6 +44,22 @@ class GroupTarget:
                  self._group, self._traffic)
         self._begin_width, self._end_kept = 0, -1
         return self._forward.lead(tokens, hidden)
+
+    @property
+    def cache(self) -> list:
+        """Rank 0's own caches (its stage's, or its shards')."""
+        return self._local.rounds.cache
+
+    def adopt(self, caches: list) -> None:
+        """Rank 0 goes on from ``caches`` (a prefix-cache hit's); the followers restore
+        their own copies on the hit's RESTORE command."""
+        self._local.rounds.drop()
+        self._local.rounds.cache = caches
+
+    def command(self, command: Command) -> None:
+        """Send the followers a command between forwards (the prefix cache's)."""
+        self._wake()
+        exchange(command, self._group)
 
     def prefill(self, tokens: mx.array, *, hidden: bool = False, start: int = 0):
         out = prefill(self, self._local.rounds.cache, tokens, hidden=hidden, start=start)

@@ -7,7 +7,10 @@ next command, so a speculative round costs one command, not three. A traffic
 command asks every rank to add up what it has sent (``Traffic.total``). A reset
 gives every rank fresh caches for the next job of a long-lived group; park sends
 its followers to wait off the ring until the next job (``doorbell``); stop ends
-the group's loop.
+the group's loop. The prefix cache (``group.prefix_cache``) adds three, each with an
+entry id in ``rows``: restore (every rank starts the job from its own snapshot of that
+entry), snapshot (every rank keeps its caches, at the prompt's end, under that id) and
+forget (every rank drops that id; -1: all).
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ STOP = 2
 TRAFFIC = 3
 RESET = 4
 PARK = 5
+RESTORE = 6
+SNAPSHOT = 7
+FORGET = 8
 
 
 @dataclass(frozen=True)

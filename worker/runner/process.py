@@ -5,9 +5,10 @@ frames (``exo_spec.frames``) over stdin and stdout; the real stdout is kept for
 frames and fd 1 is pointed at stderr, so nothing any library prints can corrupt
 them. It loads its weights once (``Progress``, then ``Ready`` with the proposer
 mode, or an ``Error``), then serves jobs one after the other until stdin closes,
-which is how the worker releases it, or dies. A one-machine placement keeps the caches
+which is how the worker releases it, or dies. A placement keeps the caches
 of its recent prompts (``LoadConfig.prefix_cache_bytes``, ``engine.prefix_cache``), so a
-conversation's next turn prefills only its new tokens.
+conversation's next turn prefills only its new tokens (a group: every rank its own
+stage's, ``group.prefix_cache``).
 
 With more than one rank the worker also sets MLX_RANK and MLX_HOSTFILE, and the
 runner joins the ring: rank 0 drafts and leads every job (each opens with a reset
@@ -107,7 +108,7 @@ def load(config: LoadConfig, send: Send) -> Local | GroupLeader | Rank:
     # share (a job's first command would wait on a rank still loading).
     progress("waiting for the other ranks")
     rank.wait_off_ring()
-    return GroupLeader(rank) if group.rank() == 0 else rank
+    return GroupLeader(rank, config.prefix_cache_bytes) if group.rank() == 0 else rank
 
 
 def load_failure(e: Exception) -> StatusError:

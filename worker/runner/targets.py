@@ -8,6 +8,7 @@ from mlx_lm.tokenizer_utils import TokenizerWrapper
 
 from ...engine import Sampling, SpecDecoder
 from ...engine.prefix_cache import PrefixCache
+from ...group.prefix_cache import GroupPrefixCache
 from ...group.rank import Rank
 from ...job_series import JobSeries
 from ...model_set import ModelSet
@@ -54,14 +55,16 @@ class Local(JobSeries):
 
 
 class GroupLeader(JobSeries):
-    """Rank 0 of a group: every job starts by resetting the whole group. A group keeps
-    no prefix cache: every rank holds its own stage's caches, so a hit would need every
-    rank to restore its own entry for the same prefix (not done: each job prefills its
-    whole prompt)."""
+    """Rank 0 of a group: every job starts by resetting the whole group. With
+    ``prefix_cache_bytes`` the group keeps the caches of its recent prompts: every rank
+    its own stage's, rank 0 deciding (``group.prefix_cache``; rank 0's share is what
+    the bound counts)."""
 
-    def __init__(self, rank: Rank):
+    def __init__(self, rank: Rank, prefix_cache_bytes: int = 0):
         self.rank = rank
         self.target = rank.lead()
+        super().__init__(GroupPrefixCache(PrefixCache(prefix_cache_bytes), self.target)
+                         if prefix_cache_bytes else None)
         self.tokenizer = rank.target.tokenizer
         self.token_bytes = TokenBytes(self.tokenizer)
         self.context_length = context_length(rank.target.config)
