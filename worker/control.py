@@ -80,7 +80,7 @@ def _spec_mode(value: int) -> SpecMode:
 class WorkerControl(worker_pb2_grpc.WorkerControlServicer):
     def __init__(self, node: Node, placements: Placements, group_timeout_s: float,
                  model_dirs: Sequence[Path] = (), prefix_cache_bytes: int | None = None):
-        """``prefix_cache_bytes``: each one-node placement's prefix cache (0: none; None:
+        """``prefix_cache_bytes``: each placement's prefix cache (0: none; None:
         ``default_prefix_cache_bytes`` of the node's budget)."""
         self.node = node
         self.placements = placements

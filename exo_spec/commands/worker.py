@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
                    help="fail a job whose group makes no progress for S seconds "
                         f"(default {DEFAULT_TIMEOUT_S:g})")
     p.add_argument("--prefix-cache-mb", type=float, metavar="N",
-                   help="keep up to N MiB of recent prompts' caches per one-node placement, so "
+                   help="keep up to N MiB of recent prompts' caches per placement, so "
                         "a conversation's next turn prefills only its new tokens (0: off; "
                         "default 1024, at most 5%% of the memory budget: see "
                         "worker.control.default_prefix_cache_bytes)")
