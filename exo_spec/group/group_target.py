@@ -97,7 +97,10 @@ class GroupTarget:
 
     def park(self) -> None:
         """Between jobs: the followers wait off the ring until ``reset`` or ``close``
-        rings the doorbell (the group must have one)."""
+        rings the doorbell (the group must have one). Parked followers are off the
+        ring, so a second PARK would wait for them forever: it is a no-op."""
+        if self._parked:
+            return
         exchange(Command(PARK), self._group)
         self._parked = True
 
