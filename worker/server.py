@@ -26,12 +26,22 @@ from .placements import Placements
 SERVICE = worker_pb2.DESCRIPTOR.services_by_name["WorkerControl"].full_name
 
 
-async def serve(node: Node, port: int, *, mdns: bool, group_timeout_s: float,
-                model_dirs: Sequence[Path] = (), prefix_cache_bytes: int | None = None) -> int:
+def worker_server(node: Node, group_timeout_s: float, model_dirs: Sequence[Path] = (),
+                  prefix_cache_bytes: int | None = None
+                  ) -> tuple[grpc.aio.Server, WorkerControl, Placements]:
+    """A gRPC server with this node's WorkerControl, not yet bound or started (``serve``
+    binds it, and so does ``exo-spec serve`` for its built-in worker)."""
     server = grpc.aio.server(interceptors=[ParsedRequests()])
     placements = Placements()
     control = WorkerControl(node, placements, group_timeout_s, model_dirs, prefix_cache_bytes)
     worker_pb2_grpc.add_WorkerControlServicer_to_server(control, server)
+    return server, control, placements
+
+
+async def serve(node: Node, port: int, *, mdns: bool, group_timeout_s: float,
+                model_dirs: Sequence[Path] = (), prefix_cache_bytes: int | None = None) -> int:
+    server, control, placements = worker_server(node, group_timeout_s, model_dirs,
+                                                prefix_cache_bytes)
     health_status = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_status, server)
     reflection.enable_server_reflection(

@@ -79,22 +79,16 @@ def run(args) -> int:
 
 
 async def _serve(args) -> int:
-    import grpc
-
     from ..coordinator.server import Coordinator
-    from ..serving import ParsedRequests, address, until_stopped
-    from ..v1 import worker_pb2_grpc
-    from ..worker.control import WorkerControl
+    from ..serving import address, until_stopped
     from ..worker.node import this_node
-    from ..worker.placements import Placements
     from ..worker.runner.watchdog import DEFAULT_TIMEOUT_S
+    from ..worker.server import worker_server
 
     stopped = asyncio.create_task(until_stopped())
     await asyncio.sleep(0)  # its signal handlers are in place from here on
     node = this_node("local", "127.0.0.1", args.memory_gb)
-    worker, placements = grpc.aio.server(interceptors=[ParsedRequests()]), Placements()
-    control = WorkerControl(node, placements, DEFAULT_TIMEOUT_S, args.model_dir)
-    worker_pb2_grpc.add_WorkerControlServicer_to_server(control, worker)
+    worker, control, placements = worker_server(node, DEFAULT_TIMEOUT_S, args.model_dir)
     control.port = worker.add_insecure_port("127.0.0.1:0")
     await worker.start()
     coordinator = Coordinator(
