@@ -55,10 +55,12 @@ class Background:
 
 
 class LocalCluster:
-    """``with LocalCluster(2) as address:`` a coordinator at ``address`` with 2 ready workers."""
+    """``with LocalCluster(2) as address:`` a coordinator at ``address`` with 2 ready
+    workers; ``coordinator_args`` are added to the coordinator's command line."""
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, coordinator_args: tuple[str, ...] = ()):
         self.workers = workers
+        self.coordinator_args = coordinator_args
         self._tmp = tempfile.TemporaryDirectory(prefix="exo-spec-cluster-")
         self.logs = Path(self._tmp.name)
         self._procs: list[Background] = []
@@ -79,7 +81,8 @@ class LocalCluster:
         peers = [f"--peer=127.0.0.1:{w.wait_for(WORKER_LINE, _left(deadline)).group(2)}"
                  for w in workers]
         coordinator = Background(self.logs / "coordinator.log", "coordinator", "--host",
-                               "127.0.0.1", "--port", "0", "--no-mdns", *peers)
+                                 "127.0.0.1", "--port", "0", "--no-mdns", *peers,
+                                 *self.coordinator_args)
         self._procs.append(coordinator)
         address = f"127.0.0.1:{coordinator.wait_for(COORDINATOR_LINE, _left(deadline)).group(1)}"
         with Client(address) as client:
