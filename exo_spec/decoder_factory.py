@@ -3,6 +3,8 @@ draft-length policy, and the target to verify with."""
 
 from __future__ import annotations
 
+import mlx.core as mx
+
 from .engine import (
     AdaptiveDraftLength,
     CachedModel,
@@ -35,6 +37,7 @@ def make_decoder(
     target: Target | None = None,
     draft_length: AdaptiveDraftLength | None = None,
     prefix_cache: PrefixCache | GroupPrefixCache | None = None,
+    fixed_width: bool | None = None,
 ) -> SpecDecoder:
     """``target``: what to verify with (a group's), by default ``models.target`` on this
     machine; ``draft_length``: the adaptive policy of an earlier job on these models, to
@@ -42,11 +45,15 @@ def make_decoder(
     as ``SpecDecoder`` takes them (ValueError for a logit bias outside the vocabulary);
     ``prefix_cache``: the caches of earlier prompts on these models (``SpecDecoder``),
     with this machine's own target, or with a group's target a
-    ``group.prefix_cache.GroupPrefixCache`` (its ranks hold their own stages' caches)."""
+    ``group.prefix_cache.GroupPrefixCache`` (its ranks hold their own stages' caches);
+    ``fixed_width``: run every decoding pass of a target on this machine at the
+    widest round's width (``CachedModel.pass_width``); None: where the target runs on
+    a GPU (on the CPU a row's logits do not depend on the pass's width)."""
     if isinstance(prefix_cache, PrefixCache) and target is not None:
         raise ValueError("a prefix cache serves only a target on this machine")
     penalties = penalties or Penalties()
     check_penalties(models, penalties)
+    local = target is None
     target = target or CachedModel(models.target.model, max_kv_size=max_kv_size)
     proposer = None
     cost_prior = MTP_COST_PRIOR
@@ -64,6 +71,11 @@ def make_decoder(
         draft_length.start_job()
     else:
         draft_length = AdaptiveDraftLength(cost_prior=cost_prior)
+    if local and (mx.default_device() == mx.gpu if fixed_width is None else fixed_width):
+        target.pass_width = widest_round(draft_length)
+        # The assistant drafts from the target's own K/V up to its end, and a round's
+        # padding stays there until the round is read: no round may start before that.
+        target.chains_rounds = models.mode != ProposerKind.ASSISTANT
     return SpecDecoder(
         target,
         proposer,
@@ -74,6 +86,12 @@ def make_decoder(
         logprobs=logprobs,
         prefix_cache=prefix_cache,
     )
+
+
+def widest_round(draft_length: FixedDraftLength | AdaptiveDraftLength) -> int:
+    """Rows of the widest verify pass ``draft_length`` may ask for: its longest draft
+    and the token before it."""
+    return (draft_length.max_k if draft_length.adaptive else draft_length.k) + 1
 
 
 def check_penalties(models: ModelSet, penalties: Penalties) -> None:

@@ -53,6 +53,11 @@ def add_parser(sub) -> None:
                    help="with --json: each token's log-probability and the N likeliest "
                         "alternatives (0..20)")
     p.add_argument("--max-kv-size", type=int, help="rotating KV cache of this many tokens")
+    p.add_argument("--fixed-width", choices=("auto", "on", "off"), default="auto",
+                   help="run every decoding pass at the widest round's width, so that a "
+                        "row's logits never depend on the draft length and greedy output "
+                        "is the same bit for bit with speculation on or off (auto: on a GPU; "
+                        "a target on this machine)")
     p.add_argument("--quantize", type=int, choices=QUANTIZE_BITS, metavar="BITS",
                    help="quantize a float checkpoint as it loads (4 or 8 bits, group size "
                         "64: the layout of mlx-community checkpoints); drafter and MTP "
@@ -179,7 +184,8 @@ def run(args) -> int:
     def new_decoder():
         return jobs.new_decoder(models, sampling=sampling, num_draft=args.num_draft,
                                 max_kv_size=args.max_kv_size, penalties=penalties,
-                                logprobs=args.logprobs)
+                                logprobs=args.logprobs,
+                                fixed_width={"on": True, "off": False}.get(args.fixed_width))
 
     warm_up(args, new_decoder, models.target.tokenizer)
     return decode(args, new_decoder(), models.target.tokenizer)

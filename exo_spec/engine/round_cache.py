@@ -59,8 +59,16 @@ class RoundCache:
         if kept < oldest.width and later:
             raise RuntimeError("undo the later rounds before rejecting tokens of an earlier one")
         self._rounds = later
-        self._rewind(oldest, kept)
-        if kept < oldest.width and oldest.replays:
+        self._close(oldest, fed, kept)
+
+    def end_newest(self, fed: mx.array, kept: int) -> None:
+        """The newest open round, which fed ``fed``, keeps the first ``kept`` of them
+        (nothing was fed after it, so the rounds before it stay open as they are)."""
+        self._close(self._rounds.pop(), fed, kept)
+
+    def _close(self, opened: _Round, fed: mx.array, kept: int) -> None:
+        self._rewind(opened, kept)
+        if kept < opened.width and opened.replays:
             self.replayed_tokens += kept
             if kept:
                 self._feed(fed[None, :kept], self.cache)
