@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
+
 import mlx.core as mx
 import pytest
 
+from exo_spec.model_set import load_models
 from exo_spec.models.load import read_config
 from exo_spec.train.expand import expand, weight_bytes
+from exo_spec.train.make_models import expand_models
+from exo_spec.train.sizes import Expansion
 
 from decoders import loaded, mtp_decoder, prompt_ids, run
 from reference import greedy_reference
@@ -44,3 +49,17 @@ def test_mtp_decode_of_the_expanded_model_is_its_greedy_decode(widened, k):
 def test_expand_refuses_a_broken_layer_pattern(checkpoints, tmp_path):
     with pytest.raises(ValueError, match="layer pattern"):
         expand(checkpoints.qwen3_5, tmp_path / "odd", extra_layers=1)
+
+
+def test_make_models_enlarges_the_trained_targets(trained, tmp_path):
+    out = tmp_path / "models"
+    shutil.copytree(trained.path, out)
+    result = expand_models(out, Expansion(mlp_factor=2, extra_layers=2))
+    for name in ("target", "dense-target"):
+        assert result[name]["bytes"] > result[name]["trained_bytes"] \
+            == weight_bytes(out / f"{name}-trained")
+    models = load_models(str(out / "target"))  # its MTP head, widened with it, loads
+    assert models.mode == "mtp"
+    prompt = prompt_ids(out / "target", "def main():")
+    assert (greedy_reference(models.target.model, prompt, 16)
+            == greedy_reference(loaded(out / "target-trained").model, prompt, 16))

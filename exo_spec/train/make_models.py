@@ -10,6 +10,8 @@ Output directory::
     dense-target/       (bench and test sizes) an mlx-lm llama of the target's shape
                         trained on the text: a pair with the drafter that mlx-lm's
                         speculative decoding accepts (it cannot rewind the hybrid)
+    *-trained/          (bench-wide) the targets as trained, where target/ and
+                        dense-target/ hold them enlarged (see expand)
     prompts.json        snippets of held-out files to prompt with
     manifest.json       sizes, parameter counts, steps, losses, seconds, version
 
@@ -44,8 +46,9 @@ from mlx.utils import tree_flatten
 from .. import __version__
 from ..models import synthetic
 from . import architectures, checkpoint, corpus, distill
+from .expand import expand, weight_bytes
 from .gated_delta import chunked_training
-from .sizes import SIZES, Size
+from .sizes import SIZES, Expansion, Size
 from .trainer import TrainResult, train
 
 VERSION = 2  # bump when a size's recipe changes, so caches rebuild
@@ -133,6 +136,8 @@ def build(size: Size, out: Path, *, seed: int | None = None, max_steps: int | No
         dense = {"parameters": _count(dense_target), "loss_parts": ["next_token"],
                  **_summary(dense_result)}
 
+    expanded = expand_models(out, size.expansion) if size.expansion else None
+
     prompts = corpus.held_out_prompts(size.num_prompts)
     (out / "prompts.json").write_text(json.dumps(prompts, indent=1))
     manifest = {
@@ -154,11 +159,30 @@ def build(size: Size, out: Path, *, seed: int | None = None, max_steps: int | No
                     "distilled_tokens": len(samples), "distill_share": size.distill_share,
                     **_summary(d_result)},
         **({"dense_target": dense} if dense else {}),
+        **({"expansion": expanded} if expanded else {}),
         "prompts": len(prompts),
         "seconds": round(time.perf_counter() - start, 1),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
+
+
+def expand_models(out: Path, expansion: Expansion) -> dict:
+    """Move ``out``'s target and dense target to ``*-trained`` and write them enlarged
+    in their place; what was done and the weight bytes before and after."""
+    result = {"mlp_factor": expansion.mlp_factor, "extra_layers": expansion.extra_layers}
+    for name in ("target", "dense-target"):
+        if not (out / name).is_dir():
+            continue
+        trained = out / f"{name}-trained"
+        os.rename(out / name, trained)
+        expand(trained, out / name, mlp_factor=expansion.mlp_factor,
+               extra_layers=expansion.extra_layers)
+        result[name] = {"trained_bytes": weight_bytes(trained),
+                        "bytes": weight_bytes(out / name)}
+        _log(f"{name}: enlarged from {weight_bytes(trained) / 1e9:.2f} GB to "
+             f"{weight_bytes(out / name) / 1e9:.2f} GB of weights")
+    return result
 
 
 def _split_budget(size: Size, total: float | None) -> list[float | None]:
