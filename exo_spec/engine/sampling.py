@@ -52,13 +52,15 @@ def _top_k(lp: mx.array, top_k: int) -> mx.array:
     return mx.where(lp >= kth, lp, -mx.inf)
 
 
-def draw(logits: mx.array, sampling: Sampling) -> tuple[mx.array, mx.array | None]:
+def draw(logits: mx.array, sampling: Sampling, key: mx.array | None = None
+         ) -> tuple[mx.array, mx.array | None]:
     """One token per row (argmax when greedy) and, unless greedy, the distribution it
-    was drawn from, which the verifier needs from a proposer."""
+    was drawn from, which the verifier needs from a proposer. ``key``: the random key
+    to draw with, else MLX's global one."""
     if sampling.greedy:
         return mx.argmax(logits, axis=-1).astype(mx.uint32), None
     lp = log_probs(logits, sampling)
-    return mx.random.categorical(lp).astype(mx.uint32), mx.exp(lp)
+    return mx.random.categorical(lp, key=key).astype(mx.uint32), mx.exp(lp)
 
 
 def sample(logits: mx.array, sampling: Sampling) -> mx.array:

@@ -25,13 +25,15 @@ def verify_greedy(target_logits: mx.array, drafts: mx.array) -> tuple[mx.array, 
 
 
 def verify_sampled(
-    target_probs: mx.array, draft_probs: mx.array, drafts: mx.array
+    target_probs: mx.array, draft_probs: mx.array, drafts: mx.array,
+    key: mx.array | None = None,
 ) -> tuple[mx.array, mx.array]:
     """Speculative sampling (Leviathan et al. 2023; Chen et al. 2023).
 
     Draft d_i drawn from q_i is kept with probability min(1, p_i(d_i) / q_i(d_i));
     at the first rejection the token is drawn from norm(max(p_i - q_i, 0)). The
     emitted sequence is then distributed exactly as sampling from p alone.
+    ``key``: the random key its draws derive from, else MLX's global one.
     """
     k = drafts.shape[0]
     width = max(target_probs.shape[-1], draft_probs.shape[-1])
@@ -40,13 +42,14 @@ def verify_sampled(
     rows = mx.arange(k)
     p_d = p[rows, drafts]
     q_d = q[rows, drafts]
-    accept = mx.random.uniform(shape=(k,)) * q_d < p_d
+    u_key, correction_key, bonus_key = (None,) * 3 if key is None else mx.random.split(key, 3)
+    accept = mx.random.uniform(shape=(k,), key=u_key) * q_d < p_d
     residual = mx.maximum(p[:k] - q, 0.0)
     mass = residual.sum(axis=-1, keepdims=True)
     # p == q leaves no residual; such a draft is always accepted, so any row works.
     residual = mx.where(mass > 0, residual, p[:k])
-    corrections = mx.random.categorical(mx.log(residual))
-    bonus = mx.random.categorical(mx.log(p[k:]))
+    corrections = mx.random.categorical(mx.log(residual), key=correction_key)
+    bonus = mx.random.categorical(mx.log(p[k:]), key=bonus_key)
     fallback = mx.concatenate([corrections, bonus]).astype(mx.uint32)
     kept = mx.concatenate([mx.where(accept, drafts, fallback[:k]), fallback[k:]])
     return _accepted_prefix(accept), kept.astype(mx.uint32)
