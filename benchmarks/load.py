@@ -29,6 +29,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from exo_spec.auth.key_file import ClusterKey
 from exo_spec.client import AsyncClient
 from exo_spec.local_cluster import LocalCluster
 from exo_spec.models import synthetic
@@ -86,7 +87,7 @@ async def one_job(client: AsyncClient, model: str, rng: random.Random, cancel: s
     return "NO_RESULT", time.perf_counter() - start
 
 
-async def load(address: str, model: str, args) -> int:
+async def load(address: str, key: ClusterKey, model: str, args) -> int:
     rng = random.Random(args.seed)
     queue: asyncio.Queue[str | None] = asyncio.Queue()
     for _ in range(args.jobs):
@@ -101,7 +102,7 @@ async def load(address: str, model: str, args) -> int:
     async def client_loop(seed: int) -> None:
         nonlocal refusals
         job_rng = random.Random(seed)
-        async with AsyncClient(address) as client:
+        async with AsyncClient(address, key=key) as client:
             while not queue.empty():
                 cancel = queue.get_nowait()
                 outcome, seconds = await asyncio.wait_for(
@@ -123,7 +124,7 @@ async def load(address: str, model: str, args) -> int:
         print(f"a job did not finish within {args.job_timeout} s", file=sys.stderr)
         return 1
     seconds = time.perf_counter() - start
-    async with AsyncClient(address) as client:
+    async with AsyncClient(address, key=key) as client:
         unfinished = [j for j in await client.list_jobs()
                       if j.state in (inference_pb2.JOB_STATE_QUEUED,
                                      inference_pb2.JOB_STATE_RUNNING)]
@@ -162,8 +163,9 @@ def main() -> int:
         synthetic.write_tokenizer(tokenizer)
         model = synthetic.write_llama(Path(tmp) / "llama", tokenizer, seed=0)
         queue = ("--max-queue", str(args.max_queue)) if args.max_queue else ()
-        with LocalCluster(args.workers, queue) as address:
-            return asyncio.run(load(address, str(model), args))
+        cluster = LocalCluster(args.workers, queue, model_dirs=[tmp])
+        with cluster as address:
+            return asyncio.run(load(address, cluster.key, str(model), args))
 
 
 if __name__ == "__main__":

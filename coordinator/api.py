@@ -19,12 +19,17 @@ Requests are checked before anything is queued (``job_request``). Status codes:
 - FAILED_PRECONDITION: more nodes asked for than are ready, a proposer the model
   cannot run (MTP without MTP heads, a Gemma 4 assistant across nodes);
 - RESOURCE_EXHAUSTED: the model does not fit in the free memory of the nodes;
-- UNAVAILABLE: no node is ready, or a node the job ran on was lost;
+- UNAVAILABLE: no node is ready, or a node the job ran on was lost and the job
+  could not be placed again to resume;
 - CANCELLED: the job was cancelled (CancelJob) while the caller streamed it;
 - DEADLINE_EXCEEDED: the caller's own deadline passed (the job is cancelled).
 
 Generate streams ``accepted`` (the job) first; a job that fails after that ends
 the stream with its status, and GetJob still says why.
+
+A job belongs to its caller (``auth.grpc_server.caller``): GetJob, ListJobs and
+CancelJob show and touch only the caller's own jobs, unless it is the admin (it holds
+the cluster key). Another caller's job is NOT_FOUND, as a job that does not exist.
 """
 
 from __future__ import annotations
@@ -34,13 +39,15 @@ import time
 from grpc import StatusCode
 
 from .. import __version__
+from ..auth.grpc_server import caller
 from ..decode_request import prompt_or_messages, stop_strings, top_logprobs
 from ..sampling import Penalties, Sampling
 from ..spec_mode import SpecMode, check_request
 from ..status import StatusError, clipped
 from ..v1 import inference_pb2, inference_pb2_grpc
+from ..worker.model_sources import check_name
 from .job import End, JobRequest, timestamp
-from .placement_lifecycle import PlacementLifecycle
+from .placement_lifecycle import PlacementLifecycle, lease_holder
 from .placement_plan import check_node_count
 from .registry import Registry
 from .scheduler import Scheduler
@@ -52,12 +59,16 @@ DEADLINE_SLACK_S = 0.05  # a call cancelled this close to its deadline ran out o
 JOB_STATES = set(inference_pb2.JobState.values())
 
 
-def job_request(request: inference_pb2.GenerateRequest, ready_nodes: int) -> JobRequest:
-    """What ``request`` asks for; StatusError when it cannot be served as asked."""
+def job_request(request: inference_pb2.GenerateRequest, ready_nodes: int, *,
+                owner: str) -> JobRequest:
+    """What ``request`` (from the caller ``owner``, a ``Caller.id``) asks for;
+    StatusError when it cannot be served as asked."""
     decode, s = request.decode, request.decode.sampling
     try:  # each ValueError is the caller's INVALID_ARGUMENT
         if not request.model:
             raise ValueError("no model given")
+        check_name(request.model)  # too long to be one, and not quoted back
+        check_name(request.draft_model, "drafter")
         spec = SpecMode.from_proto(request.spec)
         check_request(spec, request.draft_model, decode.num_draft)
         prompt_or_messages(decode)
@@ -74,7 +85,7 @@ def job_request(request: inference_pb2.GenerateRequest, ready_nodes: int) -> Job
         raise StatusError(StatusCode.INVALID_ARGUMENT, str(e)) from None
     check_node_count(request.nodes, ready_nodes)
     return JobRequest(model=request.model, draft_model=request.draft_model, spec=spec,
-                      nodes=request.nodes, decode=decode)
+                      nodes=request.nodes, decode=decode, owner=owner)
 
 
 class Inference(inference_pb2_grpc.InferenceServicer):
@@ -86,7 +97,7 @@ class Inference(inference_pb2_grpc.InferenceServicer):
 
     async def Generate(self, request, context):
         try:
-            asked = job_request(request, len(self.registry.ready()))
+            asked = job_request(request, len(self.registry.ready()), owner=caller().id)
         except StatusError as e:
             await context.abort(e.code, e.message)
         remaining = context.time_remaining()  # read now: after a cancel it is not reliable
@@ -110,32 +121,33 @@ class Inference(inference_pb2_grpc.InferenceServicer):
                     job.stop(StatusError(StatusCode.CANCELLED,
                                          "the caller cancelled its Generate call"))
 
-    async def GetJob(self, request, context):
-        if not request.job_id:
+    async def _own_job(self, job_id: str, context) -> inference_pb2.Job:
+        """The record of the caller's job ``job_id``; another caller's is NOT_FOUND."""
+        if not job_id:
             await context.abort(StatusCode.INVALID_ARGUMENT, "no job_id given")
-        job = self.scheduler.jobs.get(request.job_id)
-        if job is None:
-            await context.abort(StatusCode.NOT_FOUND, clipped(f"no job {request.job_id}"))
-        return job.to_proto()
+        job = self.scheduler.record(job_id)
+        if job is None or not caller().sees(job.owner):
+            await context.abort(StatusCode.NOT_FOUND, clipped(f"no job {job_id}"))
+        return job
+
+    async def GetJob(self, request, context):
+        return await self._own_job(request.job_id, context)
 
     async def ListJobs(self, request, context):
         unknown = [s for s in request.states if s not in JOB_STATES]
         if unknown:
             await context.abort(StatusCode.INVALID_ARGUMENT, f"unknown job state {unknown[0]}")
-        wanted = set(request.states)
-        found = [j.to_proto() for j in sorted(self.scheduler.jobs.values(),
-                                               key=lambda j: j.created)
-                 if not wanted or j.state.to_proto() in wanted]
-        return inference_pb2.ListJobsResponse(jobs=found)
+        who = caller()
+        return inference_pb2.ListJobsResponse(jobs=[
+            j for j in self.scheduler.records(set(request.states)) if who.sees(j.owner)])
 
     async def CancelJob(self, request, context):
-        if not request.job_id:
-            await context.abort(StatusCode.INVALID_ARGUMENT, "no job_id given")
+        await self._own_job(request.job_id, context)
         try:
             job = await self.scheduler.cancel(request.job_id)
         except StatusError as e:
             await context.abort(e.code, e.message)
-        return job.to_proto()
+        return job
 
     async def ListNodes(self, request, context):
         return inference_pb2.ListNodesResponse(nodes=[
@@ -145,7 +157,8 @@ class Inference(inference_pb2_grpc.InferenceServicer):
                 used_bytes=self.placements.used_bytes(n.node_id), chip=n.info.chip,
                 backend=n.info.backend, state=n.state.to_proto(),
                 last_seen=timestamp(n.last_seen),
-                placement_ids=self.placements.placement_ids(n.node_id))
+                placement_ids=self.placements.placement_ids(n.node_id),
+                lease_holder=lease_holder(n))
             for n in self.registry.nodes()])
 
     async def ListPlacements(self, request, context):
@@ -163,4 +176,6 @@ class Inference(inference_pb2_grpc.InferenceServicer):
             queued_jobs=sum(s in (JobState.QUEUED, JobState.LOADING) for s in states),
             running_jobs=states.count(JobState.RUNNING),
             memory_bytes=sum(n.info.memory_bytes for n in ready),
-            used_bytes=sum(self.placements.used_bytes(n.node_id) for n in ready))
+            used_bytes=sum(self.placements.used_bytes(n.node_id) for n in ready),
+            coordinator_id=self.registry.coordinator_id,
+            batch_size=max((len(p.active) for p in self.placements.by_id.values()), default=0))

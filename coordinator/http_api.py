@@ -12,6 +12,9 @@ coordinator's own event loop, beside its gRPC server (see ``docs/SERVING.md``).
   ready worker reports (``ListModels``).
 - ``GET /health``: 200 while the coordinator runs.
 
+Every request but ``/health`` brings an API key (``http_auth``), else 401; a job
+records the caller its key stands for as its owner.
+
 A client that disconnects stops its job, CANCELLED, whether it waits in the queue,
 for the model to load, or reads the stream. Errors are OpenAI's error object, the
 HTTP status mapped from the gRPC status in one table (``ERRORS``).
@@ -32,15 +35,18 @@ import uvicorn
 from grpc import StatusCode
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .. import __version__
+from ..auth.callers import ApiKeys
 from ..serving import address
 from ..status import StatusError
 from ..v1 import common_pb2, worker_pb2
 from .api import job_request
+from .http_auth import BearerAuth
 from .job import End, Job
 from .openai_shapes import (
     ChatShape,
@@ -152,8 +158,8 @@ class _EventStream(Response):
 
 class HttpApi:
     def __init__(self, registry: Registry, placements: PlacementLifecycle,
-                 scheduler: Scheduler, host: str, port: int, *, default_model: str = "",
-                 default_draft_model: str = ""):
+                 scheduler: Scheduler, host: str, port: int, *, api_keys: ApiKeys,
+                 default_model: str = "", default_draft_model: str = ""):
         self.registry = registry
         self.placements = placements
         self.scheduler = scheduler
@@ -165,7 +171,8 @@ class HttpApi:
             Route("/v1/completions", self.completions, methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/health", self.health, methods=["GET"]),
-        ], exception_handlers={HTTPException: self._http_error, Exception: self._bug})
+        ], exception_handlers={HTTPException: self._http_error, Exception: self._bug},
+            middleware=[Middleware(BearerAuth, api_keys=api_keys, refuse=error_response)])
         self._socket: socket.socket | None = None
         self._server: _Server | None = None
         self._task: asyncio.Task | None = None
@@ -284,7 +291,8 @@ class HttpApi:
             except (ValueError, UnicodeDecodeError) as e:
                 raise FieldError(None, f"the request body is not valid JSON: {e}") from None
             parsed: Parsed = parse(body, self.defaults)
-            asked = job_request(parsed.request, len(self.registry.ready()))
+            asked = job_request(parsed.request, len(self.registry.ready()),
+                                owner=http.state.caller.id)
         except StatusError as e:
             return error_response(e)
         job = self.scheduler.submit(asked)

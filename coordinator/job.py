@@ -25,6 +25,7 @@ class JobRequest:
     spec: SpecMode
     nodes: int  # 0 lets the coordinator choose
     decode: common_pb2.Decode  # what rank 0's worker runs, as the caller sent it
+    owner: str  # the Caller.id of who submitted it: only the admin and it see the job
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class Job:
     result: common_pb2.Finished | None = None
     error: str = ""
     stopping: StatusError | None = None  # why it is being stopped from outside, if it is
+    interrupted: StatusError | None = None  # why its placement went away under it, if it did
     task: asyncio.Task | None = None  # the scheduler's, which alone changes ``state``
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -70,6 +72,15 @@ class Job:
         if self.finished or self.stopping is not None:
             return
         self.stopping = why
+        if self.task is not None and self.task is not asyncio.current_task():
+            self.task.cancel()
+
+    def interrupt(self, why: StatusError) -> None:
+        """Its placement went away while it ran: its task places it again and resumes
+        after the tokens it emitted (``Scheduler``), unless it is being stopped."""
+        if self.finished or self.stopping is not None:
+            return
+        self.interrupted = why
         if self.task is not None and self.task is not asyncio.current_task():
             self.task.cancel()
 
@@ -91,4 +102,4 @@ class Job:
             draft_model=self.request.draft_model, placement_id=self.placement_id,
             node_ids=self.node_ids, created=timestamp(self.created),
             finished_at=timestamp(self.finished_at), generated_tokens=len(self.token_ids),
-            result=self.result, error=self.error)
+            result=self.result, error=self.error, owner=self.request.owner)

@@ -9,16 +9,24 @@ what makes the model fit), ``ReservePort`` on every rank's worker, and
 ``LoadPlacement`` on all ranks at once (the ring only forms with all of them).
 
 A placement that fails is dropped: the jobs waiting for it are told, its running
-job is stopped, and its ranks are released on the nodes that are still there. A
-node that becomes LOST drops its placements (their jobs fail with UNAVAILABLE); a
-worker that (re)joins holding placements the coordinator does not know releases
-them; a ready placement its node no longer lists is dropped. The registry reports
-those node events to ``node_lost``, ``node_ready`` and ``node_info``.
+job is interrupted (the scheduler resumes it elsewhere), and its ranks are released
+on the nodes that are still there. A node that becomes LOST drops its placements
+(their jobs are placed again); a worker that (re)joins holding placements the
+coordinator does not know releases them; a ready placement its node no longer lists
+is dropped. The registry reports those node events to ``node_lost``, ``node_ready``
+and ``node_info``.
+
+A worker serves one coordinator at a time (``worker.lease``): nodes whose lease
+another coordinator holds are left out of plans, and their placements are never
+released from here. Ready placements are recorded in the state store; a
+coordinator that restarts ``adopt``s those its workers still hold (each rank's
+worker lists it once it answers) instead of loading them again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import time
 from collections.abc import Sequence
@@ -29,15 +37,20 @@ from grpc import StatusCode
 from ..serving import address
 from ..status import StatusError
 from ..v1 import worker_pb2
+from ..worker.lease import holder_name
 from .job import Job, JobRequest
 from .placement_plan import ModelFacts, NodeSpace, Plan, check_node_count, plan_evicting
 from .placement_record import Placement
 from .registry import NodeRecord, Registry
+from .state_store import StateStore
 from .states import NodeState, PlacementState
 
 log = logging.getLogger(__name__)
 
 INSPECT_TIMEOUT_S = 300.0  # a Hugging Face id may be fetched first
+# After a restart: how long the workers of a placement recorded as ready have to say
+# they still hold it (their first heartbeats) before it is dropped.
+ADOPT_WAIT_S = 30.0
 CONTROL_TIMEOUT_S = 10.0  # ReservePort, ReleasePlacement
 # What an InspectModel refusal blames on the request: every node would say the same.
 REQUEST_FAULTS = (StatusCode.INVALID_ARGUMENT, StatusCode.FAILED_PRECONDITION)
@@ -45,9 +58,21 @@ REQUEST_FAULTS = (StatusCode.INVALID_ARGUMENT, StatusCode.FAILED_PRECONDITION)
 CUT_OFF = (StatusCode.CANCELLED, StatusCode.DEADLINE_EXCEEDED)
 
 
+def _lease_line(node: NodeRecord) -> str:
+    until = node.info.lease.until.ToDatetime(datetime.UTC)
+    return f"node {node.node_id} is held by {holder_name(lease_holder(node))} until " \
+           f"{until:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def lease_holder(node: NodeRecord) -> str:
+    """The coordinator whose lease the node is under, as it last said ("" if free)."""
+    return node.info.lease.holder if node.info and node.info.HasField("lease") else ""
+
+
 class PlacementLifecycle:
-    def __init__(self, registry: Registry):
+    def __init__(self, registry: Registry, store: StateStore):
         self.registry = registry
+        self.store = store
         self.by_id: dict[str, Placement] = {}
         self._placing = asyncio.Lock()
         self._background: set[asyncio.Task] = set()
@@ -59,6 +84,11 @@ class PlacementLifecycle:
 
     def placement_ids(self, node_id: str) -> list[str]:
         return [p.id for p in self.by_id.values() if node_id in p.node_ids]
+
+    def held_elsewhere(self, node: NodeRecord) -> bool:
+        """Whether another coordinator holds the node's lease."""
+        return bool(node.info and node.info.HasField("lease")
+                    and node.info.lease.holder != self.registry.coordinator_id)
 
     # -- finding a placement --------------------------------------------------------
 
@@ -73,7 +103,10 @@ class PlacementLifecycle:
         request = job.request
         if (p := self._reusable(request)) is not None:
             return p
-        ready = self.registry.ready()
+        ready = [n for n in self.registry.ready() if not self.held_elsewhere(n)]
+        if not ready and (held := self.registry.ready()):
+            raise StatusError(StatusCode.FAILED_PRECONDITION, "every ready node serves "
+                              "another coordinator: " + "; ".join(map(_lease_line, held)))
         check_node_count(request.nodes, len(ready))
         job.progress("placing", f"looking for {request.model} on {len(ready)} "
                                 f"node{'s' * (len(ready) != 1)}")
@@ -173,7 +206,7 @@ class PlacementLifecycle:
                     n.stub.ReservePort(worker_pb2.ReservePortRequest(),
                                        timeout=CONTROL_TIMEOUT_S) for n in nodes))
                 hosts = [address(n.host, r.port) for n, r in zip(nodes, ports, strict=True)]
-            modes = await self._load_ranks(p, nodes, hosts)
+            readies = await self._load_ranks(p, nodes, hosts)
         except asyncio.CancelledError:
             self._fail_load(p, StatusError(StatusCode.UNAVAILABLE,
                                            p.error or f"{p} was dropped"))
@@ -189,23 +222,28 @@ class PlacementLifecycle:
         if p.state != PlacementState.LOADING:
             return
         p.state, p.ready_at = PlacementState.READY, time.monotonic()
-        p.mode = modes[0] or p.mode
-        log.info("%s ready: %s (%s) on %s", p, p.model, p.mode, p.plan)
+        p.mode = readies[0].ready_mode or p.mode
+        p.serve_up_to(readies[0].batch_capacity)  # rank 0's runner batches, or not
+        log.info("%s ready: %s (%s, %d job%s at a time) on %s", p, p.model, p.mode,
+                 p.batch_capacity, "s" * (p.batch_capacity > 1), p.plan)
+        self.store.save_placement(p.record())
         p.loaded.set_result(None)
 
     async def _load_ranks(self, p: Placement, nodes: list[NodeRecord],
-                          hosts: list[str]) -> list[str]:
-        """Each rank's proposer mode, as its worker reports it once loaded."""
+                          hosts: list[str]) -> list[worker_pb2.LoadEvent]:
+        """Each rank's ready event, as its worker reports it once loaded (its proposer
+        mode and batch capacity)."""
         split = p.plan.split if len(nodes) > 1 else []
 
-        async def rank(r: int, node: NodeRecord) -> str:
+        async def rank(r: int, node: NodeRecord) -> worker_pb2.LoadEvent:
             call = node.stub.LoadPlacement(worker_pb2.LoadPlacementRequest(
                 placement_id=p.id, model=p.model, draft_model=p.draft_model,
-                spec=p.spec.to_proto(), rank=r, hosts=hosts, split=split))
+                spec=p.spec.to_proto(), rank=r, hosts=hosts, split=split,
+                coordinator_id=self.registry.coordinator_id))
             try:
                 async for event in call:
                     if event.HasField("ready_mode"):
-                        return event.ready_mode
+                        return event
                     for job in list(p.waiting):
                         job.progress("loading", f"{node.node_id} rank {r}: {event.progress}")
             except grpc.aio.AioRpcError as e:
@@ -237,20 +275,23 @@ class PlacementLifecycle:
         self.drop(p, error)
 
     def drop(self, p: Placement, why: StatusError) -> asyncio.Task | None:
-        """Forget ``p``: its waiting jobs get ``why``, its running job is stopped, and
-        its ranks are released on the nodes that are still there (the task returned)."""
+        """Forget ``p``: its waiting jobs get ``why``, its running job is interrupted
+        (to resume elsewhere), and its ranks are released on the nodes that are still
+        there (the task returned)."""
         if p.state == PlacementState.FAILED:
             return None
         if p.state == PlacementState.READY:
             log.info("%s dropped: %s", p, why.message)
         p.state, p.error = PlacementState.FAILED, why.message
         self.by_id.pop(p.id, None)
+        self.store.forget_placement(p.id)
         if not p.loaded.done():
             p.loaded.set_exception(why)
         if p.load_task is not None and p.load_task is not asyncio.current_task():
             p.load_task.cancel()
-        if p.active is not None and p.active.task is not asyncio.current_task():
-            p.active.stop(StatusError(StatusCode.UNAVAILABLE, why.message))
+        for job in p.active:
+            if job.task is not asyncio.current_task():
+                job.interrupt(StatusError(StatusCode.UNAVAILABLE, why.message))
         there = [n for n in map(self.registry.get, p.node_ids)
                  if n and n.state == NodeState.READY]
         return self._spawn(self._release(p.id, there))
@@ -259,7 +300,8 @@ class PlacementLifecycle:
         async def one(node: NodeRecord) -> None:
             try:
                 await node.stub.ReleasePlacement(
-                    worker_pb2.ReleasePlacementRequest(placement_id=placement_id),
+                    worker_pb2.ReleasePlacementRequest(
+                        placement_id=placement_id, coordinator_id=self.registry.coordinator_id),
                     timeout=CONTROL_TIMEOUT_S)
             except grpc.aio.AioRpcError as e:
                 log.info("releasing %s on node %s: %s", placement_id, node.node_id,
@@ -282,12 +324,24 @@ class PlacementLifecycle:
                                          f"node {node.node_id} was lost: {reason}"))
 
     def node_ready(self, node: NodeRecord) -> None:
-        """Placements a (re)joining worker holds that no job can reach any more (the
-        coordinator dropped them, or restarted) are released there."""
-        for pid in node.info.placement_ids:
-            if pid not in self.by_id:
-                log.info("releasing stale placement %s on node %s", pid, node.node_id)
-                self._spawn(self._release(pid, [node]))
+        """A (re)joining worker confirms the adopted placements it still holds and
+        fails those it does not. Placements it holds that no job can reach any more
+        (the coordinator dropped them) are released there, unless another
+        coordinator holds the worker: they are that one's."""
+        held = set(node.info.placement_ids)
+        for p in list(self.by_id.values()):
+            if node.node_id not in p.unconfirmed:
+                continue
+            if p.id in held:
+                self._confirm(p, node.node_id)
+            else:
+                self.drop(p, StatusError(StatusCode.UNAVAILABLE, f"{p} was not adopted: node "
+                                         f"{node.node_id} no longer holds it"))
+        if self.held_elsewhere(node):
+            return
+        for pid in held - self.by_id.keys():
+            log.info("releasing stale placement %s on node %s", pid, node.node_id)
+            self._spawn(self._release(pid, [node]))
 
     def node_info(self, node: NodeRecord) -> None:
         """A ready placement its node no longer lists (the worker restarted between
@@ -299,10 +353,53 @@ class PlacementLifecycle:
                 self.drop(p, StatusError(StatusCode.UNAVAILABLE, f"node {node.node_id} no "
                                          f"longer holds {p.id} (did it restart?)"))
 
+    # -- after a restart ---------------------------------------------------------------
+
+    def adopt(self, records: list[dict]) -> None:
+        """The placements recorded as ready before this coordinator restarted: LOADING
+        (a job may wait on one) until every rank's worker lists it (``node_ready``),
+        then READY without loading anything; dropped when a worker does not list it,
+        or when ``ADOPT_WAIT_S`` pass first."""
+        for record in records:
+            p = Placement.from_record(record)
+            p.unconfirmed = set(p.node_ids)
+            self.by_id[p.id] = p
+            p.load_task = asyncio.create_task(self._unless_adopted(p), name=f"adopt {p.id}")
+            log.info("%s: %s on %s, to adopt", p, p.model, p.plan)
+
+    async def _unless_adopted(self, p: Placement) -> None:
+        await asyncio.sleep(ADOPT_WAIT_S)
+        self.drop(p, StatusError(StatusCode.UNAVAILABLE, f"{p} was not adopted: "
+                                 f"{', '.join(sorted(p.unconfirmed))} did not answer within "
+                                 f"{ADOPT_WAIT_S:g}s of the restart"))
+
+    def _confirm(self, p: Placement, node_id: str) -> None:
+        p.unconfirmed.discard(node_id)
+        if p.unconfirmed or p.state != PlacementState.LOADING:
+            return
+        p.load_task.cancel()
+        p.load_task = None
+        p.state, p.ready_at = PlacementState.READY, time.monotonic()
+        log.info("%s adopted: %s (%s) on %s", p, p.model, p.mode, p.plan)
+        p.loaded.set_result(None)
+
     # -- shutdown --------------------------------------------------------------------
 
     async def close(self) -> None:
+        """Drop every placement, then end the leases: the workers are free for another
+        coordinator at once."""
         for p in list(self.by_id.values()):
             self.drop(p, StatusError(StatusCode.UNAVAILABLE, "the coordinator is shutting down"))
         if self._background:
             await asyncio.wait(list(self._background), timeout=CONTROL_TIMEOUT_S)
+
+        async def end_lease(node: NodeRecord) -> None:
+            try:
+                await node.stub.EndLease(worker_pb2.EndLeaseRequest(
+                    coordinator_id=self.registry.coordinator_id), timeout=CONTROL_TIMEOUT_S)
+            except grpc.aio.AioRpcError as e:
+                log.info("ending the lease on node %s: %s", node.node_id,
+                         StatusError.from_rpc(e).message)
+
+        await asyncio.gather(*(end_lease(n) for n in self.registry.ready()
+                               if not self.held_elsewhere(n)))

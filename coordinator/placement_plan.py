@@ -36,8 +36,9 @@ Rules:
 4. Nothing fits: RESOURCE_EXHAUSTED, saying what was needed and what was free.
    (``plan_evicting`` first tries again as if the least recently used idle
    placements were released, one more at a time.)
-   A Gemma 4 assistant reads the target's own K/V, so it never spans nodes:
-   FAILED_PRECONDITION when target and assistant do not fit on one node. The same
+   A Gemma 4 assistant reads the target's own K/V and a DFlash drafter several of
+   its layers' outputs, so neither spans nodes: FAILED_PRECONDITION when target and
+   drafter do not fit on one node. The same
    for a model whose layers cannot be split (``split_refusal``, from the worker).
 """
 
@@ -53,6 +54,12 @@ from grpc import StatusCode
 from ..spec_mode import ProposerKind
 from ..status import StatusError
 
+# Proposers that read the target's insides on its own node: what they are, and why.
+ONE_NODE_PROPOSERS = {
+    ProposerKind.ASSISTANT: ("Gemma 4 assistant", "an assistant reads the target's K/V"),
+    ProposerKind.DFLASH: ("DFlash drafter",
+                          "a DFlash drafter reads the outputs of several target layers"),
+}
 KV_MARGIN = 0.20
 RANK_OVERHEAD = 256 * 2**20
 
@@ -150,13 +157,14 @@ def plan(model: ModelFacts, nodes: Sequence[NodeSpace], nodes_wanted: int = 0) -
             f"{model.name} needs {size(whole)} on one node ({_parts(model)}) but the most "
             f"free memory on a node is {size(ordered[0].free_bytes)} "
             f"({ordered[0].node_id})")
-    if model.mode == ProposerKind.ASSISTANT:
+    if model.mode in ONE_NODE_PROPOSERS:
+        what, why = ONE_NODE_PROPOSERS[model.mode]
         raise StatusError(
             StatusCode.FAILED_PRECONDITION,
-            f"{model.name} with its Gemma 4 assistant needs {size(whole)} on one node "
+            f"{model.name} with its {what} needs {size(whole)} on one node "
             f"({_parts(model)}) but the most free memory on a node is "
-            f"{size(ordered[0].free_bytes)} ({ordered[0].node_id}); an assistant reads the "
-            "target's K/V, so it cannot span nodes")
+            f"{size(ordered[0].free_bytes)} ({ordered[0].node_id}); {why}, so it cannot "
+            "span nodes")
     if model.split_refusal:
         where = (f"{nodes_wanted} nodes were asked for" if nodes_wanted else
                  f"{model.name} needs {size(whole)} on one node ({_parts(model)}) but the most "

@@ -1,18 +1,30 @@
 """The nodes a coordinator knows and whether they are alive.
 
 Discovery (mDNS or ``--peer``) hands the registry addresses; each address gets a
-heartbeat task calling the worker's ``GetInfo`` every ``interval`` seconds with
-a ``deadline``. The first answer makes the address a node, READY, keyed by the
-node id it reports. ``misses`` heartbeats failed in a row make a READY node
-LOST: it leaves the ready set and ``on_lost`` is called so jobs on it can fail.
-A LOST node that answers again becomes READY again (``on_ready``). Addresses
-found by mDNS that stay unreachable for ``FORGET_AFTER_S`` are dropped;
-``--peer`` addresses are kept for as long as the coordinator runs.
+heartbeat task calling the worker's ``GetInfo`` every ``interval`` seconds. The
+first answer makes the address a node, READY, keyed by the node id it reports. A
+READY node none of whose heartbeats sent in the last ``lost_after`` seconds was
+answered is LOST: it leaves the ready set and ``on_lost`` is called so its jobs
+can go elsewhere. Each heartbeat may take until then to be answered, so a worker
+slow to answer (a loaded machine) is not lost for it, and a hung one (stopped, or
+cut off without a word) is lost ``lost_after`` seconds after its last answer. A
+worker is an asyncio process holding no weights, so its answers do not wait for
+the jobs its runners decode. A LOST node that answers again becomes READY again
+(``on_ready``). Addresses found by mDNS that stay unreachable for
+``FORGET_AFTER_S`` are dropped; ``--peer`` addresses are kept for as long as the
+coordinator runs.
+
+Node ids are unique among READY nodes. A second worker answering with the id of
+one that is READY (many Macs share one host name, the default id) is listed as
+"ID (2)" (the lowest number free), as Bonjour names a second service; it keeps
+that name while it answers. Two addresses answering with one ``instance_id`` are
+one worker reached two ways: the first keeps it and the other is not used.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -20,6 +32,8 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from ..auth.grpc_client import aio_channel
+from ..auth.key_file import ClusterKey
 from ..status import StatusError
 from ..v1 import worker_pb2, worker_pb2_grpc
 from .placement_plan import size
@@ -27,6 +41,10 @@ from .states import NodeState
 
 log = logging.getLogger(__name__)
 
+HEARTBEAT_S = 0.5
+LOST_AFTER_S = 2.5
+MIN_TIMEOUT_S = 0.2  # the least time a heartbeat gets, however overdue its node is
+TIMER_SLACK_S = 0.05  # a deadline that fires this early still counts as reached
 FORGET_AFTER_S = 600.0
 # Reconnect to a worker that went away within seconds of it coming back, not after
 # gRPC's default backoff of up to two minutes.
@@ -43,8 +61,13 @@ class NodeRecord:
     stub: worker_pb2_grpc.WorkerControlStub
     state: NodeState = NodeState.PENDING
     info: worker_pb2.WorkerInfo | None = None
+    # The id the coordinator knows it by: the one it reports, or "ID (2)" when a READY
+    # node of another worker has that one.
+    node_id: str = ""
     last_seen: float = 0.0  # time.time() of the last answer
-    asked_at: float = 0.0  # time.monotonic() when the last answered heartbeat was sent
+    # time.monotonic() when the last answered heartbeat was sent (until one is: when
+    # the address was added)
+    asked_at: float = field(default_factory=time.monotonic)
     misses: int = 0
     error: str = ""  # why the last heartbeat failed
     # mDNS said it left (until it is advertised again): the next failed heartbeat makes
@@ -52,10 +75,6 @@ class NodeRecord:
     goodbye: bool = False
     task: asyncio.Task | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def node_id(self) -> str:
-        return self.info.node_id if self.info else ""
 
     @property
     def host(self) -> str:
@@ -68,10 +87,15 @@ class NodeRecord:
 
 
 class Registry:
-    def __init__(self, *, interval: float = 1.0, deadline: float = 2.0, misses: int = 3):
+    def __init__(self, *, key: ClusterKey, interval: float = HEARTBEAT_S,
+                 lost_after: float = LOST_AFTER_S, coordinator_id: str = ""):
+        """``key``: the cluster key, which every call to a worker is signed with;
+        ``coordinator_id``: what this coordinator's calls name it (its heartbeats
+        renew its lease on the workers it holds, ``worker.lease``)."""
+        self.key = key
+        self.coordinator_id = coordinator_id
         self.interval = interval
-        self.deadline = deadline
-        self.misses = misses
+        self.lost_after = lost_after
         # What becomes of the nodes, for whoever holds things on them (the coordinator
         # connects its placements): ``on_ready(node)`` when a node becomes READY,
         # ``on_lost(node, reason)`` when it is LOST, ``on_info(node)`` after every
@@ -119,11 +143,21 @@ class Registry:
             node.goodbye = False
             self.check_now(address)
             return node
-        channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        channel = aio_channel(address, self.key, CHANNEL_OPTIONS)
         node = NodeRecord(address, source, channel, worker_pb2_grpc.WorkerControlStub(channel))
         self._by_address[address] = node
         node.task = asyncio.create_task(self._heartbeat(node), name=f"heartbeat {address}")
         return node
+
+    def lose(self, node: NodeRecord, reason: str) -> None:
+        """Make a READY node LOST now (its heartbeats went unanswered, or a job of its
+        failed and it did not answer since); it is READY again once it answers."""
+        if node.state != NodeState.READY:
+            return
+        node.state = NodeState.LOST
+        log.info("node %s lost at %s: %s", node.node_id, node.address, reason)
+        if self.on_lost:
+            self.on_lost(node, reason)
 
     def check_now(self, address: str, *, goodbye: bool = False) -> None:
         """Heartbeat ``address`` at once (mDNS saw it change, or leave: ``goodbye``,
@@ -148,8 +182,9 @@ class Registry:
             node.wake.clear()
             asked = time.monotonic()
             try:
-                info = await node.stub.GetInfo(worker_pb2.GetInfoRequest(),
-                                               timeout=self.deadline)
+                info = await node.stub.GetInfo(
+                    worker_pb2.GetInfoRequest(coordinator_id=self.coordinator_id),
+                    timeout=self._timeout(node, asked))
             except grpc.aio.AioRpcError as e:
                 if self._missed(node, e):
                     return
@@ -161,47 +196,69 @@ class Registry:
             except TimeoutError:
                 pass
 
+    def _timeout(self, node: NodeRecord, now: float) -> float:
+        """A READY node's heartbeat may take until the node would be LOST; any other
+        node's gets ``lost_after``."""
+        if node.state != NodeState.READY:
+            return self.lost_after
+        return max(node.asked_at + self.lost_after - now, MIN_TIMEOUT_S)
+
     def _answered(self, node: NodeRecord, info: worker_pb2.WorkerInfo) -> None:
-        twin = next((n for n in self.nodes() if n is not node and
-                     n.node_id == info.node_id and n.state == NodeState.READY), None)
-        if twin is not None:  # one node id at two addresses: the first one wins
-            duplicate = f"node {info.node_id} is already known at {twin.address}"
+        same = next((n for n in self._by_address.values() if n is not node
+                     and n.state == NodeState.READY and info.instance_id
+                     and n.info.instance_id == info.instance_id), None)
+        if same is not None:  # one worker at two addresses: the first one serves
+            duplicate = f"the same worker as node {same.node_id} at {same.address}"
             if node.error != duplicate:
-                log.warning("ignoring %s: %s", node.address, duplicate)
+                log.warning("not using %s: %s", node.address, duplicate)
             node.error = duplicate
             return
         node.last_seen, node.misses, node.error = time.time(), 0, ""
-        rejoined = any(n.node_id == info.node_id for n in self.nodes())
+        if node.state != NodeState.READY or node.info.node_id != info.node_id:
+            node.node_id = self._free_id(info.node_id, node)
+        rejoined = any(n.node_id == node.node_id for n in self.nodes())
         node.info = info
         if node.state != NodeState.READY:
             node.state = NodeState.READY
-            log.info("node %s %s at %s (%s, %s, %s)", info.node_id,
+            log.info("node %s %s at %s (%s, %s, %s)", node.node_id,
                      "ready again" if rejoined else "found", node.address, info.backend,
                      info.chip, size(info.memory_bytes))
+            if node.node_id != info.node_id:
+                log.warning("the worker at %s calls itself %s, as another ready worker "
+                            "does: it is node %s here (give each worker its own --node-id)",
+                            node.address, info.node_id, node.node_id)
             if self.on_ready:
                 self.on_ready(node)
         if self.on_info:
             self.on_info(node)
 
+    def _free_id(self, wanted: str, node: NodeRecord) -> str:
+        """``wanted``, unless a READY node at another address has it: then the first
+        of "wanted (2)", "wanted (3)", ... that none has."""
+        taken = {n.node_id for n in self._by_address.values()
+                 if n is not node and n.state == NodeState.READY}
+        if wanted not in taken:
+            return wanted
+        return next(f"{wanted} ({i})" for i in itertools.count(2)
+                    if f"{wanted} ({i})" not in taken)
+
     def _missed(self, node: NodeRecord, e: grpc.aio.AioRpcError) -> bool:
         """Count a failed heartbeat; True when the address should be forgotten."""
         node.misses += 1
         node.error = StatusError.from_rpc(e).line()
-        if node.state == NodeState.READY and (node.misses >= self.misses or node.goodbye):
-            node.state = NodeState.LOST
-            reason = (f"it left (mDNS goodbye) and does not answer ({node.error})"
+        silent = time.monotonic() - node.asked_at
+        if node.state == NodeState.READY and (
+                silent + TIMER_SLACK_S >= self.lost_after or node.goodbye):
+            self.lose(node, f"it left (mDNS goodbye) and does not answer ({node.error})"
                       if node.goodbye else
-                      f"no heartbeat for {time.time() - node.last_seen:.1f}s ({node.error})")
-            log.info("node %s lost at %s: %s", node.node_id, node.address, reason)
-            if self.on_lost:
-                self.on_lost(node, reason)
+                      f"no heartbeat answered for {silent:.1f}s ({node.error})")
         elif node.state == NodeState.PENDING and node.misses == 1:
             log.info("%s %s does not answer yet (%s); retrying", node.source, node.address,
                      node.error)
         if (node.source == "mdns" and node.state != NodeState.READY
-                and node.misses * self.interval >= FORGET_AFTER_S):
+                and silent >= FORGET_AFTER_S):
             log.info("forgetting %s (%s): unreachable for %.0fs", node.address,
-                     node.node_id or "never answered", node.misses * self.interval)
+                     node.node_id or "never answered", silent)
             del self._by_address[node.address]
             asyncio.get_running_loop().create_task(node.channel.close())
             return True

@@ -4,22 +4,30 @@ A job runs as one task:
 
 1. ask the placements for one (a warm one is reused, else one is planned and
    loaded: see ``placement_lifecycle``);
-2. wait for the placement to load, then for it to be free (one job at a time);
+2. wait for the placement to load, then for one of its slots: as many jobs as its
+   runner decodes together (``Placement.batch_capacity``; one on a placement that
+   does not batch);
 3. ``RunJob`` on rank 0's worker, streaming token chunks and the result to the
    job's caller.
 
 Jobs are served in arrival order: those of one model get their placement one
-after the other (``_in_turn``), then wait for it to load and for its lock, and
+after the other (``_in_turn``), then wait for it to load and for a slot, and
 asyncio wakes both kinds of waiter first come, first served. At most
 ``max_queue`` jobs of a model wait (queued or loading) at a time: a job submitted
 beyond that fails at once with RESOURCE_EXHAUSTED, never queued.
 
 Cancelling a job (``CancelJob``, or its caller leaving) cancels its task, which
 cancels the worker's ``RunJob``; the job ends CANCELLED with what it produced so
-far. A placement that is dropped (its node was lost, say) stops the job running on
-it with UNAVAILABLE. A job whose placement fails before it produced a token is
-placed again (at most ``ATTEMPTS`` times): nothing accepted is lost while the
-cluster can serve it.
+far.
+
+A job whose placement goes away (a node lost, a runner gone, ``RunJob`` cut off) is
+placed again, at most ``ATTEMPTS`` times in all, on the nodes still there, and
+resumes: ``RunJob`` carries the tokens it emitted so far (``generated_token_ids``),
+and the runner decodes on after them (``worker.runner.job``), so the caller's stream
+goes on with no token repeated or missing. Nodes that do not answer once their job
+failed are LOST at once, so the next plan leaves them out. When it cannot be placed
+again, the job fails UNAVAILABLE, saying why it was interrupted and why it could not
+go on.
 """
 
 from __future__ import annotations
@@ -28,7 +36,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 
 import grpc
@@ -40,6 +47,7 @@ from .job import End, Job, JobRequest
 from .placement_lifecycle import PlacementLifecycle
 from .placement_record import Placement
 from .registry import Registry
+from .state_store import StateStore
 from .states import JobState, NodeState, PlacementState
 
 log = logging.getLogger(__name__)
@@ -47,7 +55,6 @@ log = logging.getLogger(__name__)
 ATTEMPTS = 3
 CANCEL_WAIT_S = 10.0
 PROBE_TIMEOUT_S = 1.0  # after a job failed: which of its nodes still answers
-HISTORY = 1000  # finished jobs kept for GetJob and ListJobs
 DEFAULT_MAX_QUEUE = 64  # jobs of one model waiting at a time
 DEFAULT_MAX_TOKENS = 4096  # the cap of a job that names no max_tokens
 WAITING = (JobState.QUEUED, JobState.LOADING)
@@ -61,14 +68,15 @@ CALLER_STOPS = (StatusCode.CANCELLED, StatusCode.DEADLINE_EXCEEDED)
 
 
 class _Replace(Exception):
-    """The placement went away before the job produced anything: place it again."""
+    """The placement went away: place the job again, and resume it."""
 
 
 class Scheduler:
-    def __init__(self, registry: Registry, placements: PlacementLifecycle, *,
-                 max_queue: int = DEFAULT_MAX_QUEUE,
+    def __init__(self, registry: Registry, placements: PlacementLifecycle, store: StateStore,
+                 *, max_queue: int = DEFAULT_MAX_QUEUE,
                  default_max_tokens: int = DEFAULT_MAX_TOKENS):
-        """``max_queue``: how many jobs of one model may wait at a time;
+        """``store`` records every job (finished jobs are read from there);
+        ``max_queue``: how many jobs of one model may wait at a time;
         ``default_max_tokens``: the cap of a job that names no max_tokens (it decodes
         the rest of the model's context, at most this many tokens)."""
         if max_queue < 1 or default_max_tokens < 1:
@@ -76,10 +84,10 @@ class Scheduler:
                              f"{max_queue} and {default_max_tokens}")
         self.registry = registry
         self.placements = placements
+        self.store = store
         self.max_queue = max_queue
         self.default_max_tokens = default_max_tokens
-        self.jobs: dict[str, Job] = {}
-        self._finished: deque[str] = deque()
+        self.jobs: dict[str, Job] = {}  # the unfinished ones
         self._turns: dict[str, tuple[asyncio.Lock, list[int]]] = {}
 
     # -- jobs ------------------------------------------------------------------------
@@ -91,6 +99,7 @@ class Scheduler:
         waiting = self.waiting(request.model)
         job = Job(request)
         self.jobs[job.id] = job
+        self.store.save_job(job.to_proto())
         if waiting >= self.max_queue:
             self._end(job, JobState.FAILED, StatusError(
                 StatusCode.RESOURCE_EXHAUSTED,
@@ -107,30 +116,56 @@ class Scheduler:
         return sum(j.request.model == model and j.state in WAITING
                    for j in self.jobs.values())
 
-    async def cancel(self, job_id: str) -> Job:
+    def record(self, job_id: str) -> inference_pb2.Job | None:
+        """What GetJob returns: an unfinished job as it is now, a finished one as the
+        store keeps it."""
+        job = self.jobs.get(job_id)
+        return job.to_proto() if job is not None else self.store.job(job_id)
+
+    def records(self, states: set[int]) -> list[inference_pb2.Job]:
+        """Every job kept (those whose ``inference_pb2.JobState`` is in ``states``, if
+        any), oldest first."""
+        found = self.store.finished_jobs() + [j.to_proto() for j in self.jobs.values()]
+        return sorted((j for j in found if not states or j.state in states),
+                      key=lambda j: j.created.ToNanoseconds())
+
+    async def cancel(self, job_id: str) -> inference_pb2.Job:
+        """The job once cancelled; a finished one unchanged."""
         job = self.jobs.get(job_id)
         if job is None:
-            raise StatusError(StatusCode.NOT_FOUND, f"no job {job_id}")
+            if (finished := self.store.job(job_id)) is None:
+                raise StatusError(StatusCode.NOT_FOUND, f"no job {job_id}")
+            return finished
         job.stop(StatusError(StatusCode.CANCELLED, "cancelled by CancelJob"))
         try:
             await asyncio.wait_for(job.done.wait(), CANCEL_WAIT_S)
         except TimeoutError:
             pass
-        return job
+        return job.to_proto()
 
     async def _run(self, job: Job) -> None:
         try:
+            lost = ""  # why its last placement went away, if one did
             for attempt in range(1, ATTEMPTS + 1):
-                async with self._in_turn(job.request.model):
-                    p = await self.placements.placement_for(job)
+                try:
+                    async with self._in_turn(job.request.model):
+                        p = await self.placements.placement_for(job)
+                except StatusError as e:
+                    if not lost:
+                        raise
+                    raise StatusError(StatusCode.UNAVAILABLE,
+                                      f"{lost}; the job cannot go on: {e.line()}") from None
                 try:
                     await self._run_on(job, p)
                     break
                 except _Replace as e:
                     if attempt == ATTEMPTS:
                         raise StatusError(StatusCode.UNAVAILABLE, str(e)) from None
-                    log.info("job %s: %s; placing it again", job.id, e)
-                    job.progress("queued", f"{e}; placing the job again")
+                    lost = str(e)
+                    again = (f"resuming the job after {len(job.token_ids)} tokens"
+                             if job.token_ids else "placing the job again")
+                    log.info("job %s: %s; %s", job.id, e, again)
+                    job.progress("queued", f"{e}; {again}")
                     self._state(job, JobState.QUEUED)
             self._end(job, JobState.SUCCEEDED, result=job.result)
         except StatusError as e:
@@ -165,6 +200,7 @@ class Scheduler:
         if job.state != state:
             job.state = state
             log.info("job %s %s%s", job.id, state, detail)
+            self.store.save_job(job.to_proto())
 
     def _end(self, job: Job, state: JobState, error: StatusError | None = None,
              result: common_pb2.Finished | None = None) -> None:
@@ -181,9 +217,7 @@ class Scheduler:
             self._state(job, state, f": {error.line()}")
         job.events.put_nowait(End(error))
         job.done.set()
-        self._finished.append(job.id)
-        while len(self._finished) > HISTORY:
-            self.jobs.pop(self._finished.popleft(), None)
+        del self.jobs[job.id]  # the store has it
 
     # -- running a job on a placement --------------------------------------------------
 
@@ -200,17 +234,24 @@ class Scheduler:
                 raise
             finally:
                 p.waiting.discard(job)
-        if p.lock.locked() and p.active is not None:
-            self._state(job, JobState.QUEUED, f": waiting for job {p.active.id} on {p}")
-            job.progress("queued", f"waiting for job {p.active.id} on {p.id}")
-        async with p.lock:
+        if p.slots.locked() and p.active:
+            ahead = _jobs_line(p.active)
+            self._state(job, JobState.QUEUED, f": waiting for {ahead} on {p}")
+            job.progress("queued", f"waiting for {ahead} on {p.id}")
+        async with p.slots:
             if p.state != PlacementState.READY:
                 raise _Replace(p.error or f"{p} is gone")
-            p.active = job
+            p.active.add(job)
             try:
                 await self._decode(job, p)
+            except asyncio.CancelledError:
+                if job.interrupted is None or job.stopping is not None:
+                    raise
+                asyncio.current_task().uncancel()  # an interruption, not a cancel
+                why, job.interrupted = job.interrupted, None
+                raise _Replace(why.message) from None
             finally:
-                p.active = None
+                p.active.discard(job)
                 p.jobs_served += 1
                 p.last_used = time.monotonic()
 
@@ -223,7 +264,8 @@ class Scheduler:
         job.progress("running", f"running on {', '.join(p.node_ids)} ({p.id}, {p.mode})")
         call = leader.stub.RunJob(worker_pb2.RunJobRequest(
             placement_id=p.id, job_id=job.id, decode=job.request.decode,
-            default_max_tokens=self.default_max_tokens))
+            default_max_tokens=self.default_max_tokens, generated_token_ids=job.token_ids,
+            coordinator_id=self.registry.coordinator_id))
         try:
             async for event in call:
                 if event.HasField("tokens"):
@@ -241,9 +283,7 @@ class Scheduler:
             if gone:
                 reason += f" (node{'s' * (len(gone) > 1)} {', '.join(gone)} not answering)"
             self.placements.drop(p, StatusError(StatusCode.UNAVAILABLE, reason))
-            if not job.token_ids:
-                raise _Replace(reason) from None
-            raise StatusError(StatusCode.UNAVAILABLE, reason) from None
+            raise _Replace(reason) from None
         finally:
             call.cancel()
         if job.result is None:
@@ -252,15 +292,20 @@ class Scheduler:
             raise StatusError(StatusCode.UNAVAILABLE, reason)
 
     async def _unreachable(self, node_ids: list[str]) -> list[str]:
-        """Which of these nodes do not answer a heartbeat now (or are known LOST)."""
+        """Which of these nodes do not answer a heartbeat now (or are known LOST). Those
+        that do not answer are LOST from now: a job of theirs failed, and placing it
+        again must not wait for their heartbeats to tell."""
         async def gone(node_id: str) -> bool:
             node = self.registry.get(node_id)
             if node is None or node.state != NodeState.READY:
                 return True
             try:
-                await node.stub.GetInfo(worker_pb2.GetInfoRequest(), timeout=PROBE_TIMEOUT_S)
-            except grpc.aio.AioRpcError:
-                node.wake.set()  # and let its heartbeat find out for the registry
+                await node.stub.GetInfo(
+                    worker_pb2.GetInfoRequest(coordinator_id=self.registry.coordinator_id),
+                    timeout=PROBE_TIMEOUT_S)
+            except grpc.aio.AioRpcError as e:
+                self.registry.lose(node, f"it does not answer since a job of its failed "
+                                         f"({StatusError.from_rpc(e).line()})")
                 return True
             return False
 
@@ -275,3 +320,8 @@ class Scheduler:
             job.stop(StatusError(StatusCode.UNAVAILABLE, "the coordinator is shutting down"))
         tasks = [j.task for j in self.jobs.values() if j.task]
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _jobs_line(jobs: set[Job]) -> str:
+    """The jobs a placement serves, for a waiting job's progress: "job ID" or "N jobs"."""
+    return f"job {next(iter(jobs)).id}" if len(jobs) == 1 else f"{len(jobs)} jobs"

@@ -51,6 +51,9 @@ start() {
   [[ $n -ge 2 ]] || die "start needs N >= 2: a coordinator host and at least one worker host"
   up "$n"
   mkdir -p "$LOGS"
+  # The hosts share this machine's files: one cluster key (made now if there is none)
+  # at the default path, or at $EXO_SPEC_KEY_FILE, serves them all.
+  "$EXO_SPEC" key >/dev/null
   ip netns exec "${PREFIX}0" "$EXO_SPEC" coordinator --host "$SUBNET.1" \
     --port "$COORDINATOR_PORT" >"$LOGS/coordinator.log" 2>&1 &
   for ((i = 1; i < n; i++)); do

@@ -18,6 +18,7 @@ COMMANDS = {
     "make-models": "commands.make_models",
     "worker": "commands.worker",
     "serve": "commands.serve",
+    "key": "commands.key",
 }
 
 

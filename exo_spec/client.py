@@ -7,9 +7,11 @@
                 print(event.tokens.text, end="", flush=True)
         print(c.nodes())
 
-Messages are the generated protobuf classes (``exo_spec.v1``). Every error is
-an ``exo_spec.status.StatusError`` carrying the gRPC status code and the
-coordinator's message.
+Every call proves the cluster key (``key``, by default the one in the user's key
+file: ``exo_spec.auth.key_file``) or brings an API key (``api_key``), whose caller
+sees only its own jobs. Messages are the generated protobuf classes
+(``exo_spec.v1``). Every error is an ``exo_spec.status.StatusError`` carrying the
+gRPC status code and the coordinator's message.
 Leaving a ``generate`` loop early (break, an exception, closing the iterator)
 cancels the call, and with it the job.
 """
@@ -22,6 +24,8 @@ from typing import TypedDict, Unpack
 
 import grpc
 
+from .auth.grpc_client import Credential, aio_channel, channel
+from .auth.key_file import ClusterKey, load_key
 from .sampling import NO_PENALTIES, Penalties
 from .spec_mode import SpecMode
 from .status import StatusError
@@ -38,7 +42,7 @@ def no_result() -> StatusError:
 
 class GenerateOptions(TypedDict, total=False):
     draft_model: str
-    spec: str  # a SpecMode: "auto", "mtp" or "none"
+    spec: str  # a SpecMode: "auto", "mtp", "none", "lookup" or "lookup_mtp"
     max_tokens: int
     temperature: float
     top_p: float
@@ -98,12 +102,20 @@ def _finished(events: Iterable[inference_pb2.GenerateEvent]) -> common_pb2.Finis
     raise no_result()
 
 
+def credential(key: ClusterKey | None, api_key: str | None) -> Credential:
+    """``api_key`` if given, else ``key``, else the key in the user's key file
+    (``key_file.KeyFileError`` when there is none)."""
+    return api_key or key or load_key()
+
+
 class Client:
-    def __init__(self, target: str, *, timeout: float | None = UNARY_TIMEOUT_S):
-        """``target``: the coordinator's "host:port"; ``timeout``: seconds for each
-        call other than ``generate`` (which has its own)."""
+    def __init__(self, target: str, *, key: ClusterKey | None = None,
+                 api_key: str | None = None, timeout: float | None = UNARY_TIMEOUT_S):
+        """``target``: the coordinator's "host:port"; ``key``, ``api_key``: who calls
+        (``credential``); ``timeout``: seconds for each call other than ``generate``
+        (which has its own)."""
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(address(target))
+        self._channel = channel(address(target), credential(key, api_key))
         self._stub = inference_pb2_grpc.InferenceStub(self._channel)
 
     def __enter__(self) -> Client:
@@ -169,9 +181,10 @@ class AsyncClient:
     iterator: to leave it early and cancel the job at once, iterate it inside
     ``contextlib.aclosing``)."""
 
-    def __init__(self, target: str, *, timeout: float | None = UNARY_TIMEOUT_S):
+    def __init__(self, target: str, *, key: ClusterKey | None = None,
+                 api_key: str | None = None, timeout: float | None = UNARY_TIMEOUT_S):
         self.timeout = timeout
-        self._channel = grpc.aio.insecure_channel(address(target))
+        self._channel = aio_channel(address(target), credential(key, api_key))
         self._stub = inference_pb2_grpc.InferenceStub(self._channel)
 
     async def __aenter__(self) -> AsyncClient:
@@ -250,4 +263,8 @@ def stats_dict(stats: common_pb2.Stats) -> dict:
     d["num_draft"] = d["num_draft"] or None
     if stats.ranks > 1:
         d.update({name: getattr(stats, name) for name in GROUP_STATS})
+    if stats.resumed_tokens:  # the job resumed on another placement after a node was lost
+        d["resumed_tokens"] = stats.resumed_tokens
+    if stats.batch_size > 1:  # its placement decoded it together with other jobs
+        d["batch_size"] = stats.batch_size
     return d

@@ -1,5 +1,6 @@
-"""A ``SpecDecoder`` for one job on a ``ModelSet``: the proposer its mode names, the
-draft-length policy, and the target to verify with."""
+"""A ``SpecDecoder`` for one job on a ``ModelSet``: the proposer its mode names (and a
+prompt lookup where the set asks for one), the draft-length policy, and the target to
+verify with."""
 
 from __future__ import annotations
 
@@ -15,15 +16,21 @@ from .engine import (
     SpecDecoder,
 )
 from .engine.assistant import Gemma4Assistant
+from .engine.batch import BatchDecoder
+from .engine.dflash import DFlash
 from .engine.prefix_cache import PrefixCache
+from .engine.prompt_lookup import PromptLookup
 from .engine.target import Target
 from .group.prefix_cache import GroupPrefixCache
 from .model_set import ModelSet
 from .models.load import LoadedModel, parameter_count, text_config
+from .proposer_choice import dflash_across_ranks
 from .sampling import Penalties
 from .spec_mode import ProposerKind
 
 MTP_COST_PRIOR = 0.1  # an MTP layer costs a small fraction of the target's pass
+# A copied draft costs nothing to make; what a longer round adds is the verify's width.
+LOOKUP_COST_PRIOR = 0.05
 
 
 def make_decoder(
@@ -54,9 +61,14 @@ def make_decoder(
     penalties = penalties or Penalties()
     check_penalties(models, penalties)
     local = target is None
-    target = target or CachedModel(models.target.model, max_kv_size=max_kv_size)
+    dflash = models.mode == ProposerKind.DFLASH
+    if dflash and not local:
+        raise ValueError(dflash_across_ranks(str(models.drafter.path)))
+    target = target or CachedModel(models.target.model, max_kv_size=max_kv_size,
+                                   taps=models.drafter.model.target_layer_ids if dflash
+                                   else None)
     proposer = None
-    cost_prior = MTP_COST_PRIOR
+    cost_prior = LOOKUP_COST_PRIOR if models.mode == ProposerKind.NONE else MTP_COST_PRIOR
     if models.mode == ProposerKind.MTP:
         proposer = Mtp(models.mtp, models.target.model)
     elif models.mode == ProposerKind.DRAFT:
@@ -65,10 +77,20 @@ def make_decoder(
     elif models.mode == ProposerKind.ASSISTANT:
         proposer = Gemma4Assistant(models.drafter.model, target)
         cost_prior = _parameter_ratio(models.drafter, models.target)
+    elif dflash:
+        proposer = DFlash(models.drafter.model, models.target.model)
+        # One drafter pass drafts the whole block: its cost is shared by the block's drafts.
+        cost_prior = _parameter_ratio(models.drafter, models.target) / proposer.max_drafts
+    if dflash and num_draft and num_draft > proposer.max_drafts:
+        raise ValueError(f"--num-draft {num_draft} is more than DFlash drafter "
+                         f"{models.drafter.path} drafts ({proposer.max_drafts}: its block "
+                         "less the newest token)")
     if num_draft:
         draft_length = FixedDraftLength(num_draft)
     elif draft_length:
         draft_length.start_job()
+    elif dflash:  # draft lengths up to the whole block: drafting them costs one pass
+        draft_length = AdaptiveDraftLength(max_k=proposer.max_drafts, cost_prior=cost_prior)
     else:
         draft_length = AdaptiveDraftLength(cost_prior=cost_prior)
     if local and (mx.default_device() == mx.gpu if fixed_width is None else fixed_width):
@@ -85,7 +107,22 @@ def make_decoder(
         penalties=penalties,
         logprobs=logprobs,
         prefix_cache=prefix_cache,
+        lookup=PromptLookup() if models.lookup else None,
     )
+
+
+def make_batch_decoder(models: ModelSet) -> BatchDecoder:
+    """A ``BatchDecoder`` on ``models``, drafting with their drafter model (or plain);
+    ValueError or TypeError where a batch cannot hold them: another proposer, prompt
+    lookup, or layers whose caches ``engine.batch`` cannot rewind row by row."""
+    if models.lookup or models.mode not in (ProposerKind.NONE, ProposerKind.DRAFT):
+        raise ValueError("batched decoding drafts with a drafter model or not at all, not "
+                         f"with {'prompt lookup' if models.lookup else models.mode}")
+    eos = set(models.target.tokenizer.eos_token_ids)
+    if models.mode == ProposerKind.NONE:
+        return BatchDecoder(models.target.model, eos_token_ids=eos)
+    return BatchDecoder(models.target.model, models.drafter.model, eos_token_ids=eos,
+                        cost_prior=_parameter_ratio(models.drafter, models.target))
 
 
 def widest_round(draft_length: FixedDraftLength | AdaptiveDraftLength) -> int:

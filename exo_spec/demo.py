@@ -38,7 +38,8 @@ def run(args) -> int:
         return 2
     try:
         _say(f"starting a coordinator and {args.workers} workers on 127.0.0.1")
-        with LocalCluster(args.workers) as address, Client(address) as client:
+        cluster = LocalCluster(args.workers, model_dirs=[models])
+        with cluster as address, Client(address, key=cluster.key) as client:
             _say(f"coordinator at {address}; workers: "
                  + ", ".join(f"{n.id} ({n.backend})" for n in client.nodes()))
             for name, spec in ROWS:

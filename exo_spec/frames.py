@@ -6,6 +6,12 @@ say is ``exo_spec.worker.messages``). ``read`` serves blocking binary streams (t
 runner's side), ``read_async`` an asyncio ``StreamReader`` (the worker's side); both
 return None at a clean end of stream and raise ``FrameError`` when it ends inside a
 frame.
+
+Frames are bounded both ways: ``encode`` refuses one over ``MAX_FRAME``, and a reader
+refuses a header announcing more before reading the payload. An error frame (type
+"error") has a tighter bound, ``MAX_ERROR_FRAME``, and is never refused: its message
+is cut to fit, keeping its start, since the error is what the other side must hear
+(``StatusError`` clips what gRPC sends to less anyway).
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import msgpack
 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 64 << 20  # a job's prompt and result text fit many times over
+MAX_ERROR_FRAME = 64 << 10
+CUT = "..."
 
 
 class FrameError(ValueError):
@@ -26,10 +34,24 @@ class FrameError(ValueError):
 
 
 def encode(frame: dict) -> bytes:
+    if frame.get("type") == "error" and isinstance(frame.get("message"), str):
+        frame = _error_that_fits(frame)
     payload = msgpack.packb(frame, use_bin_type=True)
     if len(payload) > MAX_FRAME:
         raise FrameError(f"frame of {len(payload)} bytes exceeds {MAX_FRAME}")
     return HEADER.pack(len(payload)) + payload
+
+
+def _error_that_fits(frame: dict) -> dict:
+    """``frame`` with its message cut (ending with ``CUT``) so that the frame's payload
+    takes at most ``MAX_ERROR_FRAME`` bytes."""
+    message = frame["message"]
+    over = len(msgpack.packb(frame, use_bin_type=True)) - MAX_ERROR_FRAME
+    if over <= 0:
+        return frame
+    data = message.encode(errors="replace")
+    kept = data[:max(len(data) - over - len(CUT) - 8, 0)]  # 8: room for a longer str header
+    return {**frame, "message": kept.decode(errors="ignore") + CUT}
 
 
 def decode(payload: bytes) -> dict:

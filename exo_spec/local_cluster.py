@@ -1,6 +1,8 @@
 """A coordinator and workers as local processes on 127.0.0.1, wired with ``--peer``:
-what ``exo-spec demo`` runs its job on. Each process logs to a file; a process
-that dies before it is up fails the start with the tail of its log."""
+what ``exo-spec demo`` runs its job on. They share a cluster key of their own, made in
+the cluster's temporary directory (``key``, ``key_file``), so a local cluster neither
+needs nor touches the user's. Each process logs to a file; a process that dies before
+it is up fails the start with the tail of its log."""
 
 from __future__ import annotations
 
@@ -10,8 +12,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
+from .auth.key_file import ClusterKey, save_key
 from .client import Client
 from .v1 import inference_pb2
 
@@ -56,13 +60,19 @@ class Background:
 
 class LocalCluster:
     """``with LocalCluster(2) as address:`` a coordinator at ``address`` with 2 ready
-    workers; ``coordinator_args`` are added to the coordinator's command line."""
+    workers, reached with ``Client(address, key=cluster.key)``; ``coordinator_args``
+    are added to the coordinator's command line. The workers load models from the
+    folders ``model_dirs`` (their ``--model-dir``)."""
 
-    def __init__(self, workers: int, coordinator_args: tuple[str, ...] = ()):
+    def __init__(self, workers: int, coordinator_args: tuple[str, ...] = (),
+                 model_dirs: Sequence[Path] = ()):
         self.workers = workers
         self.coordinator_args = coordinator_args
+        self.model_dirs = model_dirs
         self._tmp = tempfile.TemporaryDirectory(prefix="exo-spec-cluster-")
         self.logs = Path(self._tmp.name)
+        self.key = ClusterKey.generate()
+        self.key_file = save_key(self.key, self.logs / "cluster.key")
         self._procs: list[Background] = []
 
     def __enter__(self) -> str:
@@ -75,17 +85,22 @@ class LocalCluster:
     def _start(self) -> str:
         deadline = time.monotonic() + START_TIMEOUT_S
         workers = [Background(self.logs / f"worker-{i}.log", "worker", "--host", "127.0.0.1",
-                            "--port", "0", "--node-id", f"local-{i}", "--no-mdns")
+                            "--port", "0", "--node-id", f"local-{i}", "--no-mdns",
+                            "--key-file", str(self.key_file),
+                            *(f"--model-dir={d}" for d in self.model_dirs))
                    for i in range(self.workers)]
         self._procs += workers
         peers = [f"--peer=127.0.0.1:{w.wait_for(WORKER_LINE, _left(deadline)).group(2)}"
                  for w in workers]
+        # its own state: a throwaway cluster neither reads nor joins the user's history
         coordinator = Background(self.logs / "coordinator.log", "coordinator", "--host",
                                  "127.0.0.1", "--port", "0", "--no-mdns", *peers,
+                                 "--state-dir", str(self.logs / "state"),
+                                 "--key-file", str(self.key_file),
                                  *self.coordinator_args)
         self._procs.append(coordinator)
         address = f"127.0.0.1:{coordinator.wait_for(COORDINATOR_LINE, _left(deadline)).group(1)}"
-        with Client(address) as client:
+        with Client(address, key=self.key) as client:
             while sum(n.state == inference_pb2.NODE_STATE_READY for n in client.nodes()) \
                     < self.workers:
                 if time.monotonic() > deadline:

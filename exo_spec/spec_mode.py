@@ -1,7 +1,8 @@
 """How a request names its proposer, and what a placement resolves it to.
 
 A request says what it wants with a ``SpecMode`` (automatic, the target's own MTP
-heads, or no speculation) and optionally a drafter; ``proposer_choice`` resolves
+heads, no speculation, or prompt lookup, alone or beside a drafter or the MTP heads)
+and optionally a drafter; ``proposer_choice`` resolves
 that against the checkpoint into a ``ProposerKind``. ``check_request`` refuses
 settings that contradict each other, for the CLI, the gRPC API and the worker
 alike, in the caller's own words. Nothing here imports MLX.
@@ -15,11 +16,24 @@ from .v1 import common_pb2
 
 
 class SpecMode(StrEnum):
-    """What a request asks for (the proto's ``SpecMode``, the CLI's --mtp / --no-spec)."""
+    """What a request asks for (the proto's ``SpecMode``, the CLI's --mtp / --no-spec /
+    --prompt-lookup)."""
 
     AUTO = "auto"  # the named drafter, else the checkpoint's MTP heads, else its card's drafter
     MTP = "mtp"  # the checkpoint's own MTP heads
     NONE = "none"  # plain decoding
+    LOOKUP = "lookup"  # prompt lookup, beside the named drafter if there is one
+    LOOKUP_MTP = "lookup_mtp"  # prompt lookup beside the checkpoint's own MTP heads
+
+    @property
+    def lookup(self) -> bool:
+        """Whether rounds draft by prompt lookup first."""
+        return self in (SpecMode.LOOKUP, SpecMode.LOOKUP_MTP)
+
+    @property
+    def wants_mtp(self) -> bool:
+        """Whether the checkpoint must have MTP heads."""
+        return self in (SpecMode.MTP, SpecMode.LOOKUP_MTP)
 
     @classmethod
     def from_proto(cls, value: int) -> SpecMode:
@@ -38,6 +52,7 @@ class ProposerKind(StrEnum):
     MTP = "mtp"
     DRAFT = "draft"  # a separate drafter model
     ASSISTANT = "assistant"  # a Gemma 4 assistant reading the target's K/V
+    DFLASH = "dflash"  # a DFlash block drafter reading the target's layer outputs
     NONE = "none"
 
 
@@ -49,9 +64,9 @@ def check_request(spec: SpecMode, draft_model: str | None, num_draft: int | None
                   names: dict[str, str] | None = None) -> None:
     """``ConflictingRequest`` when the settings contradict each other; ``names`` gives the
     caller's words for "mtp", "none", "draft_model" and "num_draft" (flags or fields)."""
-    said = {"mtp": "SPEC_MODE_MTP", "none": "SPEC_MODE_NONE", "draft_model": "a draft model",
-            "num_draft": "num_draft", **(names or {})}
-    if spec == SpecMode.MTP and draft_model:
+    said = {"mtp": f"SPEC_MODE_{spec.name}", "none": "SPEC_MODE_NONE",
+            "draft_model": "a draft model", "num_draft": "num_draft", **(names or {})}
+    if spec.wants_mtp and draft_model:
         raise ConflictingRequest(f"{said['mtp']} and {said['draft_model']} are exclusive: "
                                  "pick one proposer")
     if spec == SpecMode.NONE and draft_model:

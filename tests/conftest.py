@@ -7,9 +7,51 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
 
+from exo_spec.auth import key_file
+from exo_spec.auth.grpc_client import channel
 from exo_spec.models import synthetic
+
+
+@pytest.fixture(scope="session", autouse=True)
+def state_home(tmp_path_factory):
+    """Coordinators the tests start keep their state (``--state-dir``'s default) in this
+    run's own directory, never in the user's."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cluster_key(tmp_path_factory):
+    """Every coordinator, worker and client the tests start finds one cluster key at its
+    default path (``$XDG_CONFIG_HOME/exo-spec/cluster.key``), in this run's own
+    directory: the user's is never read."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config")))
+        env.delenv(key_file.ENV, raising=False)
+        yield key_file.save_key(key_file.ClusterKey.generate())
+
+
+def admin_channel(target: str) -> grpc.Channel:
+    """A channel to a coordinator or worker the tests started, its calls signed with the
+    run's cluster key (the admin's)."""
+    return channel(target, key_file.load_key())
+
+
+# Workers load models only from their --model-dir folders. Every checkpoint a test writes
+# is under pytest's base temporary directory, so the helpers that start workers
+# (test_cluster.with_model_dir) give them that one, named here.
+MODEL_DIR = "EXO_SPEC_TEST_MODEL_DIR"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_dir(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(MODEL_DIR, str(tmp_path_factory.getbasetemp()))
+        yield
 
 
 @dataclass(frozen=True)

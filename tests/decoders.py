@@ -22,6 +22,7 @@ from exo_spec.engine import (
     SpecDecoder,
 )
 from exo_spec.engine.pipelining import RoundPipelining
+from exo_spec.engine.prompt_lookup import PromptLookup
 from exo_spec.models.load import load
 from exo_spec.models.mtp import load_mtp
 
@@ -59,17 +60,19 @@ def draft_length(k: int | None):
 
 
 def drafter_decoder(target_path: Path, drafter_model, k: int | None, sampling=Sampling(),
-                    eos=frozenset(), max_kv_size=None) -> SpecDecoder:
+                    eos=frozenset(), max_kv_size=None, lookup: bool = False) -> SpecDecoder:
+    """``lookup``: a prompt lookup drafts first, beside the drafter."""
     target = loaded(target_path).model
     return SpecDecoder(CachedModel(target, max_kv_size=max_kv_size),
                        DraftModel(drafter_model, max_kv_size=max_kv_size),
                        sampling=sampling, draft_length=draft_length(k), eos_token_ids=eos,
-                       pipelining=always_pipelined())
+                       pipelining=always_pipelined(), lookup=PromptLookup() if lookup else None)
 
 
 def mtp_decoder(target_path: Path, k: int | None, sampling=Sampling(),
-                eos=frozenset(), noise: float = 0.0) -> SpecDecoder:
-    """``noise``: seeded noise of this scale on the head's weights (see ``perturbed``)."""
+                eos=frozenset(), noise: float = 0.0, lookup: bool = False) -> SpecDecoder:
+    """``noise``: seeded noise of this scale on the head's weights (see ``perturbed``);
+    ``lookup``: a prompt lookup drafts first, beside the head."""
     target = loaded(target_path).model
     head = load_mtp(target_path, target)
     if noise:
@@ -77,7 +80,13 @@ def mtp_decoder(target_path: Path, k: int | None, sampling=Sampling(),
     proposer = Mtp(head, target)
     return SpecDecoder(CachedModel(target), proposer, sampling=sampling,
                        draft_length=draft_length(k), eos_token_ids=eos,
-                       pipelining=always_pipelined())
+                       pipelining=always_pipelined(), lookup=PromptLookup() if lookup else None)
+
+
+def lookup_decoder(target_path: Path, k: int | None, sampling=Sampling()) -> SpecDecoder:
+    """Prompt lookup alone."""
+    return SpecDecoder(CachedModel(loaded(target_path).model), sampling=sampling,
+                       draft_length=draft_length(k), lookup=PromptLookup())
 
 
 def prompt_ids(path: Path, text: str) -> list[int]:

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import grpc
 import pytest
+from conftest import admin_channel
 from test_cluster import cli, exo_spec
 from test_http_api import CHAT, HttpCluster
 
@@ -71,6 +73,8 @@ BROKEN = {
     "cut-data": _weights(drop=100),  # the header whole, the last tensor short
     "no-tokenizer": _no_tokenizer,
     "no-hidden-size": _config(hidden_size=None),  # only mlx-lm's model class says so
+    "layers-100k": _config(num_hidden_layers=100_000),  # mlx-lm would build them for minutes
+    "layers-1": _config(num_hidden_layers=1),  # the weights hold 2
 }
 
 
@@ -106,8 +110,8 @@ def cluster(tmp_path_factory, checkpoints):
         env.setenv("HF_HUB_OFFLINE", "1")
         c = HttpCluster(tmp_path_factory.mktemp("bad-input"), checkpoints.llama.parent)
     c.address = f"127.0.0.1:{c.coordinator.wait_for(COORDINATOR_LINE).group(1)}"
-    c.channels = {"coordinator": grpc.insecure_channel(c.address)}
-    c.channels.update({n.id: grpc.insecure_channel(f"127.0.0.1:{n.port}")
+    c.channels = {"coordinator": admin_channel(c.address)}
+    c.channels.update({n.id: admin_channel(f"127.0.0.1:{n.port}")
                        for n in c.client.nodes()})
     c.inference = inference_pb2_grpc.InferenceStub(c.channels["coordinator"])
     yield c
@@ -170,6 +174,7 @@ def _bad_utf8(message) -> bytes:
     (["--model", "{cut-data}"], "model.safetensors is truncated"),
     (["--model", "{no-tokenizer}"], "has no tokenizer: none of tokenizer.json"),
     (["--model", "{no-hidden-size}"], "missing 1 required positional argument: 'hidden_size'"),
+    (["--model", "{layers-100k}"], "num_hidden_layers is 100000, but the weight files hold 2"),
     (["--model", "{llama}", "--draft-model", "{cut-data}"], "cut-data/model.safetensors is "
                                                             "truncated"),
     (["--model", "{llama}", "--max-kv-size", "0"], "--max-kv-size must be >= 1, got 0"),
@@ -210,7 +215,9 @@ def test_a_negative_seed_samples_alike_here_and_on_the_cluster(cluster, checkpoi
 @pytest.mark.parametrize("args, status, message", [
     (["generate", "--model", "{cut-data}"], 2, "INVALID_ARGUMENT: "),
     (["generate", "--model", "{llama}", "--draft-model", "/no/such/drafter"], 2,
-     "NOT_FOUND: no node can find drafter /no/such/drafter: "),
+     "INVALID_ARGUMENT: drafter /no/such/drafter is not inside node w"),
+    (["generate", "--model", "{llama}", "--draft-model", "no-such-drafter"], 2,
+     "NOT_FOUND: no node can find drafter no-such-drafter: "),
     (["generate", "--model", "{llama}", "--max-tokens", str(PAST_CONTEXT)], 2,
      f"OUT_OF_RANGE: max_tokens {PAST_CONTEXT} and the prompt's"),
     (["generate", "--model", "{llama}", "--prompt", ""], 2,
@@ -251,8 +258,11 @@ def test_argument_errors(capsys, args, message):
     (["worker", "--port", "99999"], "--port must be a port number, got 99999"),
     (["worker", "--memory-gb", "0"], "--memory-gb must be > 0"),
     (["worker", "--group-timeout", "-1"], "--group-timeout must be > 0"),
+    (["worker", "--lease-timeout", "0"], "--lease-timeout must be > 0"),
     (["coordinator", "--port", "70000"], "--port must be a port number, got 70000"),
     (["coordinator", "--heartbeat", "nan"], "--heartbeat must be > 0"),
+    (["coordinator", "--heartbeat", "1", "--lost-after", "1"],
+     "--lost-after more than --heartbeat"),
     (["coordinator", "--peer", "127.0.0.1:0"], "--peer: expected HOST:PORT"),
     (["coordinator", "--http-host", "127.0.0.1"], "--http-host needs --http-port"),
     (["coordinator", "--max-queue", "0"], "--max-queue must be >= 1"),
@@ -293,10 +303,14 @@ def test_serve_refuses_a_broken_model_with_its_reason(broken):
     ("{no-tokenizer}", {}, INVALID, "no-tokenizer has no tokenizer"),
     ("{no-hidden-size}", {}, INVALID, "missing 1 required positional argument"),  # runner's
     ("{llama}", {"draft_model": "{no-tokenizer}"}, INVALID, "no-tokenizer has no tokenizer"),
-    ("{llama}", {"draft_model": "/no/such/drafter"}, NOT_FOUND,
-     "no node can find drafter /no/such/drafter: w0: drafter /no/such/drafter not found"),
+    ("{layers-100k}", {}, INVALID, "num_hidden_layers is 100000, but the weight files hold 2"),
+    ("{layers-1}", {}, INVALID, "num_hidden_layers is 1, but the weight files hold 2"),
+    ("{llama}", {"draft_model": "no-such-drafter"}, NOT_FOUND,
+     "no node can find drafter no-such-drafter: w0: drafter no-such-drafter not found"),
+    ("{llama}", {"draft_model": "/no/such/drafter"}, INVALID,
+     "drafter /no/such/drafter is not inside node w"),
     ("no-such-org/no-such-model", {}, NOT_FOUND, "no node can find no-such-org/no-such-model"),
-    ("/" + "a" * 5000, {}, NOT_FOUND, "no node can find /aaaa"),  # the message cut to fit
+    ("/" + "a" * 5000, {}, INVALID, "the model name is 5001 characters long: at most 1024"),
     ("{llama}", {"max_tokens": PAST_CONTEXT}, OUT_OF_RANGE,
      f"max_tokens {PAST_CONTEXT} and the prompt's"),
     ("{llama}", {"messages": [{"role": "", "content": "hi"}]}, INVALID, "message 0 has role ''"),
@@ -368,8 +382,11 @@ def test_inspect_model_refusals(cluster, broken):
             model=str(broken["llama"]), draft_model=str(broken["config-list"]))), INVALID,
          "config-list/config.json must hold a JSON object"),
         (lambda: w0.InspectModel(worker_pb2.InspectModelRequest(
-            model=str(broken["llama"]), draft_model="/no/such")), NOT_FOUND,
-         "drafter /no/such not found on node w0"),
+            model=str(broken["llama"]), draft_model="/no/such")), INVALID,
+         "drafter /no/such is not inside node w0's model directories"),
+        (lambda: w0.InspectModel(worker_pb2.InspectModelRequest(
+            model=str(broken["llama"]), draft_model="no-such")), NOT_FOUND,
+         "drafter no-such not found on node w0"),
         (lambda: raw(_bad_utf8(worker_pb2.InspectModelRequest(model="\x7f\x7f"))), INVALID,
          "InspectModelRequest': String field had bad UTF-8"),
     ]:
@@ -382,9 +399,11 @@ def test_load_placement_refusals_leave_the_warm_placement(cluster, broken, warm)
     node = placement.ranks[0].node_id
     stub = _worker(cluster, node)
 
+    holder = cluster.client.status().coordinator_id  # the worker serves only its coordinator
+
     def load(**fields):
         request = {"placement_id": "p-test", "model": str(broken["llama"]),
-                   "hosts": ["127.0.0.1:0"], **fields}
+                   "hosts": ["127.0.0.1:0"], "coordinator_id": holder, **fields}
         return lambda: stub.LoadPlacement(worker_pb2.LoadPlacementRequest(**request),
                                           timeout=60)
 
@@ -396,7 +415,7 @@ def test_load_placement_refusals_leave_the_warm_placement(cluster, broken, warm)
         (load(model=str(broken["cut-data"])), INVALID, "cut-data/model.safetensors is truncated"),
         (load(placement_id=placement.id), grpc.StatusCode.ALREADY_EXISTS, "is already here"),
         (lambda: stub.ReleasePlacement(worker_pb2.ReleasePlacementRequest(
-            placement_id="p-no-such")), grpc.StatusCode.OK, ""),
+            placement_id="p-no-such", coordinator_id=holder)), grpc.StatusCode.OK, ""),
     ]:
         got, details = _status(call)
         assert (got, message in details) == (code, True), details
@@ -405,14 +424,58 @@ def test_load_placement_refusals_leave_the_warm_placement(cluster, broken, warm)
                           if node in [r.node_id for r in p.ranks]] and placement.id in held
 
 
+def test_a_config_claiming_100k_layers_is_refused_before_any_runner_starts(cluster, broken,
+                                                                           warm):
+    placement, _ = warm
+    node = placement.ranks[0].node_id
+    stub = _worker(cluster, node)
+    holder = cluster.client.status().coordinator_id  # the worker serves only its coordinator
+    start = time.perf_counter()
+    got, details = _status(lambda: stub.LoadPlacement(worker_pb2.LoadPlacementRequest(
+        placement_id="p-100k", model=str(broken["layers-100k"]), hosts=["127.0.0.1:0"],
+        coordinator_id=holder), timeout=60))
+    print(f"100,000-layer config refused in {(time.perf_counter() - start) * 1000:.1f} ms")
+    assert got == INVALID, details
+    assert details.endswith("layers-100k/config.json: num_hidden_layers is 100000, but the "
+                            "weight files hold 2 layers (model.layers.0 to 1)")
+    worker_log = {"w0": cluster.w0, "w1": cluster.w1}[node].log.read_text()
+    assert "p-100k" not in worker_log  # "placement p-100k rank 0: starting" when a runner starts
+    assert "p-100k" not in stub.GetInfo(worker_pb2.GetInfoRequest()).placement_ids
+
+
+def test_huge_request_fields_are_refused_by_their_size_never_quoted(cluster, checkpoints):
+    """A 1 MB model name or stop string is INVALID_ARGUMENT with a short message that
+    gives its length: nothing of it goes back in the status."""
+    huge = "x" * 2**20
+    llama = str(checkpoints.llama)
+    for call, message in [
+        (lambda: list(cluster.inference.Generate(generate_request(huge, PROMPT), timeout=30)),
+         "the model name is 1048576 characters long: at most 1024"),
+        (lambda: list(cluster.inference.Generate(generate_request(
+            llama, PROMPT, draft_model=huge), timeout=30)),
+         "the drafter name is 1048576 characters long"),
+        (lambda: list(cluster.inference.Generate(generate_request(
+            llama, PROMPT, stop=[huge]), timeout=30)),
+         "stop string 0 is 1048576 characters long"),
+        (lambda: _worker(cluster, "w0").InspectModel(worker_pb2.InspectModelRequest(
+            model=huge), timeout=30), "the model name is 1048576 characters long"),
+    ]:
+        got, details = _status(call)
+        assert (got, message in details) == (INVALID, True), details
+        assert len(details) < 200 and "xxxxxxxx" not in details
+
+
 def test_run_job_refusals_on_the_warm_placement(cluster, checkpoints, warm):
     placement, reference = warm
     stub = _worker(cluster, placement.ranks[0].node_id)
 
+    holder = cluster.client.status().coordinator_id  # the worker serves only its coordinator
+
     def job(**fields):
         decode = common_pb2.Decode(**{"prompt": PROMPT, "max_tokens": MAX_TOKENS, **fields})
         return lambda: stub.RunJob(worker_pb2.RunJobRequest(
-            placement_id=placement.id, job_id="direct", decode=decode), timeout=60)
+            placement_id=placement.id, job_id="direct", decode=decode, coordinator_id=holder),
+            timeout=60)
 
     raw = _raw(cluster, placement.ranks[0].node_id, "/exo_spec.v1.WorkerControl/RunJob",
                stream=True)
@@ -428,7 +491,7 @@ def test_run_job_refusals_on_the_warm_placement(cluster, checkpoints, warm):
                                             repetition_context_size=2**32 - 1)), INVALID,
          "repetition_context_size must be from 1 to 65536"),
         (lambda: stub.RunJob(worker_pb2.RunJobRequest(placement_id="", decode=common_pb2.Decode(
-            prompt=PROMPT))), NOT_FOUND, "no placement  on this node"),
+            prompt=PROMPT), coordinator_id=holder)), NOT_FOUND, "no placement  on this node"),
         (lambda: raw(_bad_utf8(worker_pb2.RunJobRequest(placement_id=placement.id,
                                                         job_id="\x7f\x7f"))), INVALID,
          "RunJobRequest': String field had bad UTF-8"),
@@ -486,8 +549,8 @@ HTTP_CASES = [
      "no node can find no-such-org/no-such-model"),
     ("/chat/completions", {"model": "{cut-header}"}, 400,
      "cut-header/model.safetensors is truncated"),
-    ("/chat/completions", {"speculation": {"draft_model": "/no/such/drafter"}}, 404,
-     "no node can find drafter /no/such/drafter"),
+    ("/chat/completions", {"speculation": {"draft_model": "no-such-drafter"}}, 404,
+     "no node can find drafter no-such-drafter"),
     ("/chat/completions", '{"messages": [{"role": "user", "content": "\\ud800"}]}', 400,
      "messages[0].content is not valid Unicode text"),
     ("/chat/completions", b'{"messages": [{"role": "user", "content": "\xff"}]}', 400,

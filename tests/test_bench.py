@@ -7,6 +7,8 @@ import json
 import pytest
 from mlx.utils import tree_flatten
 
+from exo_spec.bench.inputs import EDIT_TASK
+from exo_spec.bench.report import first_divergence
 from exo_spec.cli import main
 from exo_spec.models import synthetic
 from exo_spec.models.load import load
@@ -38,12 +40,15 @@ def test_models_dir_rows_and_two_ranks(models_dir, tmp_path, capsys):
     for key in [("single", "mlx-lm plain", "-"), ("single", "exo-spec plain", "-"),
                 ("single", "exo-spec drafter", "2"), ("single", "exo-spec drafter", "auto"),
                 ("single", "exo-spec mtp", "2"), ("single", "exo-spec mtp", "auto"),
+                ("single", "exo-spec lookup", "2"), ("single", "exo-spec lookup", "auto"),
+                ("single", "exo-spec lookup+mtp", "auto"),
                 ("single", "exo-spec untrained drafter", "auto"),
                 ("2 ranks pipeline", "group plain", "-"), ("2 ranks pipeline", "group mtp", "auto"),
                 ("2 ranks pipeline", "group drafter", "auto")]:
         row = rows[key]
         assert row["error"] is None, key
         assert row["same_output"] is True, key
+        assert row["first_divergence"] == [None], key
         assert row["decode_tps"] > 0, key
     # mlx-lm cannot speculate on a hybrid (GatedDeltaNet) target: marked, not hidden.
     refused = rows[("single", "mlx-lm speculative", "2")]
@@ -57,14 +62,28 @@ def test_models_dir_rows_and_two_ranks(models_dir, tmp_path, capsys):
 def test_explicit_paths_with_mlx_speculative(checkpoints, tmp_path):
     doc = _bench(tmp_path, "--model", str(checkpoints.llama), "--draft-model",
                  str(checkpoints.drafter), "--ks", "2", "--prompt", "def f(x):",
-                 "--warmup-tokens", "2")
+                 "--warmup-tokens", "2", "--edit-task")
     rows = {(r["row"], r["k"]): r for r in doc["rows"]}
     assert set(rows) == {("mlx-lm plain", "-"), ("mlx-lm speculative", "2"),
                          ("exo-spec plain", "-"), ("exo-spec drafter", "2"),
-                         ("exo-spec drafter", "auto")}
-    assert all(r["same_output"] is True and r["error"] is None for r in rows.values())
+                         ("exo-spec drafter", "auto"), ("exo-spec lookup", "2"),
+                         ("exo-spec lookup", "auto")}
+    assert doc["models"]["prompts"] == 2  # --num-prompts 1, then the edit task
+    assert all(r["same_output"] is True and r["error"] is None
+               and r["first_divergence"] == [None, None] for r in rows.values())
     check = doc["checks"]["drafter_vs_mlx_speculative"]
     assert check["ratio"] is not None and set(check["same_k"]) == {"2"}
+
+
+def test_first_divergence():
+    ref = [5, 6, 7, 8]
+    assert first_divergence([5, 6, 7, 8], ref) is None
+    assert first_divergence([5, 9, 7, 8], ref) == 1
+    assert first_divergence([5, 6], ref) == 2  # cut short
+    assert first_divergence([5, 6, 7, 8, 9], ref) == 4  # ran on
+    assert first_divergence([5, 6], ref, eos={7}) is None  # stopped at the reference's EOS
+    assert first_divergence([5], ref, eos={7}) == 1
+    assert EDIT_TASK.count("def moving_average(values, window):") == 2  # file, then rewrite
 
 
 def test_bad_input(tmp_path, capsys):

@@ -40,6 +40,8 @@ def generate_json(*args: str) -> dict:
         ("qwen3_5", ["--draft-model", "drafter", "--num-draft", "2"], "draft"),
         ("qwen3_5", ["--num-draft", "2", "--warmup-tokens", "5"], "mtp"),
         ("llama", ["--draft-model", "drafter", "--warmup-tokens", "20"], "draft"),
+        ("llama", ["--prompt-lookup"], "lookup"),
+        ("qwen3_5", ["--prompt-lookup", "--mtp", "--num-draft", "2"], "lookup+mtp"),
     ],
 )
 def test_json_matches_greedy_reference(checkpoints, target, extra, mode):
@@ -100,6 +102,9 @@ def test_sampling_with_seed_is_reproducible(checkpoints, spec):
         (["--model", "{llama}", "--mtp"], "has no MTP weights"),
         (["--model", "{llama}", "--no-spec", "--draft-model", "{drafter}"], "contradict"),
         (["--model", "{llama}", "--mtp", "--no-spec"], "not allowed with"),
+        (["--model", "{llama}", "--prompt-lookup", "--no-spec"],
+         "--no-spec and --prompt-lookup contradict each other"),
+        (["--model", "{llama}", "--prompt-lookup", "--mtp"], "has no MTP weights"),
         (["--model", "{llama}", "--num-draft", "0"], "--num-draft must be >= 1"),
         (["--model", "{llama}", "--warmup-tokens", "-1"], "--warmup-tokens must be >= 0"),
         (["--model", "{llama}", "--coordinator", "127.0.0.1:1", "--warmup-tokens", "2"],

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import subprocess
 import sys
@@ -15,10 +16,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from conftest import MODEL_DIR, admin_channel
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from mlx_lm.sample_utils import make_logits_processors
 
+from exo_spec.auth.key_file import load_key
 from exo_spec.cli import main
 from exo_spec.client import AsyncClient, Client
 from exo_spec.coordinator.discovery import SERVICE_TYPE, MdnsDiscovery
@@ -41,10 +44,17 @@ STATS_KEYS = ["mode", "num_draft", "drafted", "accepted", "prompt_tokens", "cach
               "decode_tps"]
 
 
+def with_model_dir(args: tuple[str, ...]) -> tuple[str, ...]:
+    """A worker's ``args`` and, unless they name their own, the folder every test writes
+    its checkpoints in as its ``--model-dir`` (``conftest.MODEL_DIR``)."""
+    return args if "--model-dir" in args else (*args, "--model-dir", os.environ[MODEL_DIR])
+
+
 def start_worker(tmp: Path, node_id: str, port: int = 0, *args: str) -> tuple[Background, int]:
     """``--mdns`` in ``args``: advertise (on 127.0.0.1), else ``--no-mdns``."""
     mdns = "--mdns" in args
     args = tuple(a for a in args if a != "--mdns") + (() if mdns else ("--no-mdns",))
+    args = with_model_dir(args)
     w = Background(tmp / f"{node_id}-{time.monotonic_ns()}.log", "worker", "--host",
                    "127.0.0.1", "--port", str(port), "--node-id", node_id, *args)
     return w, int(w.wait_for(WORKER_LINE).group(2))
@@ -153,15 +163,21 @@ def test_nodes_health_and_reflection(cluster):
     status = cluster.client.status()
     assert (status.ready_nodes, status.lost_nodes) == (2, 0)
     assert status.memory_bytes == sum(n.memory_bytes for n in nodes.values())
-    with grpc.insecure_channel(cluster.address) as channel:
+    def services(channel) -> set[str]:
+        answers = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        return {s.name for a in answers for s in a.list_services_response.service}
+
+    with grpc.insecure_channel(cluster.address) as channel:  # health answers anyone
         for service in ("", "exo_spec.v1.Inference"):
             check = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service))
             assert check.status == health_pb2.HealthCheckResponse.SERVING
-        answers = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
-            iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
-        services = {s.name for a in answers for s in a.list_services_response.service}
-    assert "exo_spec.v1.Inference" in services
+        with pytest.raises(grpc.RpcError) as outsider:  # reflection only the key's holders
+            services(channel)
+        assert outsider.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with admin_channel(cluster.address) as channel:
+        assert "exo_spec.v1.Inference" in services(channel)
     assert "node w0 found at" in cluster.log() and "node w1 found at" in cluster.log()
 
 
@@ -172,7 +188,7 @@ def test_mdns_discovery_on_loopback(tmp_path):
     worker, port = start_worker(tmp_path, node_id, 0, "--mdns")
 
     async def go():
-        registry = Registry()
+        registry = Registry(key=load_key())
         discovery = MdnsDiscovery(registry, "127.0.0.1")
         await discovery.start()
         try:
@@ -351,10 +367,12 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
     ("llama", {"spec": "mtp", "draft_model": "drafter"}, INVALID, "exclusive"),
     ("llama", {"nodes": 3}, grpc.StatusCode.FAILED_PRECONDITION,
      "3 nodes were asked for but only 2 are ready"),
-    ("/no/such/model", {}, grpc.StatusCode.NOT_FOUND,
-     "no node can find /no/such/model: w0: model /no/such/model not found on node w0"),
-    ("llama", {"draft_model": "/no/such/drafter"}, grpc.StatusCode.NOT_FOUND,
-     "/no/such/drafter not found on node w1"),
+    ("/no/such/model", {}, INVALID, "model /no/such/model is not inside node w"),
+    ("nobody/no-such-model", {}, grpc.StatusCode.NOT_FOUND,
+     "no node can find nobody/no-such-model: w0: model nobody/no-such-model not found on "
+     "node w0: not in its Hugging Face cache, and downloads are off"),
+    ("llama", {"draft_model": "no-such-drafter"}, grpc.StatusCode.NOT_FOUND,
+     "drafter no-such-drafter not found on node w1"),
     ("llama", {"draft_model": "foreign_drafter"}, INVALID, "vocabulary"),
     ("llama", {"spec": "mtp"}, grpc.StatusCode.FAILED_PRECONDITION, "has no MTP heads"),
     ("huge", {}, grpc.StatusCode.RESOURCE_EXHAUSTED, "does not fit on 2 nodes"),
@@ -441,7 +459,8 @@ def test_cli_generate(cluster, checkpoints, reference, capsys):
         (["--nodes", "3"], 2,
          "exo-spec generate: error: FAILED_PRECONDITION: 3 nodes were asked for but only 2 "
          "are ready"),
-        (["--model", "/no/such/model"], 2, "exo-spec generate: error: NOT_FOUND: no node can"),
+        (["--model", "nobody/no-such-model"], 2,
+         "exo-spec generate: error: NOT_FOUND: no node can"),
         (["--local-ranks", "2"], 2,
          "exo-spec generate: error: --local-ranks does not apply with --coordinator"),
         (["--split", "1,1"], 2, "exo-spec generate: error: --split does not apply"),
@@ -483,8 +502,8 @@ def test_cli_nodes_and_jobs(cluster, checkpoints, reference, capsys):
     at = ["--coordinator", cluster.address]
     code, out, _ = cli(capsys, "nodes", *at)
     lines = out.splitlines()
-    assert code == 0 and lines[0].split() == ["ID", "ADDRESS", "STATE", "BACKEND", "CHIP",
-                                              "MEMORY", "GiB", "PLACEMENTS"]
+    assert code == 0 and lines[0].split() == ["ID", "ADDRESS", "STATE", "LEASE", "BACKEND",
+                                              "CHIP", "MEMORY", "GiB", "PLACEMENTS"]
     assert [line.split()[:3] for line in lines[1:]] == [
         ["w0", f"127.0.0.1:{cluster.worker_ports['w0']}", "READY"],
         ["w1", f"127.0.0.1:{cluster.worker_ports['w1']}", "READY"]]
@@ -545,7 +564,7 @@ def test_the_coordinator_stops_cleanly_and_releases_its_placements(cluster):
     cluster.coordinator.stop()
     assert cluster.coordinator.proc.returncode == 0 and "stopping" in cluster.log()
     for port in cluster.worker_ports.values():
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with admin_channel(f"127.0.0.1:{port}") as channel:
             info = worker_pb2_grpc.WorkerControlStub(channel).GetInfo(
                 worker_pb2.GetInfoRequest(), timeout=10)
         assert list(info.placement_ids) == []

@@ -9,10 +9,21 @@ import numpy as np
 import pytest
 from scipy.stats import chisquare
 
+from exo_spec.engine.prompt_lookup import one_hot
 from exo_spec.engine.sampling import Sampling, probs
 from exo_spec.engine.verify import verify_sampled
 
-from decoders import PROMPTS, drafter_decoder, loaded, mtp_decoder, perturbed, prompt_ids, run
+from decoders import (
+    PROMPTS,
+    drafter_decoder,
+    loaded,
+    lookup_decoder,
+    mtp_decoder,
+    perturbed,
+    prompt_ids,
+    run,
+)
+from reference import greedy_reference
 
 SAMPLING = Sampling(temp=1.0, top_k=3)
 LENGTH = 4  # the first token from the prompt pass, then one round drafting 2
@@ -53,10 +64,12 @@ def _assert_matches(counts: Counter, joint: dict, samples: int) -> None:
     assert chisquare(observed, expected).pvalue > 1e-3
 
 
-@pytest.mark.parametrize("proposer", ["drafter", "mtp"])
+@pytest.mark.parametrize("proposer", ["drafter", "mtp", "lookup"])
 def test_sampled_sequences_follow_the_target(checkpoints, proposer):
-    path = checkpoints.llama if proposer == "drafter" else checkpoints.qwen3_5
+    path = checkpoints.qwen3_5 if proposer == "mtp" else checkpoints.llama
     prompt = prompt_ids(path, PROMPTS[0])
+    if proposer == "lookup":  # into the loop this model's greedy decode falls in: copies
+        prompt += greedy_reference(loaded(path).model, prompt, 12)
     joint = _exact_joint(loaded(path).model, prompt)
     drafter = perturbed(path, scale=0.01) if proposer == "drafter" else None
     counts: Counter = Counter()
@@ -65,28 +78,39 @@ def test_sampled_sequences_follow_the_target(checkpoints, proposer):
         mx.random.seed(seed)
         if proposer == "drafter":
             decoder = drafter_decoder(path, drafter, 2, sampling=SAMPLING)
-        else:
+        elif proposer == "mtp":
             decoder = mtp_decoder(path, 2, sampling=SAMPLING)
+        else:
+            decoder = lookup_decoder(path, 2, sampling=SAMPLING)
         counts[tuple(run(decoder, prompt, LENGTH))] += 1
         drafted += decoder.stats.drafted
         accepted += decoder.stats.accepted
-    assert drafted >= 2 * SAMPLES  # every sample went through a k = 2 round
-    if proposer == "drafter":
+    if proposer == "lookup":  # a copy of 2 wherever the sampled token was seen before
+        assert drafted > SAMPLES / 2
+    else:
+        assert drafted >= 2 * SAMPLES  # every sample went through a k = 2 round
+    if proposer != "mtp":
         assert 0 < accepted < drafted  # both branches of the rule were taken
     _assert_matches(counts, joint, SAMPLES)
 
 
-def test_rule_against_fixed_distributions():
-    """The first emitted token is distributed as p, whatever q proposes."""
+@pytest.mark.parametrize("proposal", ["sampled", "deterministic"])
+def test_rule_against_fixed_distributions(proposal):
+    """The first emitted token is distributed as p, whatever q proposes: drafts drawn
+    from q, or fixed ones (a prompt lookup's), whose q is one-hot."""
     rng = np.random.default_rng(0)
     vocab, k, trials = 5, 3, 4000
     p = rng.dirichlet(np.ones(vocab), size=k + 1).astype(np.float32)
     q = rng.dirichlet(np.ones(vocab) * 0.5, size=k).astype(np.float32)
+    fixed = mx.array([1, 3, 0], dtype=mx.uint32)
     mx.random.seed(0)
     counts = Counter()
     for _ in range(trials):
-        drafts = mx.random.categorical(mx.log(mx.array(q))).astype(mx.uint32)
-        _, tokens = verify_sampled(mx.array(p), mx.array(q), drafts)
+        if proposal == "sampled":
+            drafts = mx.random.categorical(mx.log(mx.array(q))).astype(mx.uint32)
+            _, tokens = verify_sampled(mx.array(p), mx.array(q), drafts)
+        else:
+            _, tokens = verify_sampled(mx.array(p), one_hot(fixed, vocab), fixed)
         counts[int(tokens[0].item())] += 1
     observed = [counts[t] for t in range(vocab)]
     expected = p[0].astype(np.float64) / p[0].astype(np.float64).sum() * trials

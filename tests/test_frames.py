@@ -82,6 +82,19 @@ def test_an_oversized_header_is_refused_before_reading_the_payload():
         frames.read(io.BytesIO(header + b"x"))
 
 
+def test_an_error_frame_past_its_bound_is_cut_to_fit_not_refused():
+    message = "a rank failed: " + "é" * 2**20
+    sent = Error(grpc.StatusCode.INTERNAL, message, "j1")
+    data = frames.encode(to_frame(sent))
+    assert len(data) <= frames.HEADER.size + frames.MAX_ERROR_FRAME
+    got = from_frame(frames.read(io.BytesIO(data)))
+    assert (got.code, got.job_id) == (sent.code, "j1")
+    assert got.message.endswith("...") and message.startswith(got.message[:-3])
+    assert len(got.message) > frames.MAX_ERROR_FRAME // 3  # cut to fit, no shorter
+    with pytest.raises(frames.FrameError, match="exceeds"):  # other frames are refused
+        frames.encode(to_frame(Progress("x" * (frames.MAX_FRAME + 1))))
+
+
 def test_every_message_comes_back_as_it_was_sent():
     sent = [
         Job(job_id="j1", prompt="héllo", max_tokens=8, sampling=Sampling(temp=0.5, top_k=3),

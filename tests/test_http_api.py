@@ -18,7 +18,7 @@ import mlx_lm
 import openai
 import pytest
 from mlx_lm.sample_utils import make_logits_processors
-from test_cluster import ready_ids, start_worker, wait_until
+from test_cluster import ready_ids, start_worker, wait_until, with_model_dir
 
 from exo_spec.client import Client
 from exo_spec.local_cluster import COORDINATOR_LINE, Background
@@ -28,6 +28,7 @@ from reference import greedy_reference
 
 HTTP_LINE = re.compile(r"OpenAI API on (http://127\.0\.0\.1:\d+/v1)")
 SERVE_LINE = re.compile(r"exo-spec serve: (http://127\.0\.0\.1:\d+/v1)")
+API_KEY_LINE = re.compile(r"API key \(made now[^)]*\): (\S+)")  # when none is given
 MAX_TOKENS = 12
 LONG = 3000  # a job that runs until it is stopped (within the context of 4096)
 PROMPT = "def heappush(heap, item):"
@@ -41,19 +42,25 @@ CANCELLED = inference_pb2.JOB_STATE_CANCELLED
 
 class HttpCluster:
     def __init__(self, tmp: Path, models: Path):
-        (self.w0, p0), (self.w1, p1) = (start_worker(tmp, "w0"),
+        # One job at a time per placement, so that a second job waits: the queue bound
+        # (--max-queue 1) is what these tests reach.
+        (self.w0, p0), (self.w1, p1) = (start_worker(tmp, "w0", 0, "--max-batch", "1"),
                                         start_worker(tmp, "w1", 0, "--memory-gb", "3",
-                                                     "--model-dir", str(models)))
+                                                     "--max-batch", "1",
+                                                     "--model-dir", str(models),
+                                                     *with_model_dir(())))
         self.coordinator = Background(
             tmp / "coordinator.log", "coordinator", "--host", "127.0.0.1", "--port", "0",
             "--no-mdns", "--peer", f"127.0.0.1:{p0}", "--peer", f"127.0.0.1:{p1}",
             "--http-port", "0", "--max-queue", "1")
         grpc_port = self.coordinator.wait_for(COORDINATOR_LINE).group(1)
         self.url = self.coordinator.wait_for(HTTP_LINE).group(1)
+        self.api_key = self.coordinator.wait_for(API_KEY_LINE).group(1)
+        self.headers = {"authorization": f"Bearer {self.api_key}"}
         self.client = Client(f"127.0.0.1:{grpc_port}")
         wait_until(lambda: ready_ids(self.client) == ["w0", "w1"], 30)
-        self.openai = openai.OpenAI(base_url=self.url, api_key="none", max_retries=0)
-        self.http = httpx.Client(base_url=self.url, timeout=120)
+        self.openai = openai.OpenAI(base_url=self.url, api_key=self.api_key, max_retries=0)
+        self.http = httpx.Client(base_url=self.url, timeout=120, headers=self.headers)
 
     def stop(self) -> None:
         self.http.close()
@@ -140,6 +147,17 @@ def test_chat_matches_mlx_lm_greedy(cluster, checkpoints):
     assert len({c.id for c in chunks}) == 1 and chunks[0].object == "chat.completion.chunk"
 
 
+def test_prompt_lookup_through_the_api(cluster, checkpoints):
+    """speculation.mode "lookup" reaches the worker's decoder: mlx-lm's greedy text, in
+    the lookup's stats mode."""
+    whole, _ = chat_reference(checkpoints.llama, CHAT)
+    r = cluster.openai.chat.completions.create(
+        model=str(checkpoints.llama), messages=CHAT, max_tokens=MAX_TOKENS, temperature=0,
+        extra_body={"speculation": {"mode": "lookup", "num_draft": 2}})
+    assert r.choices[0].message.content == whole
+    assert r.usage.model_dump()["speculation"]["mode"] == "lookup"
+
+
 def test_stop_strings_penalties_and_logit_bias_match_mlx_lm(cluster, checkpoints):
     """Penalized greedy decoding through the API is mlx-lm's with the same logits
     processors; the stop string completes inside a speculative round (the target
@@ -207,7 +225,7 @@ def test_models_and_health(cluster, checkpoints):
     qwen = models[str(checkpoints.qwen3_5)]  # only in w1's --model-dir
     assert qwen.model_dump()["loaded"] is False
     assert list(models).index(str(checkpoints.llama)) < list(models).index(qwen.id)
-    health = httpx.get(cluster.url.removesuffix("/v1") + "/health")
+    health = httpx.get(cluster.url.removesuffix("/v1") + "/health")  # needs no API key
     assert health.status_code == 200
     assert health.json()["status"] == "ok" and health.json()["ready_nodes"] == 2
 
@@ -229,8 +247,10 @@ def test_models_and_health(cluster, checkpoints):
     ("/chat/completions", {"messages": CHAT[:2], "speculation": {"mode": "fast"}}, 400,
      "speculation.mode must be one of auto, mtp, none"),
     ("/chat/completions", {"messages": CHAT[:2], "model": ""}, 400, "no model given"),
-    ("/chat/completions", {"messages": CHAT[:2], "model": "/no/such/model"}, 404,
-     "no node can find /no/such/model"),
+    ("/chat/completions", {"messages": CHAT[:2], "model": "nobody/no-such-model"}, 404,
+     "no node can find nobody/no-such-model"),
+    ("/chat/completions", {"messages": CHAT[:2], "model": "/no/such/model"}, 400,
+     "model /no/such/model is not inside node"),
     ("/completions", {"prompt": PROMPT * 600}, 413, "longer than the model's context"),
     ("/completions", {"prompt": PROMPT, "logprobs": 50}, 400, "logprobs must be an integer"),
     ("/embeddings", {}, 404, "Not Found"),
@@ -258,7 +278,8 @@ def test_a_full_queue_and_clients_that_leave(cluster, checkpoints):
         return [j.id for j in cluster.client.list_jobs([state])]
 
     async def go():
-        async with httpx.AsyncClient(base_url=cluster.url, timeout=60) as http:
+        async with httpx.AsyncClient(base_url=cluster.url, timeout=60,
+                                     headers=cluster.headers) as http:
             async with http.stream("POST", "/completions", json={**body, "stream": True}) as a:
                 assert a.status_code == 200  # headers come with the first token: it runs
                 running = a.headers["x-exo-spec-job"]
@@ -289,12 +310,16 @@ def test_the_coordinator_stops_cleanly(cluster):
 
 def test_no_ready_node_is_503(tmp_path):
     alone = Background(tmp_path / "alone.log", "coordinator", "--host", "127.0.0.1",
-                       "--port", "0", "--no-mdns", "--http-port", "0")
+                       "--port", "0", "--no-mdns", "--http-port", "0", "--api-key", "k",
+                       "--state-dir", str(tmp_path / "state"))
     try:
         url = alone.wait_for(HTTP_LINE).group(1)
-        r = httpx.post(f"{url}/chat/completions", json={"model": "m", "messages": CHAT[:2]})
+        assert "API key (made now" not in alone.log.read_text()  # it was given one
+        auth = {"authorization": "Bearer k"}
+        r = httpx.post(f"{url}/chat/completions", json={"model": "m", "messages": CHAT[:2]},
+                       headers=auth)
         assert (r.status_code, r.json()["error"]["message"]) == (503, "no worker node is ready")
-        assert httpx.get(f"{url}/models").json() == {"object": "list", "data": []}
+        assert httpx.get(f"{url}/models", headers=auth).json() == {"object": "list", "data": []}
     finally:
         alone.stop()
 
@@ -307,15 +332,17 @@ def test_serve_answers_a_chat_completion(tmp_path, checkpoints):
                        "--port", "0")
     try:
         url = serve.wait_for(SERVE_LINE, 90).group(1)
+        api_key = serve.wait_for(API_KEY_LINE).group(1)
         log = serve.log.read_text()
         assert "loading" in log and log.index("loading") < log.index(url)
         whole, _ = chat_reference(checkpoints.llama, CHAT)
-        with openai.OpenAI(base_url=url, api_key="none", max_retries=0) as client:
+        with openai.OpenAI(base_url=url, api_key=api_key, max_retries=0) as client:
             r = client.chat.completions.create(model=str(checkpoints.llama), messages=CHAT,
                                                max_tokens=MAX_TOKENS, temperature=0)
         assert r.choices[0].message.content == whole
         # a request that names no model gets --model
         r = httpx.post(f"{url}/chat/completions", timeout=60,
+                       headers={"authorization": f"Bearer {api_key}"},
                        json={"messages": CHAT, "max_tokens": MAX_TOKENS, "temperature": 0})
         assert r.json()["choices"][0]["message"]["content"] == whole
     finally:

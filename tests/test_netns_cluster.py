@@ -2,7 +2,10 @@
 (deploy/netns-cluster.sh), a coordinator on one and a worker on each of the others.
 The coordinator finds the workers by zeroconf multicast alone (no --peer), jobs go
 over gRPC, and a two-node placement's ranks talk over the ring backend between the
-namespaces."""
+namespaces. Both workers have one node id, as Macs sharing a host name do. The
+coordinator, the workers and the CLI share the test run's cluster key (its default
+path, ``conftest.cluster_key``); a fourth namespace without it is refused by every
+service: the coordinator's gRPC and HTTP, and each worker's WorkerControl."""
 
 from __future__ import annotations
 
@@ -14,7 +17,9 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
+from test_cluster import with_model_dir
 
 from exo_spec.models import synthetic
 from exo_spec.models.load import load
@@ -27,6 +32,45 @@ SCRIPT = ROOT / "deploy" / "netns-cluster.sh"
 PROMPT = "def heappush(heap, item):"
 MAX_TOKENS = 16
 PORT = 50151
+HTTP_PORT = 52415
+API_KEY = "netns-api-key"
+# What an outsider on the network tries, with no key and with a key of its own: run in
+# its own namespace, with a config directory that holds no key.
+OUTSIDER = """
+import json, sys, grpc, httpx
+from exo_spec.auth.grpc_client import channel
+from exo_spec.auth.key_file import ClusterKey
+from exo_spec.v1 import inference_pb2, inference_pb2_grpc, worker_pb2, worker_pb2_grpc
+
+coordinator, url, workers = sys.argv[1], sys.argv[2], sys.argv[3:]
+answers = {}
+
+def code(name, call):
+    try:
+        result = call()
+        if isinstance(result, grpc.Call):
+            list(result)
+        answers[name] = "OK"
+    except grpc.RpcError as e:
+        answers[name] = e.code().name
+
+for who, make in (("no key", grpc.insecure_channel),
+                  ("its own key", lambda t: channel(t, ClusterKey.generate()))):
+    with make(coordinator) as c:
+        s = inference_pb2_grpc.InferenceStub(c)
+        code(f"ListNodes, {who}", lambda: s.ListNodes(inference_pb2.ListNodesRequest()))
+        code(f"ListJobs, {who}", lambda: s.ListJobs(inference_pb2.ListJobsRequest()))
+    for w in workers:
+        with make(w) as c:
+            s = worker_pb2_grpc.WorkerControlStub(c)
+            code(f"{w} GetInfo, {who}", lambda: s.GetInfo(worker_pb2.GetInfoRequest()))
+            code(f"{w} LoadPlacement, {who}", lambda: s.LoadPlacement(
+                worker_pb2.LoadPlacementRequest(placement_id="outsider", model="m",
+                                                hosts=[w])))
+for who, headers in (("no key", {}), ("a wrong key", {"authorization": "Bearer wrong"})):
+    answers[f"HTTP, {who}"] = httpx.get(url + "/models", headers=headers).status_code
+print(json.dumps(answers))
+"""
 
 
 def _why_no_namespaces() -> str | None:
@@ -51,7 +95,7 @@ def hosts():
         pytest.fail(f"the multi-host tests need network namespaces: {why}")
     env = {**os.environ, "EXO_NETNS_PREFIX": f"exo{os.getpid() % 100000}-",
            "EXO_NETNS_SUBNET": f"10.{100 + os.getpid() % 100}.{os.getpid() % 250}"}
-    subprocess.run([str(SCRIPT), "up", "3"], env=env, check=True, capture_output=True)
+    subprocess.run([str(SCRIPT), "up", "4"], env=env, check=True, capture_output=True)
     try:
         yield env["EXO_NETNS_PREFIX"], env["EXO_NETNS_SUBNET"]
     finally:
@@ -68,9 +112,11 @@ def cluster(hosts, tmp_path_factory):
     prefix, subnet = hosts
     logs = tmp_path_factory.mktemp("netns-logs")
     procs = [_exo(f"{prefix}0", "coordinator", "--host", f"{subnet}.1", "--port", str(PORT),
+                  "--http-port", str(HTTP_PORT), "--api-key", API_KEY,
                   log=logs / "coordinator.log")]
     procs += [_exo(f"{prefix}{i}", "worker", "--host", f"{subnet}.{i + 1}",
-                   "--node-id", f"host{i}", log=logs / f"worker{i}.log") for i in (1, 2)]
+                   "--node-id", "mac", *with_model_dir(()), log=logs / f"worker{i}.log")
+              for i in (1, 2)]
     address = f"{subnet}.1:{PORT}"
     try:
         _wait_for_workers(address, 2, procs, logs)
@@ -118,12 +164,14 @@ def pair(checkpoints, tmp_path_factory) -> tuple[Path, Path]:
     return target, synthetic.write_perturbed(target, root / "drafter", 0.02, seed=8)
 
 
-def test_nodes_lists_both_workers(cluster):
+def test_nodes_lists_both_workers_apart(cluster):
+    """Two hosts advertising one node id are two nodes: the later "mac (2)"."""
     done = _cli("nodes", "--coordinator", cluster, "--json")
     assert done.returncode == 0, done.stderr
     nodes = {n["id"]: n for n in json.loads(done.stdout)["nodes"]}
-    assert set(nodes) == {"host1", "host2"}
+    assert set(nodes) == {"mac", "mac (2)"}
     assert all(n["state"] == "ready" for n in nodes.values())
+    assert len({n["host"] for n in nodes.values()}) == 2
 
 
 @pytest.mark.parametrize("nodes", [1, 2])
@@ -141,3 +189,23 @@ def test_job_matches_single_node_greedy_decode(cluster, pair, nodes):
     assert stats["mode"] == "draft" and stats.get("ranks", 1) == nodes
     assert stats["drafted"] > 0 and 0 < stats["accepted"] <= stats["drafted"]
     assert stats["generation_tokens"] == MAX_TOKENS
+
+
+def test_an_outsider_without_the_key_is_refused_everywhere(cluster, hosts, tmp_path):
+    prefix, subnet = hosts
+    url = f"http://{subnet}.1:{HTTP_PORT}/v1"
+    workers = [f"{n['host']}:{n['port']}" for n in _ready_nodes(cluster)]
+    assert len(workers) == 2
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path)}  # no key there
+    env.pop("EXO_SPEC_KEY_FILE", None)
+    done = subprocess.run(["ip", "netns", "exec", f"{prefix}3", sys.executable, "-c", OUTSIDER,
+                           cluster, url, *workers], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    answers = json.loads(done.stdout)
+    assert len(answers) == 2 * (2 + 2 * len(workers)) + 2
+    assert all(a in ("UNAUTHENTICATED", 401) for a in answers.values()), answers
+    assert all("outsider" not in n["placements"] for n in _ready_nodes(cluster))
+    # the cluster itself still answers its own callers
+    assert httpx.get(f"{url}/models", headers={"authorization": f"Bearer {API_KEY}"},
+                     timeout=30).status_code == 200

@@ -21,6 +21,7 @@ from decoders import (
     assert_same_parameters,
     drafter_decoder,
     loaded,
+    lookup_decoder,
     mtp_decoder,
     perturbed,
     prompt_ids,
@@ -44,9 +45,32 @@ def _check(decoder, path, prompt_text, max_tokens=MAX_TOKENS):
 
 @pytest.mark.parametrize("k", KS)
 @pytest.mark.parametrize("prompt", PROMPTS)
-def test_small_drafter(checkpoints, k, prompt):
+@pytest.mark.parametrize("lookup", [False, True])
+def test_small_drafter(checkpoints, k, prompt, lookup):
     drafter = loaded(checkpoints.drafter).model
-    _check(drafter_decoder(checkpoints.llama, drafter, k), checkpoints.llama, prompt)
+    decoder = drafter_decoder(checkpoints.llama, drafter, k, lookup=lookup)
+    _check(decoder, checkpoints.llama, prompt)
+    if lookup and k:
+        _assert_both_sources_drafted(decoder)
+
+
+def _assert_both_sources_drafted(decoder: SpecDecoder) -> None:
+    """Rounds of copied drafts and rounds of the model proposer's both ran."""
+    assert decoder.stats.mode.startswith("lookup+")
+    assert 0 < decoder.rounds_copied < decoder.stats.rounds
+
+
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_prompt_lookup_alone(checkpoints, k, prompt):
+    """A random model soon repeats itself, so copies are found and kept; where none is
+    found the round is a plain step."""
+    decoder = lookup_decoder(checkpoints.llama, k)
+    stats = _check(decoder, checkpoints.llama, prompt)
+    assert stats.mode == "lookup"
+    if k:
+        assert 0 < stats.accepted <= stats.drafted
+        assert decoder.rounds_copied < stats.rounds  # some found nothing: plain steps
 
 
 @pytest.mark.parametrize("k", KS)
@@ -79,12 +103,16 @@ def test_hybrid_target_with_close_drafter(checkpoints, k):
 
 @pytest.mark.parametrize("k", KS)
 @pytest.mark.parametrize("prompt", PROMPTS)
-def test_qwen3_5_mtp(checkpoints, k, prompt):
-    decoder = mtp_decoder(checkpoints.qwen3_5, k)
-    stats = _check(decoder, checkpoints.qwen3_5, prompt)
-    assert stats.mode == "mtp"
+@pytest.mark.parametrize("lookup", [False, True])
+def test_qwen3_5_mtp(checkpoints, k, prompt, lookup):
+    decoder = mtp_decoder(checkpoints.qwen3_5, k, lookup=lookup)
+    # Long enough for this model's output to repeat itself, and the lookup to copy.
+    stats = _check(decoder, checkpoints.qwen3_5, prompt, max_tokens=40 if lookup else MAX_TOKENS)
+    assert stats.mode == ("lookup+mtp" if lookup else "mtp")
     if k:
         assert stats.drafted > 0
+    if lookup and k:
+        _assert_both_sources_drafted(decoder)
     assert decoder.target.rounds.replayed_tokens == 0
 
 

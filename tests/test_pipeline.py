@@ -62,27 +62,38 @@ def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize(
-    "target, ranks, split, drafter",
+    "target, ranks, split, drafter, lookup",
     [
-        ("llama4", "2", "3,1", None),
-        ("llama4", "3", "1,2,1", "llama4-noisy"),
-        ("qwen3_5", "2", "3,1", "qwen3_5-noisy"),
-        ("qwen3_5", "3", "2,1,1", "drafter"),
+        ("llama4", "2", "3,1", None, None),
+        ("llama4", "3", "1,2,1", "llama4-noisy", None),
+        ("qwen3_5", "2", "3,1", "qwen3_5-noisy", None),
+        ("qwen3_5", "3", "2,1,1", "drafter", None),
+        # --prompt-lookup alone at every draft length, then beside a drafter
+        *[("llama4", "2", "3,1", None, k) for k in ("1", "2", "3", "4", "auto")],
+        ("qwen3_5", "2", "3,1", "qwen3_5-noisy", "2"),
     ],
 )
-def test_pipeline_matches_greedy_reference(models, target, ranks, split, drafter):
+def test_pipeline_matches_greedy_reference(models, target, ranks, split, drafter, lookup):
+    """``lookup``: --prompt-lookup with this draft length (auto: adaptive)."""
     path = models[target]
-    spec = ["--draft-model", str(models[drafter]), "--num-draft", "2"] if drafter \
-        else ["--no-spec"]
+    spec = ["--draft-model", str(models[drafter])] if drafter else []
+    if lookup:
+        spec.append("--prompt-lookup")
+    k = lookup or "2"
+    spec += ([] if k == "auto" else ["--num-draft", k]) if spec else ["--no-spec"]
+    max_tokens = 32 if lookup else MAX_TOKENS  # llama4's decode repeats itself after ~20
     proc = cli("--json", "--prompt", PROMPT, "--model", str(path), "--max-tokens",
-               str(MAX_TOKENS), "--local-ranks", ranks, "--split", split, *spec)
+               str(max_tokens), "--local-ranks", ranks, "--split", split, *spec)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     prompt = encode_prompt(loaded(path).tokenizer, PROMPT)
-    assert out["tokens"] == greedy_reference(loaded(path).model, prompt, MAX_TOKENS)
+    assert out["tokens"] == greedy_reference(loaded(path).model, prompt, max_tokens)
     stats = out["stats"]
     assert (stats["ranks"], stats["parallel"]) == (int(ranks), "pipeline")
-    assert stats["mode"] == ("draft" if drafter else "none")
+    assert stats["mode"] == "+".join(
+        mode for mode, used in (("lookup", lookup), ("draft", drafter)) if used) or "none"
+    if lookup and k != "auto":
+        assert stats["accepted"] > 0
     if drafter and drafter.endswith("noisy"):
         # Both paths of a round are exercised: some drafts kept, some rejected.
         assert 0 < stats["accepted"] < stats["drafted"]
@@ -112,6 +123,7 @@ def test_rotating_kv_cache_across_ranks(models, parallel):
     # Every rank quantizes the layers it keeps, rank 0 the MTP head too: the tokens are
     # mlx-lm's greedy decode of the target mlx-lm quantized the same way.
     ("qwen3_5", "3,1", ["--num-draft", "2", "--quantize", "8"]),
+    ("qwen3_5", "3,1", ["--num-draft", "2", "--prompt-lookup"]),
 ])
 def test_mtp_on_rank_0_matches_greedy_reference(models, target, split, flags):
     path = models[target]
@@ -122,7 +134,8 @@ def test_mtp_on_rank_0_matches_greedy_reference(models, target, split, flags):
     prompt = encode_prompt(loaded(path).tokenizer, PROMPT)
     model = quantized_by_mlx_lm(path, 8) if "--quantize" in flags else loaded(path).model
     assert out["tokens"] == greedy_reference(model, prompt, MAX_TOKENS)
-    assert out["stats"]["mode"] == "mtp" and out["stats"]["drafted"] > 0
+    assert out["stats"]["mode"] == ("lookup+mtp" if "--prompt-lookup" in flags else "mtp")
+    assert out["stats"]["drafted"] > 0
     assert out["stats"]["generation_tokens"] == MAX_TOKENS
 
 

@@ -144,10 +144,13 @@ def test_single_layer_and_single_node_clusters_do_not_split():
     assert e.code == StatusCode.RESOURCE_EXHAUSTED and "on one node" in e.message
 
 
-def test_assistants_never_span_nodes():
-    model = ModelFacts(num_layers=8, weight_bytes=20 * GiB, draft_bytes=GiB, mode="assistant")
+@pytest.mark.parametrize("mode, what", [("assistant", "Gemma 4 assistant"),
+                                        ("dflash", "DFlash drafter")])
+def test_drafters_reading_the_target_never_span_nodes(mode, what):
+    model = ModelFacts(num_layers=8, weight_bytes=20 * GiB, draft_bytes=GiB, mode=mode)
     e = refused(model, nodes(a=16, b=16))
     assert e.code == StatusCode.FAILED_PRECONDITION and "cannot span nodes" in e.message
+    assert what in e.message
     assert plan(model, nodes(a=16, b=32)).node_ids == ["b"]
 
 

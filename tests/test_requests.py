@@ -11,6 +11,7 @@ import grpc
 import pytest
 from mlx_lm.tokenizer_utils import load as load_tokenizer
 
+from exo_spec.auth.callers import ADMIN_ID
 from exo_spec.coordinator.api import job_request
 from exo_spec.models import synthetic
 from exo_spec.prompt import encode_messages
@@ -47,7 +48,8 @@ def chat(*turns: tuple[str, str]) -> list[common_pb2.ChatMessage]:
 def test_bad_decodes_are_invalid_at_the_coordinator_and_the_worker(fields, message):
     decode = common_pb2.Decode(**fields)
     with pytest.raises(StatusError) as coordinator:
-        job_request(inference_pb2.GenerateRequest(model="m", decode=decode), ready_nodes=1)
+        job_request(inference_pb2.GenerateRequest(model="m", decode=decode), ready_nodes=1,
+                owner=ADMIN_ID)
     with pytest.raises(StatusError) as worker:
         Job.from_proto("j", decode)
     for e in (coordinator.value, worker.value):
@@ -60,7 +62,8 @@ def test_a_good_decode_as_the_runner_gets_it():
                       ("tool", "{}")),
         stop=["\n\n", "END"], logprobs=True, top_logprobs=3,
         penalties=common_pb2.Penalties(presence_penalty=0.5, logit_bias={7: -100.0}))
-    job_request(inference_pb2.GenerateRequest(model="m", decode=decode), ready_nodes=1)
+    job_request(inference_pb2.GenerateRequest(model="m", decode=decode), ready_nodes=1,
+                owner=ADMIN_ID)
     job = Job.from_proto("j", decode, default_max_tokens=100)
     assert (job.prompt, [m["role"] for m in job.messages]) == \
         ("", ["system", "user", "assistant", "tool"])

@@ -8,6 +8,8 @@ import asyncio
 import itertools
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -17,7 +19,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+from conftest import admin_channel
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from test_cluster import with_model_dir
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from exo_spec import __version__, frames
@@ -40,6 +44,7 @@ from exo_spec.worker.messages import (
     to_frame,
 )
 from exo_spec.worker.model_info import inspect_model
+from exo_spec.worker.model_sources import ModelSources
 
 from decoders import loaded
 from reference import greedy_reference
@@ -55,13 +60,13 @@ class Worker:
     def __init__(self, log: Path, node_id: str, *args: str):
         self.node_id = node_id
         self.process = Background(log, "worker", "--host", "127.0.0.1", "--node-id", node_id,
-                                  *args)
+                                  *with_model_dir(args))
         self.proc, self.log = self.process.proc, log
         self.port = 0
 
     def wait_serving(self) -> Worker:
         self.port = int(self.process.wait_for(WORKER_LINE).group(2))
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.channel = admin_channel(f"127.0.0.1:{self.port}")
         self.stub = worker_pb2_grpc.WorkerControlStub(self.channel)
         return self
 
@@ -195,15 +200,18 @@ def test_inspect_model_says_which_models_cannot_span_nodes(workers, checkpoints,
     info = stub.InspectModel(worker_pb2.InspectModelRequest(model=str(gemma)))
     assert "gemma4_text cannot be split across ranks" in info.split_refusal
     with pytest.raises(StatusError) as e:
-        inspect_model(str(gemma), None, SpecMode.NONE, "w0", ranks=2)
+        inspect_model(str(gemma), None, SpecMode.NONE, "w0", sources=ModelSources.of([tmp_path]),
+                      ranks=2)
     assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert "cannot be split" in e.value.message
 
 
 @pytest.mark.parametrize("model, draft_model, spec, code, message", [
-    ("/no/such/model", "", 0, grpc.StatusCode.NOT_FOUND, "/no/such/model not found on node w0"),
+    ("/no/such/model", "", 0, grpc.StatusCode.INVALID_ARGUMENT,
+     "model /no/such/model is not inside node w0's model directories"),
     ("nobody/no-such-model", "", 0, grpc.StatusCode.NOT_FOUND, "nobody/no-such-model not found"),
-    ("llama", "/no/such/drafter", 0, grpc.StatusCode.NOT_FOUND, "/no/such/drafter not found"),
+    ("llama", "no-such-drafter", 0, grpc.StatusCode.NOT_FOUND,
+     "drafter no-such-drafter not found on node w0"),
     ("llama", "foreign_drafter", 0, grpc.StatusCode.INVALID_ARGUMENT,
      "does not share the target's vocabulary"),
     ("llama", "", common_pb2.SPEC_MODE_MTP, grpc.StatusCode.FAILED_PRECONDITION,
@@ -219,6 +227,43 @@ def test_inspect_model_refusals(workers, checkpoints, model, draft_model, spec, 
                                        spec=spec), timeout=30))
     assert (got, time.monotonic() - start < 10) == (code, True)
     assert message in details
+
+
+def test_models_come_only_from_the_model_dirs_and_the_hub_cache(checkpoints, tmp_path,
+                                                                 monkeypatch):
+    """Paths relative to a model dir or inside one, and ids in the hub cache, are found;
+    a path outside one (however it gets there: ``..``, a symlink) is refused in the
+    same words whether it exists or not; a model card cannot make the node fetch."""
+    models, hub = tmp_path / "models", tmp_path / "hub"
+    shutil.copytree(checkpoints.llama, models / "llama")
+    (models / "link-out").symlink_to(checkpoints.drafter)
+    repo = hub / "models--org--tiny"
+    shutil.copytree(checkpoints.drafter, repo / "snapshots" / "abc")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc")
+    shutil.copytree(checkpoints.llama, models / "carded")
+    (models / "carded" / "exo_spec_card.json").write_text(
+        json.dumps({"drafter_model_ids": ["someone/far-away-drafter"]}))
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    sources = ModelSources.of([models])
+    for name, found in [("llama", models / "llama"), (str(models / "x" / ".." / "llama"),
+                                                      models / "llama"),
+                        ("org/tiny", repo / "snapshots" / "abc")]:
+        assert sources.locate(name, "n0") == found.resolve()
+    for name in ("link-out", "../../" + "/".join(checkpoints.drafter.parts[1:]),
+                 str(checkpoints.drafter), "/no/such/model", str(models / ".." / "elsewhere")):
+        with pytest.raises(StatusError) as e:
+            sources.locate(name, "n0")
+        assert (e.value.code, e.value.message) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"model {name} is not inside node n0's model directories "
+            "(exo-spec worker --model-dir)")
+    with pytest.raises(StatusError) as e:
+        inspect_model("carded", None, SpecMode.AUTO, "n0", sources=sources)
+    assert (e.value.code, e.value.message) == (
+        grpc.StatusCode.NOT_FOUND, "drafter someone/far-away-drafter not found on node n0: "
+        "not in its Hugging Face cache, and downloads are off (exo-spec worker "
+        "--allow-downloads)")
 
 
 # -- one node ----------------------------------------------------------------------
@@ -588,6 +633,42 @@ def test_group_with_mtp_matches_greedy_reference(workers, checkpoints):
         release(workers, "mtp")
 
 
+def _runners_of(worker: Worker) -> list[int]:
+    """The pids of ``worker``'s runner processes."""
+    runners = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        if stat.rsplit(")", 1)[1].split()[1] == str(worker.proc.pid):
+            runners.append(int(pid))
+    return runners
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_worker_holding_a_group_stops_cleanly_on_a_signal(checkpoints, tmp_path, sig):
+    """Both workers of a 2-node placement are signalled: each releases its rank (the
+    runner reads end of file and exits), stops serving and exits 0, without a C++
+    abort at interpreter exit."""
+    pair = start_workers(tmp_path, ("s0", "--no-mdns"), ("s1", "--no-mdns"))
+    try:
+        load_group(pair, "held", checkpoints.llama, spec=common_pb2.SPEC_MODE_NONE)
+        run(pair[0], "held", decode())
+        runners = [pid for w in pair for pid in _runners_of(w)]
+        assert len(runners) == 2
+        for w in pair:
+            w.proc.send_signal(sig)
+        codes = [w.proc.wait(30) for w in pair]
+    finally:
+        for w in pair:
+            w.stop()
+    logs = [w.log.read_text() for w in pair]
+    assert codes == [0, 0], logs
+    assert not any("terminate called" in log or "Traceback" in log for log in logs), logs
+    assert not any(Path(f"/proc/{pid}").exists() for pid in runners)
+
+
 def test_a_lost_rank_is_unavailable(workers, checkpoints, tmp_path):
     """Rank 0 fails the job with the ring's error, or (when the ring leaves a
     collective waiting) after the group timeout."""
@@ -623,7 +704,8 @@ def test_a_worker_is_found_by_mdns_on_loopback(tmp_path):
     node_id = f"test-node.{uuid.uuid4().hex[:8]}"
     worker = start_workers(tmp_path, (node_id,))[0]
     try:
-        info, removed = asyncio.run(_browse(f"{node_id}.{SERVICE_TYPE}", worker.stop))
+        info, removed = asyncio.run(_browse(f"{node_id}@127.0.0.1:{worker.port}.{SERVICE_TYPE}",
+                                            worker.stop))
     finally:
         worker.stop()
     props = {k.decode(): v.decode() for k, v in info.properties.items()}

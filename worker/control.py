@@ -1,7 +1,8 @@
 """The WorkerControl service: how a coordinator drives this worker.
 
-Every refusal is a ``StatusError``; ``_refusals`` ends the call with its status,
-unary or streaming.
+Loading, running and releasing are for the coordinator holding the worker's lease
+(``lease``); reading what the worker is and holds is for anyone. Every refusal is a
+``StatusError``; ``_refusals`` ends the call with its status, unary or streaming.
 """
 
 from __future__ import annotations
@@ -11,10 +12,8 @@ import functools
 import logging
 import socket
 import uuid
-from collections.abc import Sequence
 from contextlib import aclosing
 from inspect import isasyncgenfunction
-from pathlib import Path
 
 from grpc import StatusCode
 
@@ -23,9 +22,12 @@ from ..group.pipeline import layer_ranges
 from ..spec_mode import SpecMode
 from ..status import StatusError
 from ..v1 import worker_pb2, worker_pb2_grpc
+from .batching import DEFAULT_BATCHING, Batching
+from .lease import DEFAULT_TIMEOUT_S, Lease
 from .messages import Finished, Job, LoadConfig, Ready
-from .model_info import inspect_model
+from .model_info import check_fits, inspect_model
 from .model_list import list_models
+from .model_sources import ModelSources
 from .node import Node
 from .placements import Placements
 
@@ -79,30 +81,39 @@ def _spec_mode(value: int) -> SpecMode:
 
 class WorkerControl(worker_pb2_grpc.WorkerControlServicer):
     def __init__(self, node: Node, placements: Placements, group_timeout_s: float,
-                 model_dirs: Sequence[Path] = (), prefix_cache_bytes: int | None = None):
+                 models: ModelSources, prefix_cache_bytes: int | None = None,
+                 lease_timeout_s: float = DEFAULT_TIMEOUT_S, batching: Batching = DEFAULT_BATCHING):
         """``prefix_cache_bytes``: each placement's prefix cache (0: none; None:
-        ``default_prefix_cache_bytes`` of the node's budget)."""
+        ``default_prefix_cache_bytes`` of the node's budget); ``lease_timeout_s``: how
+        long the coordinator holding this worker may stay silent before its lease
+        lapses and its placements are released; ``batching``: how a one-node
+        placement batches its jobs."""
         self.node = node
         self.placements = placements
+        self.lease = Lease(node.node_id, placements, lease_timeout_s)
         self.group_timeout_s = group_timeout_s
         self.prefix_cache_bytes = default_prefix_cache_bytes(node.memory_bytes) \
             if prefix_cache_bytes is None else prefix_cache_bytes
-        self.model_dirs = list(model_dirs)  # --model-dir: checkpoints ListModels lists
+        self.models = models  # where models load from (--model-dir, --allow-downloads)
+        self.batching = batching
         self.port = 0  # set once the server is bound
+        self.instance_id = uuid.uuid4().hex  # tells this process from another with its node id
 
     @_refusals
     async def GetInfo(self, request, context):
+        self.lease.renew(request.coordinator_id)
         n = self.node
         return worker_pb2.WorkerInfo(
             node_id=n.node_id, version=__version__, host=n.host, port=self.port,
             memory_bytes=n.memory_bytes, chip=n.chip, backend=n.backend,
-            placement_ids=self.placements.ids())
+            placement_ids=self.placements.ids(), lease=self.lease.to_proto(),
+            instance_id=self.instance_id)
 
     @_refusals
     async def InspectModel(self, request, context):
         facts = await asyncio.to_thread(
             inspect_model, request.model, request.draft_model or None, _spec_mode(request.spec),
-            self.node.node_id)
+            self.node.node_id, sources=self.models)
         return facts.to_proto()
 
     @_refusals
@@ -113,6 +124,7 @@ class WorkerControl(worker_pb2_grpc.WorkerControlServicer):
 
     @_refusals
     async def LoadPlacement(self, request, context):
+        await self.lease.admit(request.coordinator_id)
         hosts, rank = list(request.hosts), request.rank
         if not request.placement_id:
             raise StatusError(StatusCode.INVALID_ARGUMENT, "no placement_id")
@@ -125,16 +137,22 @@ class WorkerControl(worker_pb2_grpc.WorkerControlServicer):
         # answer ready_mode "none"); the placement's mode is rank 0's.
         facts = await asyncio.to_thread(
             inspect_model, request.model, draft_model if rank == 0 else None,
-            spec if rank == 0 else SpecMode.NONE, self.node.node_id, ranks=len(hosts))
+            spec if rank == 0 else SpecMode.NONE, self.node.node_id, sources=self.models,
+            ranks=len(hosts))
         split = list(request.split) or None
         try:
-            layer_ranges(facts.num_layers, len(hosts), split)
+            layers = layer_ranges(facts.num_layers, len(hosts), split)[rank]
         except ValueError as e:
             raise StatusError(StatusCode.INVALID_ARGUMENT, str(e)) from None
-        config = LoadConfig(model=request.model, draft_model=draft_model, spec=spec, split=split,
+        check_fits(facts, layers, rank, self.node.memory_bytes)
+        # The runner loads the checkpoints found here, by path: it fetches nothing.
+        draft_path = str(facts.draft_path) if facts.draft_path else None
+        config = LoadConfig(model=str(facts.path), draft_model=draft_path, spec=spec, split=split,
                             ranks=len(hosts), group_timeout_s=self.group_timeout_s,
                             # a group's is bounded by rank 0's share (``GroupLeader``)
-                            prefix_cache_bytes=self.prefix_cache_bytes)
+                            prefix_cache_bytes=self.prefix_cache_bytes,
+                            max_batch=self.batching.max_batch,
+                            kv_budget_bytes=self.batching.kv_budget(self.node.memory_bytes))
         placement = await self.placements.start(request.placement_id, rank, hosts, config)
         log.info("%s: starting (%s)", placement, request.model)
         ready = False
@@ -142,7 +160,8 @@ class WorkerControl(worker_pb2_grpc.WorkerControlServicer):
             async for event in placement.load_events():
                 if isinstance(event, Ready):
                     ready = True
-                    log.info("%s: ready (%s)", placement, event.mode)
+                    log.info("%s: ready (%s, batches of up to %d)", placement, event.mode,
+                             event.batch_capacity)
                 yield event.to_proto()
         finally:
             if not ready:  # it failed, or the coordinator gave up on it
@@ -150,13 +169,15 @@ class WorkerControl(worker_pb2_grpc.WorkerControlServicer):
 
     @_refusals
     async def RunJob(self, request, context):
+        await self.lease.admit(request.coordinator_id)
         placement = self.placements.get(request.placement_id)
         if placement.rank != 0:
             raise StatusError(StatusCode.FAILED_PRECONDITION,
                               f"{placement}: jobs run on the worker of rank 0")
         job = Job.from_proto(request.job_id or uuid.uuid4().hex, request.decode,
-                             request.default_max_tokens)
-        log.info("%s: job %s", placement, job.job_id)
+                             request.default_max_tokens, request.generated_token_ids)
+        log.info("%s: job %s%s", placement, job.job_id,
+                 f", resumed after {len(job.generated)} tokens" if job.generated else "")
         async with aclosing(placement.run(job)) as events:
             async for event in events:
                 if isinstance(event, Finished):
@@ -166,11 +187,17 @@ class WorkerControl(worker_pb2_grpc.WorkerControlServicer):
 
     @_refusals
     async def ReleasePlacement(self, request, context):
+        await self.lease.admit(request.coordinator_id)
         await self.placements.release(request.placement_id)
         log.info("placement %s released", request.placement_id)
         return worker_pb2.ReleasePlacementResponse()
 
     @_refusals
+    async def EndLease(self, request, context):
+        await self.lease.end(request.coordinator_id)
+        return worker_pb2.EndLeaseResponse()
+
+    @_refusals
     async def ListModels(self, request, context):
-        models = await asyncio.to_thread(list_models, self.model_dirs)
+        models = await asyncio.to_thread(list_models, self.models.dirs, self.models.hub)
         return worker_pb2.ListModelsResponse(models=models)

@@ -14,6 +14,7 @@ dataclass as a map, a list of dataclasses as a list of maps, a map with integer 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum, EnumType
 from functools import cache
@@ -43,6 +44,8 @@ class LoadConfig:
     ranks: int
     group_timeout_s: float  # see ``runner.watchdog``
     prefix_cache_bytes: int = 0  # its PrefixCache's bound (a group: rank 0's share; 0: none)
+    max_batch: int = 1  # the most jobs one node's runner decodes together (``runner.batch``)
+    kv_budget_bytes: int = 0  # what their caches may take together (0: no bound)
 
     def to_json(self) -> str:
         return json.dumps(_plain(self))
@@ -71,14 +74,16 @@ class Job:
     penalties: Penalties = field(default_factory=Penalties)
     top_logprobs: int | None = None  # None: no logprobs; else alternatives per token
     default_max_tokens: int = DEFAULT_MAX_TOKENS
+    # Resuming: what the job emitted on a placement that was lost (``runner.job``)
+    generated: list[int] = field(default_factory=list)
 
     @classmethod
     def from_proto(cls, job_id: str, decode: common_pb2.Decode,
-                   default_max_tokens: int = 0) -> Job:
+                   default_max_tokens: int = 0, generated: Sequence[int] = ()) -> Job:
         """INVALID_ARGUMENT for a request out of range (sampling, penalties, stop
         strings, top_logprobs, prompt and messages): the worker's edge checks them, so
         the runner takes them as they come. ``default_max_tokens``: the request's, 0
-        meaning ``DEFAULT_MAX_TOKENS``."""
+        meaning ``DEFAULT_MAX_TOKENS``; ``generated``: the tokens to resume after."""
         s = decode.sampling
         try:
             prompt, messages = prompt_or_messages(decode)
@@ -101,6 +106,7 @@ class Job:
             penalties=penalties,
             top_logprobs=top,
             default_max_tokens=default_max_tokens or DEFAULT_MAX_TOKENS,
+            generated=list(generated),
         )
 
     def token_budget(self, prompt_tokens: int, context_length: int) -> int:
@@ -153,9 +159,10 @@ class Ready:
     """The runner holds its weights (and, with several ranks, so does every rank)."""
 
     mode: ProposerKind  # NONE on ranks other than 0: only rank 0 holds a proposer
+    batch_capacity: int = 1  # the most jobs it decodes together (1: one at a time)
 
     def to_proto(self) -> worker_pb2.LoadEvent:
-        return worker_pb2.LoadEvent(ready_mode=self.mode)
+        return worker_pb2.LoadEvent(ready_mode=self.mode, batch_capacity=self.batch_capacity)
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,14 @@
 
 A reader task per runner routes what it says: load messages (progress, ready, or an
 error before ready) to whoever waits on the load, job messages to the job with their
-id. Jobs queue in the runner, which serves them one at a time; a job whose caller
-went away is sent a cancel and its remaining messages are dropped. When a runner
+id. Jobs queue in the runner, which decodes them together or one at a time
+(``runner.batch``); a job whose caller went away is sent a cancel and its remaining
+messages are dropped. When a runner
 exits, everything still waiting on it fails with UNAVAILABLE.
+
+Each placement has a scratch directory (a group's hostfile) named after the worker's
+pid; a worker killed before it could remove them leaves them behind, and the next
+worker to start removes those of processes that are gone (``remove_dead_workers_dirs``).
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import asyncio
 import json
 import logging
 import os
+import re
+import shutil
 import sys
 import tempfile
 from collections.abc import AsyncIterator
@@ -40,6 +47,7 @@ from .messages import (
 
 log = logging.getLogger(__name__)
 EXIT_WAIT_S = 10.0
+DIR_PREFIX = "exo-spec-placement-"  # then the worker's pid, a dash, tempfile's random part
 
 
 class PlacementState(Enum):
@@ -59,7 +67,7 @@ class Placement:
         self._last_error: StatusError | None = None  # the runner's: why it exits, if it does
         self._load: asyncio.Queue[Progress | Ready | Error] = asyncio.Queue()
         self._jobs: dict[str, asyncio.Queue[Tokens | Finished | Error]] = {}
-        self._tmp = tempfile.TemporaryDirectory(prefix="exo-spec-placement-")
+        self._tmp = tempfile.TemporaryDirectory(prefix=f"{DIR_PREFIX}{os.getpid()}-")
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task | None = None
 
@@ -186,6 +194,29 @@ class Placement:
         except TimeoutError:
             self._proc.kill()
             await self._proc.wait()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_dead_workers_dirs() -> list[Path]:
+    """Remove the placement directories whose worker process is gone (killed before
+    it could remove them); those of live processes stay. The ones removed."""
+    removed = []
+    for path in Path(tempfile.gettempdir()).glob(f"{DIR_PREFIX}*"):
+        owner = re.fullmatch(rf"{DIR_PREFIX}(\d+)-.+", path.name)
+        if owner and not _alive(int(owner[1])):
+            shutil.rmtree(path, ignore_errors=True)
+            if not path.exists():
+                removed.append(path)
+    return removed
 
 
 class Placements:

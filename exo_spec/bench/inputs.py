@@ -4,7 +4,9 @@
 heads), DIR/drafter, DIR/untrained-drafter and DIR/prompts.json (a list of
 held-out prompt strings, fed raw, without a chat template). ``--model``,
 ``--draft-model``, ``--untrained-draft-model`` and ``--prompts`` name them one
-by one, or override what DIR holds.
+by one, or override what DIR holds. ``--edit-task`` adds ``EDIT_TASK``, a file to
+rewrite with a small change: the output repeats most of its prompt, the case prompt
+lookup drafts for.
 """
 
 from __future__ import annotations
@@ -28,6 +30,32 @@ from ..models.load import (
 from ..models.mtp import load_mtp, mtp_layer_count
 
 DEFAULT_PROMPT_CHARS = 400  # without prompts: the start of the synthetic corpus
+
+# A file, then the start of its rewrite with one identifier renamed: raw text that any
+# model continues (an instruction-tuned one and a code model trained on sources alike).
+_EDIT_FILE = '''def moving_average(values, window):
+    """The mean of each run of ``window`` consecutive values."""
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    total = sum(values[:window])
+    averages = [total / window]
+    for i in range(window, len(values)):
+        total += values[i] - values[i - window]
+        averages.append(total / window)
+    return averages
+
+
+def cumulative(values):
+    """The running sums of ``values``."""
+    total = 0
+    out = []
+    for value in values:
+        total += value
+        out.append(total)
+    return out
+'''
+EDIT_TASK = (f"# stats.py\n{_EDIT_FILE}\n\n# stats.py, with `total` renamed to `running_sum`\n"
+             f"{_EDIT_FILE.splitlines()[0]}\n")
 
 
 @dataclass
@@ -107,7 +135,7 @@ def gather(args) -> Inputs:
         prompts += loaded
     if not prompts:
         prompts = [synthetic.corpus_text()[:DEFAULT_PROMPT_CHARS]]
-    prompts = prompts[: args.num_prompts]
+    prompts = prompts[: args.num_prompts] + ([EDIT_TASK] if args.edit_task else [])
     ids = [target.tokenizer.encode(p) for p in prompts]
     if any(not p for p in ids):
         raise ValueError("a prompt encodes to no tokens")

@@ -15,21 +15,31 @@ TARGETS = {
 }
 
 
-def same_output(row: Row, reference: list[list[int]], eos: set[int]) -> bool | None:
-    """Every repeat's tokens equal the reference's (mlx-lm plain, first repeat). A group
-    run stops at EOS, so its tokens must be the reference up to that EOS."""
-    if not row.runs or not reference:
+def first_divergence(tokens: list[int], reference: list[int], eos: set[int] | None = None
+                     ) -> int | None:
+    """The first position where ``tokens`` and ``reference`` differ (where the shorter
+    one ends, if it is the other's start), None where they agree. ``eos``: ``tokens``
+    stopped at end of sequence, so they agree with a reference that has an EOS token
+    right after them (the reference runs on past it)."""
+    at = next((i for i, (a, b) in enumerate(zip(tokens, reference, strict=False)) if a != b), None)
+    if at is not None:
+        return at
+    if len(tokens) == len(reference) or (
+            eos is not None and len(tokens) < len(reference) and reference[len(tokens)] in eos):
         return None
-    for run in row.runs:
-        for i, p in zip(row.prompts, run.prompts, strict=True):
-            ref = reference[i]
-            if row.group == SINGLE:
-                if p.tokens != ref:
-                    return False
-            elif p.tokens != ref[: len(p.tokens)] or (
-                    len(p.tokens) < len(ref) and ref[len(p.tokens)] not in eos):
-                return False
-    return True
+    return min(len(tokens), len(reference))
+
+
+def divergences(row: Row, reference: list[list[int]], eos: set[int]) -> list[int | None]:
+    """Per prompt of the row, the earliest ``first_divergence`` over its repeats from the
+    reference (mlx-lm plain, first repeat); a group run stops at EOS."""
+    out = []
+    for n, i in enumerate(row.prompts):
+        found = [first_divergence(run.prompts[n].tokens, reference[i],
+                                  None if row.group == SINGLE else eos) for run in row.runs]
+        found = [at for at in found if at is not None]
+        out.append(min(found) if found else None)
+    return out
 
 
 def summarize(rows: list[Row], eos: set[int]) -> list[dict]:
@@ -43,6 +53,7 @@ def summarize(rows: list[Row], eos: set[int]) -> list[dict]:
         last = r.runs[-1] if r.runs else None
         group_base = next((g for g in rows if g.group == r.group and g.name == GROUP_PLAIN),
                           None)
+        diverged = divergences(r, reference, eos) if r.runs and reference else None
         d = {
             "group": r.group, "row": r.name, "k": r.k,
             "decode_tps": round(median, 2), "spread_pct": round(spread, 1),
@@ -53,7 +64,8 @@ def summarize(rows: list[Row], eos: set[int]) -> list[dict]:
             "tokens": last.decoded if last else 0,
             "prompts": len(r.prompts),
             "vs_mlx_plain": _ratio(median, medians.get(id(base))),
-            "same_output": same_output(r, reference, eos),
+            "same_output": None if diverged is None else all(at is None for at in diverged),
+            "first_divergence": diverged,
             "error": r.error,
         }
         if r.group != SINGLE:
@@ -129,6 +141,9 @@ def table(results: list[dict]) -> str:
                 continue
             accept = "-" if r["acceptance"] is None else f"{100 * r['acceptance']:.0f}%"
             same = {True: "same", False: "DIFFERS", None: "?"}[r["same_output"]]
+            if r["same_output"] is False:
+                same += " from token " + ",".join(
+                    "-" if at is None else str(at) for at in r["first_divergence"])
             line = (f"{r['row']:<28} {r['k']:>4} {r['decode_tps']:>9.1f} "
                     f"{r['spread_pct']:>6.1f}% {accept:>7} {r['tokens_per_round']:>7.2f} "
                     f"{_fmt(r['vs_mlx_plain']):>7}")

@@ -3,7 +3,8 @@
 On one machine, all on the same target: mlx-lm ``generate_step`` (the baseline),
 mlx-lm ``speculative_generate_step`` with the drafter (k=1..4), exo-spec plain,
 with the drafter (k=1..4 and adaptive), with the target's MTP head (k=1..4 and
-adaptive), and adaptive with the untrained drafter (drafts that never fit, so
+adaptive), with prompt lookup (k=1..4 and adaptive, then adaptive beside the MTP
+head), and adaptive with the untrained drafter (drafts that never fit, so
 adaptive k must fall back to plain decoding). An adaptive row keeps one policy
 through its warm-up, prompts and repeats, as a worker does across its jobs. With
 ``--local-ranks N``: the same target pipelined over N local processes, plain
@@ -78,6 +79,13 @@ def single_rows(inputs: Inputs, ks: list[int]) -> list[Row]:
         models = ModelSet(target, None, ProposerKind.MTP, inputs.mtp)
         rows += [row("exo-spec mtp", str(k), exo(models, k)) for k in ks]
         rows.append(row("exo-spec mtp", "auto", exo(models, None)))
+    lookup = ModelSet(target, None, ProposerKind.NONE, lookup=True)
+    rows += [row("exo-spec lookup", str(k), exo(lookup, k)) for k in ks]
+    rows.append(row("exo-spec lookup", "auto", exo(lookup, None)))
+    if inputs.has_mtp:
+        rows.append(row("exo-spec lookup+mtp", "auto",
+                        exo(ModelSet(target, None, ProposerKind.MTP, inputs.mtp, lookup=True),
+                            None)))
     if inputs.untrained:
         rows.append(row("exo-spec untrained drafter", "auto",
                         exo(ModelSet(target, inputs.untrained, ProposerKind.DRAFT), None)))

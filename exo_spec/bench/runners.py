@@ -63,7 +63,8 @@ def exo(jobs: JobSeries, models: ModelSet, num_draft: int | None, prompt: list[i
     s = decoder.stats
     return PromptRun(tokens, seconds, s.rounds, s.drafted, s.accepted,
                      extra={"rounds_pipelined": decoder.rounds_pipelined,
-                            "rounds_taken_back": decoder.rounds_taken_back})
+                            "rounds_taken_back": decoder.rounds_taken_back,
+                            "rounds_copied": decoder.rounds_copied})
 
 
 def group(target: str, flags: list[str], prompt: str, max_tokens: int, ranks: int) -> PromptRun:

@@ -22,6 +22,9 @@ def add_parser(sub) -> None:
                                                 "(default DIR/prompts.json)")
     p.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     p.add_argument("--num-prompts", type=int, default=4, help="use the first N prompts")
+    p.add_argument("--edit-task", action="store_true",
+                   help="also decode an edit task: a file in the prompt, its rewrite with "
+                        "one name changed in the output (where prompt lookup drafts well)")
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3,
                    help="timed repeats per row, interleaved across rows")

@@ -6,6 +6,9 @@ message``, and exits 2 when the request was refused as asked (INVALID_ARGUMENT,
 NOT_FOUND, FAILED_PRECONDITION, RESOURCE_EXHAUSTED, ...) or 1 when it was not
 carried through (UNAVAILABLE: the coordinator or a node is unreachable or was
 lost; CANCELLED; DEADLINE_EXCEEDED): trying again later may work.
+
+Each proves the cluster key (``--key-file``; ``exo_spec.auth.key_file``); without one
+it prints one line and exits 2.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import sys
 
 import grpc
 
+from ..auth.key_file import KeyFileError, add_key_file_flag, load_key
 from ..client import Client, address, generate_request, no_result, stats_dict
 from ..coordinator.states import JobState, NodeState
 from ..engine.stats import summary
@@ -32,6 +36,16 @@ DEFAULT_COORDINATOR = "127.0.0.1:50151"
 def _fail(command: str, e: StatusError) -> int:
     print(f"exo-spec {command}: error: {e.line()}", file=sys.stderr)
     return 1 if e.code in TRANSIENT else 2
+
+
+def _client(command: str, args) -> Client | None:
+    """A client of ``args.coordinator`` with the cluster key; None, having said why,
+    when there is no key to use."""
+    try:
+        return Client(args.coordinator, key=load_key(args.key_file))
+    except KeyFileError as e:
+        print(f"exo-spec {command}: error: {e}", file=sys.stderr)
+        return None
 
 
 def check_coordinator(target: str) -> None:
@@ -70,8 +84,10 @@ def generate(args, penalties: Penalties) -> int:
     streamed = False
     finished = None
     logprobs = []
+    if (client := _client("generate", args)) is None:
+        return 2
     try:
-        with Client(args.coordinator) as client:
+        with client:
             for event in client.stream(request, timeout=args.timeout):
                 if event.HasField("tokens"):
                     logprobs.extend(_logprob(t) for t in event.tokens.logprobs)
@@ -119,6 +135,7 @@ def _coordinator_flag(p) -> None:
                    help="the coordinator (default: $EXO_SPEC_COORDINATOR or "
                         f"{DEFAULT_COORDINATOR})")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_key_file_flag(p)
 
 
 def add_parser(sub) -> None:
@@ -149,7 +166,7 @@ def _time(ts) -> str | None:
 
 def node_dict(n: inference_pb2.Node) -> dict:
     return {"id": n.id, "host": n.host, "port": n.port,
-            "state": NodeState.from_proto(n.state),
+            "state": NodeState.from_proto(n.state), "lease_holder": n.lease_holder or None,
             "backend": n.backend, "chip": n.chip, "version": n.version,
             "memory_bytes": n.memory_bytes, "used_bytes": n.used_bytes,
             "placements": list(n.placement_ids), "last_seen": _time(n.last_seen)}
@@ -159,7 +176,7 @@ def job_dict(j: inference_pb2.Job) -> dict:
     d = {"id": j.id, "state": JobState.from_proto(j.state), "model": j.model,
          "draft_model": j.draft_model, "placement": j.placement_id, "nodes": list(j.node_ids),
          "created": _time(j.created), "finished": _time(j.finished_at),
-         "generated_tokens": j.generated_tokens, "error": j.error}
+         "generated_tokens": j.generated_tokens, "error": j.error, "owner": j.owner}
     if j.HasField("result"):
         d["result"] = {"text": j.result.text, "tokens": list(j.result.token_ids),
                        "finish_reason": j.result.finish_reason,
@@ -183,19 +200,27 @@ def _bad_coordinator(command: str, target: str) -> bool:
 
 
 def nodes(args) -> int:
-    if _bad_coordinator("nodes", args.coordinator):
+    if _bad_coordinator("nodes", args.coordinator) or (client := _client("nodes", args)) is None:
         return 2
     try:
-        with Client(args.coordinator) as client:
+        with client:
             found = client.nodes()
+            coordinator_id = client.status().coordinator_id
     except StatusError as e:
         return _fail("nodes", e)
     if args.json:
-        print(json.dumps({"nodes": [node_dict(n) for n in found]}))
+        print(json.dumps({"coordinator_id": coordinator_id,
+                          "nodes": [node_dict(n) for n in found]}))
         return 0
-    print(table(["ID", "ADDRESS", "STATE", "BACKEND", "CHIP", "MEMORY GiB", "PLACEMENTS"],
-                [[n["id"], f"{n['host']}:{n['port']}", n["state"].upper(), n["backend"],
-                  n["chip"], f"{_gib(n['used_bytes'])}/{_gib(n['memory_bytes'])}",
+
+    def lease(holder: str | None) -> str:  # whose the worker is: ours, free, or another's id
+        return "free" if holder is None else "ours" if holder == coordinator_id else holder
+
+    print(table(["ID", "ADDRESS", "STATE", "LEASE", "BACKEND", "CHIP", "MEMORY GiB",
+                 "PLACEMENTS"],
+                [[n["id"], f"{n['host']}:{n['port']}", n["state"].upper(),
+                  lease(n["lease_holder"]), n["backend"], n["chip"],
+                  f"{_gib(n['used_bytes'])}/{_gib(n['memory_bytes'])}",
                   ",".join(n["placements"]) or "-"] for n in map(node_dict, found)]))
     return 0
 
@@ -208,10 +233,10 @@ def jobs(args) -> int:
         print(f"exo-spec jobs: error: unexpected {args.job_id!r} (jobs show ID?)",
               file=sys.stderr)
         return 2
-    if _bad_coordinator("jobs", args.coordinator):
+    if _bad_coordinator("jobs", args.coordinator) or (client := _client("jobs", args)) is None:
         return 2
     try:
-        with Client(args.coordinator) as client:
+        with client:
             if args.action == "list":
                 states = [JobState(s).to_proto() for s in args.state]
                 found = [job_dict(j) for j in client.list_jobs(states)]
@@ -226,8 +251,8 @@ def jobs(args) -> int:
         return 0
     if args.action == "show":
         job = found[0]
-        for key in ("id", "state", "model", "draft_model", "placement", "nodes", "created",
-                    "finished", "generated_tokens", "error"):
+        for key in ("id", "state", "owner", "model", "draft_model", "placement", "nodes",
+                    "created", "finished", "generated_tokens", "error"):
             value = ",".join(job[key]) if isinstance(job[key], list) else job[key]
             if value not in ("", None):
                 print(f"{key}: {value}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from ..auth.key_file import add_key_file_flag
 from ..models.quantize import QUANTIZE_BITS
 from ..sampling import (
     DEFAULT_CONTEXT_SIZE,
@@ -24,12 +25,17 @@ def add_parser(sub) -> None:
     p.add_argument("--model", required=True, help="local path or Hugging Face id")
     p.add_argument("--prompt", required=True)
     p.add_argument("--draft-model",
-                   help="drafter sharing the target's tokenizer, or a Gemma 4 assistant")
+                   help="drafter sharing the target's tokenizer, a Gemma 4 assistant "
+                   "or a DFlash block drafter")
     spec = p.add_mutually_exclusive_group()
     spec.add_argument("--mtp", dest="spec", action="store_const", const=SpecMode.MTP,
                       default=SpecMode.AUTO, help="draft with the checkpoint's own MTP heads")
     spec.add_argument("--no-spec", dest="spec", action="store_const", const=SpecMode.NONE,
                       help="plain decoding, no speculation")
+    p.add_argument("--prompt-lookup", action="store_true",
+                   help="draft by copying what followed the newest tokens' latest earlier "
+                        "occurrence in the prompt and output (no weights); with "
+                        "--draft-model or --mtp, beside that proposer")
     p.add_argument("--num-draft", type=int, help="fixed draft length (default: adaptive)")
     p.add_argument("--max-tokens", type=int, default=256)
     p.add_argument("--temp", type=float, default=0.0)
@@ -81,6 +87,7 @@ def add_parser(sub) -> None:
                    help="with --coordinator: run across exactly N nodes (default: the fewest)")
     p.add_argument("--timeout", type=float, metavar="SECONDS",
                    help="with --coordinator: give up (and cancel the job) after this long")
+    add_key_file_flag(p, "with --coordinator: ")
     p.set_defaults(run=run)
 
 
@@ -99,6 +106,10 @@ def _check(args):
     except ValueError as e:
         raise ValueError(f"--{e}") from None
     check_stop(args.stop)
+    if args.prompt_lookup:  # the request's mode from here on, to every rank or a cluster
+        if args.spec == SpecMode.NONE:
+            raise ValueError("--no-spec and --prompt-lookup contradict each other")
+        args.spec = SpecMode.LOOKUP_MTP if args.spec == SpecMode.MTP else SpecMode.LOOKUP
     check_request(args.spec, args.draft_model, args.num_draft, names=FLAG_NAMES)
     return Sampling(temp=args.temp, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p)
 
@@ -157,8 +168,8 @@ def run(args) -> int:
             from . import cluster
 
             return cluster.generate(args, penalties)
-        if args.nodes is not None or args.timeout is not None:
-            raise ValueError("--nodes and --timeout need --coordinator")
+        if args.nodes is not None or args.timeout is not None or args.key_file is not None:
+            raise ValueError("--nodes, --timeout and --key-file need --coordinator")
         if args.local_ranks is not None or args.split or args.parallel != "pipeline":
             from ..group.launch import launch_local
 

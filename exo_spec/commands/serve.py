@@ -7,9 +7,19 @@ in a runner process of its own. Before it says it serves, it loads the model by
 running a one-token job through the same path every request takes, printing each
 step on stderr; then it prints ``exo-spec serve: http://HOST:PORT/v1``
 (``--verbose`` also logs every node, placement and job event). A request
-that names no model gets ``--model`` (and ``--draft-model``). SIGINT or SIGTERM
+that names no model gets ``--model`` (and ``--draft-model``). Its worker loads
+models as ``exo-spec worker`` does (``worker.model_sources``): from the ``--model-dir``
+folders, the Hugging Face hub cache, and the checkpoints ``--model`` and
+``--draft-model`` name, which it fetches first when they are Hugging Face ids (a
+local path is taken as an absolute one); nothing a request names is downloaded.
+SIGINT or SIGTERM
 cancels the jobs, releases the model and exits 0; a model that cannot be loaded
 exits 2.
+
+Its HTTP requests bring an API key (``--api-key``, ``--api-key-file``, else one made
+and printed at start); its gRPC API and its worker take the user's cluster key
+(``--key-file``, made on first use), as a coordinator's do, so ``exo-spec jobs``
+reaches it with no flag.
 """
 
 from __future__ import annotations
@@ -20,7 +30,15 @@ import math
 import sys
 from pathlib import Path
 
-from .coordinator import DEFAULT_HTTP_PORT, add_job_flags, check_job_flags
+from ..auth.key_file import KeyFileError
+from .coordinator import (
+    DEFAULT_HTTP_PORT,
+    add_auth_flags,
+    add_job_flags,
+    api_keys,
+    check_job_flags,
+    cluster_key,
+)
 
 READY_TIMEOUT_S = 30.0  # for the coordinator's first heartbeat to reach the worker
 WARM_UP_PROMPT = "Hello"
@@ -42,11 +60,13 @@ def add_parser(sub) -> None:
     p.add_argument("--memory-gb", type=float,
                    help="memory budget for models (default: 75%% of physical memory)")
     p.add_argument("--model-dir", action="append", default=[], metavar="DIR",
-                   help="a folder of checkpoint directories to list in /v1/models "
-                        "(repeatable; the Hugging Face hub cache is always listed)")
+                   help="a folder of checkpoint directories that requests may also name "
+                        "and /v1/models lists (repeatable; the Hugging Face hub cache is "
+                        "always listed)")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="log every node, placement and job event on stderr")
     add_job_flags(p)
+    add_auth_flags(p)
     p.set_defaults(run=run)
 
 
@@ -70,17 +90,35 @@ def run(args) -> int:
     args.model_dir = [Path(d).expanduser().resolve() for d in args.model_dir]
     if missing := [d for d in args.model_dir if not d.is_dir()]:
         return _error(f"--model-dir {missing[0]} is not a directory")
+    from ..models.load import ModelLoadError, exists, resolve
+
+    try:  # what the command line names is fetched now, and its worker may load it
+        model = resolve(args.model)
+        draft = resolve(args.draft_model) if args.draft_model else None
+    except ModelLoadError as e:
+        return _error(str(e).splitlines()[0])
+    if exists(args.model):  # requests name it as given here, so by an absolute path
+        args.model = str(model.resolve())
+    if draft and exists(args.draft_model):
+        args.draft_model = str(draft.resolve())
+    args.model_dir += [path for path in (model, draft) if path]
+    try:
+        key = cluster_key(args, _say)
+        keys, made = api_keys(args, serves_http=True)
+    except KeyFileError as e:
+        return _error(str(e))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s exo-spec serve: %(message)s")
     try:
-        return asyncio.run(_serve(args))
+        return asyncio.run(_serve(args, key, keys, made))
     except KeyboardInterrupt:
         return 0
 
 
-async def _serve(args) -> int:
+async def _serve(args, key, keys, made_api_key: str | None) -> int:
     from ..coordinator.server import Coordinator
     from ..serving import address, until_stopped
+    from ..worker.model_sources import ModelSources
     from ..worker.node import this_node
     from ..worker.runner.watchdog import DEFAULT_TIMEOUT_S
     from ..worker.server import worker_server
@@ -88,12 +126,14 @@ async def _serve(args) -> int:
     stopped = asyncio.create_task(until_stopped())
     await asyncio.sleep(0)  # its signal handlers are in place from here on
     node = this_node("local", "127.0.0.1", args.memory_gb)
-    worker, control, placements = worker_server(node, DEFAULT_TIMEOUT_S, args.model_dir)
+    worker, control, placements = worker_server(node, key, DEFAULT_TIMEOUT_S,
+                                                ModelSources.of(args.model_dir))
     control.port = worker.add_insecure_port("127.0.0.1:0")
     await worker.start()
     coordinator = Coordinator(
-        args.host, args.grpc_port, peers=[f"127.0.0.1:{control.port}"], mdns=False,
-        heartbeat_s=1.0, lost_after=3, http_port=args.port, http_host=args.host,
+        args.host, args.grpc_port, key=key, api_keys=keys,
+        peers=[f"127.0.0.1:{control.port}"], mdns=False,
+        http_port=args.port, http_host=args.host,
         max_queue=args.max_queue, default_max_tokens=args.max_tokens_default,
         default_model=args.model, default_draft_model=args.draft_model or "")
     try:
@@ -110,6 +150,9 @@ async def _serve(args) -> int:
             return 0
         if error := warm_up.result():
             return _error(error)
+        if made_api_key:
+            _say(f"API key (made now; --api-key or --api-key-file sets yours): "
+                 f"{made_api_key}")
         _say(coordinator.http.url)
         await stopped
         logging.getLogger(__name__).info("stopping")
@@ -128,6 +171,7 @@ async def _load(coordinator, model: str, draft_model: str) -> str | None:
 
     from grpc import StatusCode
 
+    from ..auth.callers import ADMIN_ID
     from ..coordinator.api import job_request
     from ..coordinator.job import End
     from ..status import StatusError
@@ -143,7 +187,7 @@ async def _load(coordinator, model: str, draft_model: str) -> str | None:
                                                 prompt=WARM_UP_PROMPT, max_tokens=1,
                                                 ignore_chat_template=True))
     try:
-        job = coordinator.scheduler.submit(job_request(request, 1))
+        job = coordinator.scheduler.submit(job_request(request, 1, owner=ADMIN_ID))
     except StatusError as e:
         return e.line()
     try:

@@ -19,6 +19,7 @@ import mlx.nn as nn
 from mlx_lm.models.cache import KVCache, RotatingKVCache, make_prompt_cache
 
 from ..models.heads import body_and_head
+from .layer_taps import tapped
 from .round_cache import RoundCache
 from .target import prefill
 
@@ -38,9 +39,12 @@ class CachedModel:
     chains_rounds = True
 
     def __init__(self, model: nn.Module, *, max_kv_size: int | None = None,
-                 pass_width: int | None = None):
+                 pass_width: int | None = None, taps: list[int] | None = None):
+        """``taps``: the hidden states asked for are these layers' outputs, concatenated
+        (``layer_taps.tapped``), instead of the final ones."""
         self.model = model
         self.pass_width = pass_width
+        self.taps = taps
         self._body, self._head = body_and_head(model)
         self.rounds = RoundCache(lambda: make_cache(model, max_kv_size),
                                  lambda x, cache: model(x, cache=cache))
@@ -51,8 +55,8 @@ class CachedModel:
         return self.rounds.cache
 
     def __call__(self, tokens: mx.array, hidden: bool = False):
-        """Logits (S, V) for ``tokens`` (S,), and the final hidden states (S, H) if
-        asked, else None."""
+        """Logits (S, V) for ``tokens`` (S,), and the final hidden states (S, H) (with
+        ``taps``, the tapped ones) if asked, else None."""
         real = tokens.shape[0]
         in_round, self._unfed_round = self._unfed_round == real, None
         if self.pass_width is None or (real >= self.pass_width and not in_round):
@@ -69,6 +73,9 @@ class CachedModel:
     def _forward(self, tokens: mx.array, hidden: bool = False):
         if not hidden:
             return self.model(tokens[None], cache=self.cache)[0], None
+        if self.taps:
+            h, states = tapped(self._body, self.taps, tokens[None], self.cache)
+            return self._head(h)[0], states[0]
         h = self._body(tokens[None], cache=self.cache)
         return self._head(h)[0], h[0]
 

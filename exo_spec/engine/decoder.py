@@ -11,6 +11,11 @@ back from the target and the proposer. Where speculation does not pay, a plain
 target step queues the next one before it is read, as mlx-lm's generate_step
 does, for the same overlap.
 
+With a ``lookup`` (``prompt_lookup.PromptLookup``), a round first tries drafts copied
+from the sequence itself, from the token ids read so far; where it finds none the round
+is the model proposer's, or with no proposer a plain step. A round of copied drafts is
+never started ahead, and the proposer takes its kept tokens as it takes a plain step's.
+
 The job's penalties (``logits_processing``) apply at every target position with
 the history a plain decode has there, and to the proposer's logits with its drafts'
 history; logprobs (``logprobs``) are computed from the same processed logits and
@@ -39,6 +44,7 @@ from .draft_length import AdaptiveDraftLength, FixedDraftLength
 from .logits_processing import LogitsProcessing
 from .pipelining import RoundPipelining
 from .prefix_cache import PrefixCache
+from .prompt_lookup import PromptLookup, one_hot
 from .proposer import Process, Proposer
 from .sampling import Sampling, log_probs
 from .stats import Stats
@@ -56,6 +62,7 @@ class Round:
     decision: mx.array  # [drafts kept, *tokens, logprobs?]: what the host reads, in one transfer
     hidden: mx.array | None  # the target's final hidden states there, if the proposer reads them
     pipelined: bool  # started before the previous round was read
+    copied: bool = False  # drafts from the prompt lookup, not from the proposer
 
 
 @dataclass
@@ -99,8 +106,10 @@ class SpecDecoder:
         penalties: Penalties | None = None,
         logprobs: int | None = None,
         prefix_cache: PrefixCache | None = None,
+        lookup: PromptLookup | None = None,
     ):
-        """``penalties``: applied to the logits as mlx-lm's ``make_logits_processors``
+        """``lookup``: a fresh prompt lookup to draft with first (beside ``proposer``, or
+        alone); ``penalties``: applied to the logits as mlx-lm's ``make_logits_processors``
         does; ``logprobs``: None, or report each emitted token's log-probability and
         that many alternatives (0..20) in ``self.logprobs``; ``prefix_cache``: where to
         look the prompt up and store it, shared by the decoders of one model and cache
@@ -109,18 +118,21 @@ class SpecDecoder:
         self.target = target
         self.prefix_cache = prefix_cache
         self.proposer = proposer
+        self.lookup = lookup
+        self._drafting = bool(proposer or lookup)
         self.sampling = sampling
         self.draft_length = draft_length or AdaptiveDraftLength()
         self.pipelining = pipelining or RoundPipelining()
         self.eos = set(eos_token_ids)
         self.stats = Stats(
-            mode=proposer.mode if proposer else "none",
-            num_draft=None if proposer is None or self.draft_length.adaptive
+            mode="+".join(p.mode for p in (lookup, proposer) if p) or "none",
+            num_draft=None if not self._drafting or self.draft_length.adaptive
             else self.draft_length.k,
         )
         self.finish: Finish | None = None
         self.rounds_pipelined = 0  # rounds started before the previous one was read ...
         self.rounds_taken_back = 0  # ... and of those, the ones a rejection took back
+        self.rounds_copied = 0  # rounds whose drafts the prompt lookup copied
         self._hidden = bool(proposer and proposer.needs_hidden)
         self.penalties = penalties = penalties or Penalties()
         self._processing = LogitsProcessing(penalties) if penalties.active else None
@@ -155,6 +167,8 @@ class SpecDecoder:
             fed = cached if restored or self._hidden else 0
             self.proposer.prefill(mx.concatenate([tokens[fed:], first]), hidden)
         emitted, logprobs = self._read_step(decision)
+        if self.lookup:
+            self.lookup.extend([*prompt, *emitted])
         self._extend_history(first)
         stats.ttft_s = time.perf_counter() - start
         self._store(prompt)
@@ -222,10 +236,9 @@ class SpecDecoder:
         """Queue the step after ``last`` where the last read queued none: a round of
         ``next_k`` drafts if the plain step before chose that length, else of the length
         the policy chooses now; a plain step where that is none."""
-        k = min(next_k or self.draft_length.next(), remaining - 1) if self.proposer else 0
-        if k > 0:
-            return self._start_round(last, k)
-        return self._queue_plain(last, pipelined=False)
+        k = min(next_k or self.draft_length.next(), remaining - 1) if self._drafting else 0
+        round_ = self._start_round(last, k) if k > 0 else None
+        return round_ or self._queue_plain(last, pipelined=False)
 
     def _plain_step(self, current: PlainStep, remaining: int
                     ) -> tuple[list[int], list[lp.TokenLogprob] | None, mx.array,
@@ -239,10 +252,12 @@ class SpecDecoder:
         self._extend_history(current.token)  # a plain step's token is never taken back
         next_plain, next_k = None, None
         if remaining > 1:
-            next_k = self.draft_length.next() if self.proposer else 0
+            next_k = self.draft_length.next() if self._drafting else 0
             if next_k == 0:
                 next_plain = self._queue_plain(current.token, pipelined=True)
         emitted, logprobs = self._read_step(current.decision)
+        if self.lookup:
+            self.lookup.extend(emitted)
         if self.proposer:
             self.proposer.commit(0, current.token, current.hidden)
         return emitted, logprobs, current.token, next_plain, next_k
@@ -253,11 +268,13 @@ class SpecDecoder:
         """Read ``current`` and return (accepted, emitted, their logprobs if asked, last
         token, the next round if one was started before the read and stands). The next
         round is started then where ``pipelining`` says it pays, assuming ``current``
-        keeps every draft."""
+        keeps every draft; only after a round of the proposer's own drafts, and with its
+        drafts (the lookup needs the tokens read)."""
         k = current.k
         next_k = min(self.draft_length.next_pipelined(), remaining - (k + 1) - 1)
         pipelined_round = None
-        if next_k > 0 and self.target.chains_rounds and self.pipelining.wanted():
+        if next_k > 0 and self.proposer and not current.copied \
+                and self.target.chains_rounds and self.pipelining.wanted():
             pipelined_round = self._start_round(current.tokens[-1:], next_k, after=current)
             self.rounds_pipelined += 1
         accepted, emitted, logprobs, last = self._end_round(current, pipelined_round)
@@ -333,15 +350,25 @@ class SpecDecoder:
             return [token], None
         return [token], lp.read(rest, 1, [token])
 
-    def _start_round(self, last: mx.array, k: int, after: Round | None = None) -> Round:
+    def _start_round(self, last: mx.array, k: int, after: Round | None = None
+                     ) -> Round | None:
         """Draft k tokens after ``last`` and queue their verification; ``after``: the
-        round still unread, assumed to keep every draft."""
+        round still unread, assumed to keep every draft. The lookup's copy if it has
+        one (never for a round started ahead), else the proposer's drafts; None where
+        neither drafts: a plain step is the cheaper pass."""
         start = time.perf_counter()
+        copied = self.lookup.draft(k, beside_model=self.proposer is not None) \
+            if self.lookup and after is None else []
+        if not copied and self.proposer is None:
+            return None
         # The history ends with ``last``: the round before, if still unread, kept all.
         history = self._history if after is None or self._processing is None \
             else self._processing.extend(self._history, after.tokens)
         process = self._draft_process(history)
-        if after is None:
+        if copied:
+            k = len(copied)
+            drafts, draft_probs = mx.array(copied, dtype=mx.uint32), None
+        elif after is None:
             drafts, draft_probs = self.proposer.propose(k, self.sampling, process)
         else:
             drafts, draft_probs = self.proposer.propose_pipelined(
@@ -355,6 +382,8 @@ class SpecDecoder:
             accepted, tokens = verify_greedy(logits, drafts)
         else:
             dist = self._log_probs(logits)
+            if copied:  # a deterministic proposal: one-hot q
+                draft_probs = one_hot(drafts, dist.shape[-1])
             accepted, tokens = verify_sampled(mx.exp(dist), draft_probs, drafts)
         parts = [accepted.astype(mx.uint32)[None], tokens]
         if self.top_logprobs is not None:
@@ -363,7 +392,9 @@ class SpecDecoder:
         decision = mx.concatenate(parts)
         mx.async_eval(decision)
         self.pipelining.observe_build(time.perf_counter() - start)
-        return Round(k, fed, tokens, decision, hidden, pipelined=after is not None)
+        self.rounds_copied += bool(copied)
+        return Round(k, fed, tokens, decision, hidden, pipelined=after is not None,
+                     copied=bool(copied))
 
     def _end_round(self, current: Round, pipelined_round: Round | None
                    ) -> tuple[int, list[int], list[lp.TokenLogprob] | None, mx.array]:
@@ -384,8 +415,12 @@ class SpecDecoder:
         self.target.end_round(current.fed, n + 1)
         kept = current.tokens[: n + 1]
         self._extend_history(kept)
-        hidden = current.hidden
-        self.proposer.commit(n, kept, None if hidden is None else hidden[: n + 1])
+        if self.lookup:
+            self.lookup.extend(emitted)
+        if self.proposer:  # copied drafts reach it as a plain step's tokens do
+            hidden = current.hidden
+            self.proposer.commit(0 if current.copied else n, kept,
+                                 None if hidden is None else hidden[: n + 1])
         self.stats.drafted += current.k
         self.stats.accepted += n
         return n, emitted, logprobs, kept[-1:]

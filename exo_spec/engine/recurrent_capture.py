@@ -21,7 +21,8 @@ forward through an mlx-lm GatedDeltaNet layer that owns that cache records
 The layer call is matched to its cache by swapping the layer class's ``__call__``
 for a wrapper that marks the layer and its armed cache as current around the
 original call. ``Capture.rewind(kept)`` then sets the conv state and recurrent
-state after ``kept`` tokens directly; no mlx-lm layer code is copied. A cache that
+state after ``kept`` tokens directly (``rewind_rows``: a batch's row b after its own
+``kept[b]``, by one gather); no mlx-lm layer code is copied. A cache that
 no captured layer recorded every token of (an SSM cache of another model type) is
 not ``complete`` and the caller falls back to a replay.
 
@@ -47,6 +48,12 @@ _lock = threading.Lock()
 _armed: dict[int, Capture] = {}  # id(cache) -> its capture
 _undo: list = []  # how to remove the installed patches
 _current = threading.local()  # .value: (capture, layer, tokens fed) in an armed layer's call
+
+
+def records(module: nn.Module) -> bool:
+    """Whether ``module`` is a GatedDeltaNet layer whose calls an armed cache records."""
+    cls = type(module)
+    return (cls.__module__, cls.__name__) in _LAYERS
 
 
 def can_capture(cache) -> bool:
@@ -85,6 +92,22 @@ class Capture:
             self.cache[0] = mx.contiguous(rows[:, kept : kept + self._keep])
             self.cache[1] = self._states[kept - 1]
         self.cache.advance(kept - fed)  # undo the layer's advance() for the dropped tokens
+
+    def rewind_rows(self, kept: list[int]) -> None:
+        """Of a batched cache (B rows), set row b to its state after its first
+        ``kept[b]`` tokens of the round, on the device: the conv window by one gather
+        at per-row offsets, the recurrent state by taking row b of the state after its
+        own count (B slices: no stack of every token's state). Does not ``advance``:
+        a batched cache keeps its padding itself (``batch.ragged_arrays``)."""
+        fed = len(self._states)
+        if all(n == fed for n in kept):
+            return
+        rows = mx.concatenate(self._conv, axis=1)  # (B, conv rows kept + fed, C)
+        positions = mx.array(kept)[:, None, None] + mx.arange(self._keep)[None, :, None]
+        self.cache[0] = mx.take_along_axis(rows, positions, axis=1)
+        start = self._start[1] if self._start[1] is not None else mx.zeros_like(self._states[0])
+        after = [start, *self._states]  # the state after 0, 1, .. fed tokens
+        self.cache[1] = mx.concatenate([after[n][b : b + 1] for b, n in enumerate(kept)])
 
     def disarm(self) -> None:
         with _lock:

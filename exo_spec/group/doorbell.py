@@ -27,14 +27,18 @@ CONNECT_TIMEOUT_S = 30.0
 def leader_host() -> str:
     """Rank 0's host, from the ring's hostfile (its first entry)."""
     hosts = json.loads(Path(os.environ["MLX_HOSTFILE"]).read_text())
-    return hosts[0][0].rsplit(":", 1)[0]
+    return hosts[0][0].rsplit(":", 1)[0].strip("[]")
 
 
 class Doorbell:
     """Rank 0: one connection per follower."""
 
     def __init__(self, group: mx.distributed.Group):
-        with socket.create_server(("", 0)) as server:
+        # On rank 0's ring address only, and only until every follower is in: nothing
+        # here checks who connects (docs/DESIGN.md, "Who may use a cluster").
+        host = leader_host()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.create_server((host, 0), family=family) as server:
             _share_port(server.getsockname()[1], group)
             server.settimeout(CONNECT_TIMEOUT_S)
             self._followers = [server.accept()[0] for _ in range(group.size() - 1)]

@@ -104,5 +104,5 @@ def load_rank(
             progress("loading drafter")
             drafter = load(drafter_id, bits=bits)
             check_same_vocabulary(target, drafter)
-        models = ModelSet.of(target, drafter, mode, bits)
+        models = ModelSet.of(target, drafter, mode, bits, spec.lookup)
     return Rank(group, target, models, local, forward, traffic, parallel)

@@ -13,6 +13,7 @@ from mlx_lm.tokenizer_utils import TokenizerWrapper
 from mlx_lm.utils import _download, _get_classes, load_model, load_tokenizer
 
 from ..engine.cuda import build_quantized_kernels
+from .checkpoint_sizes import SizeMismatch, check_sizes
 from .quantize import quantize
 
 
@@ -114,18 +115,21 @@ def context_length(config: dict) -> int:
     return text_config(config).get("max_position_embeddings") or 0
 
 
-def check_weights(path: Path) -> None:
+def check_weights(path: Path) -> dict[str, list[int]]:
     """That ``path`` has weight files and that each is whole: a safetensors header that
-    parses, and as many bytes as its tensors need (reads the headers only).
-    ModelLoadError naming the file otherwise, as for a download cut short."""
+    parses, and as many bytes as its tensors need (reads the headers only). Every
+    tensor's shape, by name; ModelLoadError naming the file otherwise, as for a
+    download cut short."""
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise ModelLoadError(f"{path} has no weights (no *.safetensors file)")
+    shapes: dict[str, list[int]] = {}
     for file in files:
-        _check_safetensors(file)
+        shapes.update(_check_safetensors(file))
+    return shapes
 
 
-def _check_safetensors(file: Path) -> None:
+def _check_safetensors(file: Path) -> dict[str, list[int]]:
     cut = "(an incomplete download?)"
     try:
         size = file.stat().st_size
@@ -142,14 +146,16 @@ def _check_safetensors(file: Path) -> None:
                              f"{length}-byte header {cut}")
     try:
         header = json.loads(raw)
-        end = max((int(t["data_offsets"][1]) for k, t in header.items()
-                   if k != "__metadata__"), default=0)
+        tensors = {k: t for k, t in header.items() if k != "__metadata__"}
+        end = max((int(t["data_offsets"][1]) for t in tensors.values()), default=0)
+        shapes = {k: [int(d) for d in t["shape"]] for k, t in tensors.items()}
     except (ValueError, AttributeError, KeyError, IndexError, TypeError):
         raise ModelLoadError(f"{file} is not a safetensors file (its header is not one) "
                              f"{cut}") from None
     if 8 + length + end > size:
         raise ModelLoadError(f"{file} is truncated: {size} bytes, its tensors need "
                              f"{8 + length + end} {cut}")
+    return shapes
 
 
 def check_tokenizer(path: Path) -> None:
@@ -162,10 +168,14 @@ def check_tokenizer(path: Path) -> None:
 
 def check_checkpoint(path: Path, *, tokenizer: bool = True) -> dict:
     """Everything about the checkpoint at ``path`` that can be checked without reading
-    its tensors: its config (returned), its weight files and (with ``tokenizer``) its
-    tokenizer files."""
+    its tensors: its config (returned), its weight files, the config's sizes against
+    their tensors' shapes (``checkpoint_sizes``) and (with ``tokenizer``) its tokenizer
+    files."""
     config = read_config(path)
-    check_weights(path)
+    try:
+        check_sizes(path / "config.json", config, check_weights(path))
+    except SizeMismatch as e:
+        raise ModelLoadError(str(e)) from None
     if tokenizer:
         check_tokenizer(path)
     return config

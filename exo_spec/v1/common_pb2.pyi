@@ -12,9 +12,13 @@ class SpecMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SPEC_MODE_AUTO: _ClassVar[SpecMode]
     SPEC_MODE_MTP: _ClassVar[SpecMode]
     SPEC_MODE_NONE: _ClassVar[SpecMode]
+    SPEC_MODE_LOOKUP: _ClassVar[SpecMode]
+    SPEC_MODE_LOOKUP_MTP: _ClassVar[SpecMode]
 SPEC_MODE_AUTO: SpecMode
 SPEC_MODE_MTP: SpecMode
 SPEC_MODE_NONE: SpecMode
+SPEC_MODE_LOOKUP: SpecMode
+SPEC_MODE_LOOKUP_MTP: SpecMode
 
 class Sampling(_message.Message):
     __slots__ = ("temperature", "top_p", "top_k", "min_p", "seed")
@@ -88,7 +92,7 @@ class Decode(_message.Message):
     def __init__(self, prompt: _Optional[str] = ..., max_tokens: _Optional[int] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., num_draft: _Optional[int] = ..., ignore_chat_template: _Optional[bool] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., stop: _Optional[_Iterable[str]] = ..., penalties: _Optional[_Union[Penalties, _Mapping]] = ..., logprobs: _Optional[bool] = ..., top_logprobs: _Optional[int] = ...) -> None: ...
 
 class Stats(_message.Message):
-    __slots__ = ("mode", "num_draft", "drafted", "accepted", "acceptance_rate", "tokens_per_round", "prompt_tokens", "generation_tokens", "ttft_s", "prompt_tps", "decode_tps", "ranks", "parallel", "bytes_per_round", "messages_per_round", "cached_prompt_tokens")
+    __slots__ = ("mode", "num_draft", "drafted", "accepted", "acceptance_rate", "tokens_per_round", "prompt_tokens", "generation_tokens", "ttft_s", "prompt_tps", "decode_tps", "ranks", "parallel", "bytes_per_round", "messages_per_round", "cached_prompt_tokens", "resumed_tokens", "batch_size")
     MODE_FIELD_NUMBER: _ClassVar[int]
     NUM_DRAFT_FIELD_NUMBER: _ClassVar[int]
     DRAFTED_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +109,8 @@ class Stats(_message.Message):
     BYTES_PER_ROUND_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_PER_ROUND_FIELD_NUMBER: _ClassVar[int]
     CACHED_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     mode: str
     num_draft: int
     drafted: int
@@ -121,7 +127,9 @@ class Stats(_message.Message):
     bytes_per_round: float
     messages_per_round: float
     cached_prompt_tokens: int
-    def __init__(self, mode: _Optional[str] = ..., num_draft: _Optional[int] = ..., drafted: _Optional[int] = ..., accepted: _Optional[int] = ..., acceptance_rate: _Optional[float] = ..., tokens_per_round: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., generation_tokens: _Optional[int] = ..., ttft_s: _Optional[float] = ..., prompt_tps: _Optional[float] = ..., decode_tps: _Optional[float] = ..., ranks: _Optional[int] = ..., parallel: _Optional[str] = ..., bytes_per_round: _Optional[float] = ..., messages_per_round: _Optional[float] = ..., cached_prompt_tokens: _Optional[int] = ...) -> None: ...
+    resumed_tokens: int
+    batch_size: int
+    def __init__(self, mode: _Optional[str] = ..., num_draft: _Optional[int] = ..., drafted: _Optional[int] = ..., accepted: _Optional[int] = ..., acceptance_rate: _Optional[float] = ..., tokens_per_round: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., generation_tokens: _Optional[int] = ..., ttft_s: _Optional[float] = ..., prompt_tps: _Optional[float] = ..., decode_tps: _Optional[float] = ..., ranks: _Optional[int] = ..., parallel: _Optional[str] = ..., bytes_per_round: _Optional[float] = ..., messages_per_round: _Optional[float] = ..., cached_prompt_tokens: _Optional[int] = ..., resumed_tokens: _Optional[int] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class TokenLogprob(_message.Message):
     __slots__ = ("token_id", "logprob", "token", "top")

@@ -26,19 +26,19 @@ from exo_spec.v1 import common_pb2 as exo__spec_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x65xo_spec/v1/inference.proto\x12\x0b\x65xo_spec.v1\x1a\x18\x65xo_spec/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8e\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0b\x64raft_model\x18\x02 \x01(\t\x12#\n\x04spec\x18\x03 \x01(\x0e\x32\x15.exo_spec.v1.SpecMode\x12#\n\x06\x64\x65\x63ode\x18\x04 \x01(\x0b\x32\x13.exo_spec.v1.Decode\x12\r\n\x05nodes\x18\x05 \x01(\r\"\xbf\x01\n\rGenerateEvent\x12$\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x10.exo_spec.v1.JobH\x00\x12)\n\x08progress\x18\x02 \x01(\x0b\x32\x15.exo_spec.v1.ProgressH\x00\x12)\n\x06tokens\x18\x03 \x01(\x0b\x32\x17.exo_spec.v1.TokenChunkH\x00\x12)\n\x08\x66inished\x18\x04 \x01(\x0b\x32\x15.exo_spec.v1.FinishedH\x00\x42\x07\n\x05\x65vent\"*\n\x08Progress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xb1\x02\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.exo_spec.v1.JobState\x12\r\n\x05model\x18\x03 \x01(\t\x12\x13\n\x0b\x64raft_model\x18\x04 \x01(\t\x12\x14\n\x0cplacement_id\x18\x05 \x01(\t\x12\x10\n\x08node_ids\x18\x06 \x03(\t\x12+\n\x07\x63reated\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10generated_tokens\x18\t \x01(\x04\x12%\n\x06result\x18\n \x01(\x0b\x32\x15.exo_spec.v1.Finished\x12\r\n\x05\x65rror\x18\x0b \x01(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"8\n\x0fListJobsRequest\x12%\n\x06states\x18\x01 \x03(\x0e\x32\x15.exo_spec.v1.JobState\"2\n\x10ListJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.exo_spec.v1.Job\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xf5\x01\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x04\x12\x12\n\nused_bytes\x18\x06 \x01(\x04\x12\x0c\n\x04\x63hip\x18\x07 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x08 \x01(\t\x12%\n\x05state\x18\t \x01(\x0e\x32\x16.exo_spec.v1.NodeState\x12-\n\tlast_seen\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rplacement_ids\x18\x0b \x03(\t\"\x12\n\x10ListNodesRequest\"5\n\x11ListNodesResponse\x12 \n\x05nodes\x18\x01 \x03(\x0b\x32\x11.exo_spec.v1.Node\"l\n\rPlacementRank\x12\x0c\n\x04rank\x18\x01 \x01(\r\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x13\n\x0blayer_start\x18\x03 \x01(\r\x12\x11\n\tlayer_end\x18\x04 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x04\"\xb5\x01\n\tPlacement\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x13\n\x0b\x64raft_model\x18\x03 \x01(\t\x12\x0c\n\x04mode\x18\x04 \x01(\t\x12)\n\x05ranks\x18\x05 \x03(\x0b\x32\x1a.exo_spec.v1.PlacementRank\x12*\n\x05state\x18\x06 \x01(\x0e\x32\x1b.exo_spec.v1.PlacementState\x12\x13\n\x0bjobs_served\x18\x07 \x01(\x04\"\x17\n\x15ListPlacementsRequest\"D\n\x16ListPlacementsResponse\x12*\n\nplacements\x18\x01 \x03(\x0b\x32\x16.exo_spec.v1.Placement\"\x19\n\x17GetClusterStatusRequest\"\xb2\x01\n\rClusterStatus\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x13\n\x0bready_nodes\x18\x02 \x01(\r\x12\x12\n\nlost_nodes\x18\x03 \x01(\r\x12\x12\n\nplacements\x18\x04 \x01(\r\x12\x13\n\x0bqueued_jobs\x18\x05 \x01(\r\x12\x14\n\x0crunning_jobs\x18\x06 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x07 \x01(\x04\x12\x12\n\nused_bytes\x18\x08 \x01(\x04*\xb1\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_LOADING\x10\x02\x12\x15\n\x11JOB_STATE_RUNNING\x10\x03\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x04\x12\x14\n\x10JOB_STATE_FAILED\x10\x05\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x06*R\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10NODE_STATE_READY\x10\x01\x12\x13\n\x0fNODE_STATE_LOST\x10\x02*\x85\x01\n\x0ePlacementState\x12\x1f\n\x1bPLACEMENT_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17PLACEMENT_STATE_LOADING\x10\x01\x12\x19\n\x15PLACEMENT_STATE_READY\x10\x02\x12\x1a\n\x16PLACEMENT_STATE_FAILED\x10\x03\x32\x8f\x04\n\tInference\x12\x46\n\x08Generate\x12\x1c.exo_spec.v1.GenerateRequest\x1a\x1a.exo_spec.v1.GenerateEvent0\x01\x12\x36\n\x06GetJob\x12\x1a.exo_spec.v1.GetJobRequest\x1a\x10.exo_spec.v1.Job\x12G\n\x08ListJobs\x12\x1c.exo_spec.v1.ListJobsRequest\x1a\x1d.exo_spec.v1.ListJobsResponse\x12<\n\tCancelJob\x12\x1d.exo_spec.v1.CancelJobRequest\x1a\x10.exo_spec.v1.Job\x12J\n\tListNodes\x12\x1d.exo_spec.v1.ListNodesRequest\x1a\x1e.exo_spec.v1.ListNodesResponse\x12Y\n\x0eListPlacements\x12\".exo_spec.v1.ListPlacementsRequest\x1a#.exo_spec.v1.ListPlacementsResponse\x12T\n\x10GetClusterStatus\x12$.exo_spec.v1.GetClusterStatusRequest\x1a\x1a.exo_spec.v1.ClusterStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x65xo_spec/v1/inference.proto\x12\x0b\x65xo_spec.v1\x1a\x18\x65xo_spec/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8e\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0b\x64raft_model\x18\x02 \x01(\t\x12#\n\x04spec\x18\x03 \x01(\x0e\x32\x15.exo_spec.v1.SpecMode\x12#\n\x06\x64\x65\x63ode\x18\x04 \x01(\x0b\x32\x13.exo_spec.v1.Decode\x12\r\n\x05nodes\x18\x05 \x01(\r\"\xbf\x01\n\rGenerateEvent\x12$\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x10.exo_spec.v1.JobH\x00\x12)\n\x08progress\x18\x02 \x01(\x0b\x32\x15.exo_spec.v1.ProgressH\x00\x12)\n\x06tokens\x18\x03 \x01(\x0b\x32\x17.exo_spec.v1.TokenChunkH\x00\x12)\n\x08\x66inished\x18\x04 \x01(\x0b\x32\x15.exo_spec.v1.FinishedH\x00\x42\x07\n\x05\x65vent\"*\n\x08Progress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xc0\x02\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.exo_spec.v1.JobState\x12\r\n\x05model\x18\x03 \x01(\t\x12\x13\n\x0b\x64raft_model\x18\x04 \x01(\t\x12\x14\n\x0cplacement_id\x18\x05 \x01(\t\x12\x10\n\x08node_ids\x18\x06 \x03(\t\x12+\n\x07\x63reated\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10generated_tokens\x18\t \x01(\x04\x12%\n\x06result\x18\n \x01(\x0b\x32\x15.exo_spec.v1.Finished\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12\r\n\x05owner\x18\x0c \x01(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"8\n\x0fListJobsRequest\x12%\n\x06states\x18\x01 \x03(\x0e\x32\x15.exo_spec.v1.JobState\"2\n\x10ListJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.exo_spec.v1.Job\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x8b\x02\n\x04Node\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\r\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x04\x12\x12\n\nused_bytes\x18\x06 \x01(\x04\x12\x0c\n\x04\x63hip\x18\x07 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x08 \x01(\t\x12%\n\x05state\x18\t \x01(\x0e\x32\x16.exo_spec.v1.NodeState\x12-\n\tlast_seen\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rplacement_ids\x18\x0b \x03(\t\x12\x14\n\x0clease_holder\x18\x0c \x01(\t\"\x12\n\x10ListNodesRequest\"5\n\x11ListNodesResponse\x12 \n\x05nodes\x18\x01 \x03(\x0b\x32\x11.exo_spec.v1.Node\"l\n\rPlacementRank\x12\x0c\n\x04rank\x18\x01 \x01(\r\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x13\n\x0blayer_start\x18\x03 \x01(\r\x12\x11\n\tlayer_end\x18\x04 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x04\"\xe1\x01\n\tPlacement\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x13\n\x0b\x64raft_model\x18\x03 \x01(\t\x12\x0c\n\x04mode\x18\x04 \x01(\t\x12)\n\x05ranks\x18\x05 \x03(\x0b\x32\x1a.exo_spec.v1.PlacementRank\x12*\n\x05state\x18\x06 \x01(\x0e\x32\x1b.exo_spec.v1.PlacementState\x12\x13\n\x0bjobs_served\x18\x07 \x01(\x04\x12\x16\n\x0e\x62\x61tch_capacity\x18\x08 \x01(\r\x12\x12\n\nbatch_size\x18\t \x01(\r\"\x17\n\x15ListPlacementsRequest\"D\n\x16ListPlacementsResponse\x12*\n\nplacements\x18\x01 \x03(\x0b\x32\x16.exo_spec.v1.Placement\"\x19\n\x17GetClusterStatusRequest\"\xde\x01\n\rClusterStatus\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x13\n\x0bready_nodes\x18\x02 \x01(\r\x12\x12\n\nlost_nodes\x18\x03 \x01(\r\x12\x12\n\nplacements\x18\x04 \x01(\r\x12\x13\n\x0bqueued_jobs\x18\x05 \x01(\r\x12\x14\n\x0crunning_jobs\x18\x06 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x07 \x01(\x04\x12\x12\n\nused_bytes\x18\x08 \x01(\x04\x12\x16\n\x0e\x63oordinator_id\x18\t \x01(\t\x12\x12\n\nbatch_size\x18\n \x01(\r*\xb1\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_LOADING\x10\x02\x12\x15\n\x11JOB_STATE_RUNNING\x10\x03\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x04\x12\x14\n\x10JOB_STATE_FAILED\x10\x05\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x06*R\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10NODE_STATE_READY\x10\x01\x12\x13\n\x0fNODE_STATE_LOST\x10\x02*\x85\x01\n\x0ePlacementState\x12\x1f\n\x1bPLACEMENT_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17PLACEMENT_STATE_LOADING\x10\x01\x12\x19\n\x15PLACEMENT_STATE_READY\x10\x02\x12\x1a\n\x16PLACEMENT_STATE_FAILED\x10\x03\x32\x8f\x04\n\tInference\x12\x46\n\x08Generate\x12\x1c.exo_spec.v1.GenerateRequest\x1a\x1a.exo_spec.v1.GenerateEvent0\x01\x12\x36\n\x06GetJob\x12\x1a.exo_spec.v1.GetJobRequest\x1a\x10.exo_spec.v1.Job\x12G\n\x08ListJobs\x12\x1c.exo_spec.v1.ListJobsRequest\x1a\x1d.exo_spec.v1.ListJobsResponse\x12<\n\tCancelJob\x12\x1d.exo_spec.v1.CancelJobRequest\x1a\x10.exo_spec.v1.Job\x12J\n\tListNodes\x12\x1d.exo_spec.v1.ListNodesRequest\x1a\x1e.exo_spec.v1.ListNodesResponse\x12Y\n\x0eListPlacements\x12\".exo_spec.v1.ListPlacementsRequest\x1a#.exo_spec.v1.ListPlacementsResponse\x12T\n\x10GetClusterStatus\x12$.exo_spec.v1.GetClusterStatusRequest\x1a\x1a.exo_spec.v1.ClusterStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'exo_spec.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBSTATE']._serialized_start=1894
-  _globals['_JOBSTATE']._serialized_end=2071
-  _globals['_NODESTATE']._serialized_start=2073
-  _globals['_NODESTATE']._serialized_end=2155
-  _globals['_PLACEMENTSTATE']._serialized_start=2158
-  _globals['_PLACEMENTSTATE']._serialized_end=2291
+  _globals['_JOBSTATE']._serialized_start=2019
+  _globals['_JOBSTATE']._serialized_end=2196
+  _globals['_NODESTATE']._serialized_start=2198
+  _globals['_NODESTATE']._serialized_end=2280
+  _globals['_PLACEMENTSTATE']._serialized_start=2283
+  _globals['_PLACEMENTSTATE']._serialized_end=2416
   _globals['_GENERATEREQUEST']._serialized_start=104
   _globals['_GENERATEREQUEST']._serialized_end=246
   _globals['_GENERATEEVENT']._serialized_start=249
@@ -46,33 +46,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROGRESS']._serialized_start=442
   _globals['_PROGRESS']._serialized_end=484
   _globals['_JOB']._serialized_start=487
-  _globals['_JOB']._serialized_end=792
-  _globals['_GETJOBREQUEST']._serialized_start=794
-  _globals['_GETJOBREQUEST']._serialized_end=825
-  _globals['_LISTJOBSREQUEST']._serialized_start=827
-  _globals['_LISTJOBSREQUEST']._serialized_end=883
-  _globals['_LISTJOBSRESPONSE']._serialized_start=885
-  _globals['_LISTJOBSRESPONSE']._serialized_end=935
-  _globals['_CANCELJOBREQUEST']._serialized_start=937
-  _globals['_CANCELJOBREQUEST']._serialized_end=971
-  _globals['_NODE']._serialized_start=974
-  _globals['_NODE']._serialized_end=1219
-  _globals['_LISTNODESREQUEST']._serialized_start=1221
-  _globals['_LISTNODESREQUEST']._serialized_end=1239
-  _globals['_LISTNODESRESPONSE']._serialized_start=1241
-  _globals['_LISTNODESRESPONSE']._serialized_end=1294
-  _globals['_PLACEMENTRANK']._serialized_start=1296
-  _globals['_PLACEMENTRANK']._serialized_end=1404
-  _globals['_PLACEMENT']._serialized_start=1407
-  _globals['_PLACEMENT']._serialized_end=1588
-  _globals['_LISTPLACEMENTSREQUEST']._serialized_start=1590
-  _globals['_LISTPLACEMENTSREQUEST']._serialized_end=1613
-  _globals['_LISTPLACEMENTSRESPONSE']._serialized_start=1615
-  _globals['_LISTPLACEMENTSRESPONSE']._serialized_end=1683
-  _globals['_GETCLUSTERSTATUSREQUEST']._serialized_start=1685
-  _globals['_GETCLUSTERSTATUSREQUEST']._serialized_end=1710
-  _globals['_CLUSTERSTATUS']._serialized_start=1713
-  _globals['_CLUSTERSTATUS']._serialized_end=1891
-  _globals['_INFERENCE']._serialized_start=2294
-  _globals['_INFERENCE']._serialized_end=2821
+  _globals['_JOB']._serialized_end=807
+  _globals['_GETJOBREQUEST']._serialized_start=809
+  _globals['_GETJOBREQUEST']._serialized_end=840
+  _globals['_LISTJOBSREQUEST']._serialized_start=842
+  _globals['_LISTJOBSREQUEST']._serialized_end=898
+  _globals['_LISTJOBSRESPONSE']._serialized_start=900
+  _globals['_LISTJOBSRESPONSE']._serialized_end=950
+  _globals['_CANCELJOBREQUEST']._serialized_start=952
+  _globals['_CANCELJOBREQUEST']._serialized_end=986
+  _globals['_NODE']._serialized_start=989
+  _globals['_NODE']._serialized_end=1256
+  _globals['_LISTNODESREQUEST']._serialized_start=1258
+  _globals['_LISTNODESREQUEST']._serialized_end=1276
+  _globals['_LISTNODESRESPONSE']._serialized_start=1278
+  _globals['_LISTNODESRESPONSE']._serialized_end=1331
+  _globals['_PLACEMENTRANK']._serialized_start=1333
+  _globals['_PLACEMENTRANK']._serialized_end=1441
+  _globals['_PLACEMENT']._serialized_start=1444
+  _globals['_PLACEMENT']._serialized_end=1669
+  _globals['_LISTPLACEMENTSREQUEST']._serialized_start=1671
+  _globals['_LISTPLACEMENTSREQUEST']._serialized_end=1694
+  _globals['_LISTPLACEMENTSRESPONSE']._serialized_start=1696
+  _globals['_LISTPLACEMENTSRESPONSE']._serialized_end=1764
+  _globals['_GETCLUSTERSTATUSREQUEST']._serialized_start=1766
+  _globals['_GETCLUSTERSTATUSREQUEST']._serialized_end=1791
+  _globals['_CLUSTERSTATUS']._serialized_start=1794
+  _globals['_CLUSTERSTATUS']._serialized_end=2016
+  _globals['_INFERENCE']._serialized_start=2419
+  _globals['_INFERENCE']._serialized_end=2946
 # @@protoc_insertion_point(module_scope)

@@ -83,7 +83,7 @@ class Progress(_message.Message):
     def __init__(self, stage: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "state", "model", "draft_model", "placement_id", "node_ids", "created", "finished_at", "generated_tokens", "result", "error")
+    __slots__ = ("id", "state", "model", "draft_model", "placement_id", "node_ids", "created", "finished_at", "generated_tokens", "result", "error", "owner")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +95,7 @@ class Job(_message.Message):
     GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: JobState
     model: str
@@ -106,7 +107,8 @@ class Job(_message.Message):
     generated_tokens: int
     result: _common_pb2.Finished
     error: str
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., model: _Optional[str] = ..., draft_model: _Optional[str] = ..., placement_id: _Optional[str] = ..., node_ids: _Optional[_Iterable[str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., generated_tokens: _Optional[int] = ..., result: _Optional[_Union[_common_pb2.Finished, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
+    owner: str
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., model: _Optional[str] = ..., draft_model: _Optional[str] = ..., placement_id: _Optional[str] = ..., node_ids: _Optional[_Iterable[str]] = ..., created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., generated_tokens: _Optional[int] = ..., result: _Optional[_Union[_common_pb2.Finished, _Mapping]] = ..., error: _Optional[str] = ..., owner: _Optional[str] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -133,7 +135,7 @@ class CancelJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("id", "host", "port", "version", "memory_bytes", "used_bytes", "chip", "backend", "state", "last_seen", "placement_ids")
+    __slots__ = ("id", "host", "port", "version", "memory_bytes", "used_bytes", "chip", "backend", "state", "last_seen", "placement_ids", "lease_holder")
     ID_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
     PORT_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +147,7 @@ class Node(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
     PLACEMENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    LEASE_HOLDER_FIELD_NUMBER: _ClassVar[int]
     id: str
     host: str
     port: int
@@ -156,7 +159,8 @@ class Node(_message.Message):
     state: NodeState
     last_seen: _timestamp_pb2.Timestamp
     placement_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., version: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., chip: _Optional[str] = ..., backend: _Optional[str] = ..., state: _Optional[_Union[NodeState, str]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., placement_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    lease_holder: str
+    def __init__(self, id: _Optional[str] = ..., host: _Optional[str] = ..., port: _Optional[int] = ..., version: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., chip: _Optional[str] = ..., backend: _Optional[str] = ..., state: _Optional[_Union[NodeState, str]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., placement_ids: _Optional[_Iterable[str]] = ..., lease_holder: _Optional[str] = ...) -> None: ...
 
 class ListNodesRequest(_message.Message):
     __slots__ = ()
@@ -183,7 +187,7 @@ class PlacementRank(_message.Message):
     def __init__(self, rank: _Optional[int] = ..., node_id: _Optional[str] = ..., layer_start: _Optional[int] = ..., layer_end: _Optional[int] = ..., memory_bytes: _Optional[int] = ...) -> None: ...
 
 class Placement(_message.Message):
-    __slots__ = ("id", "model", "draft_model", "mode", "ranks", "state", "jobs_served")
+    __slots__ = ("id", "model", "draft_model", "mode", "ranks", "state", "jobs_served", "batch_capacity", "batch_size")
     ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DRAFT_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -191,6 +195,8 @@ class Placement(_message.Message):
     RANKS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     JOBS_SERVED_FIELD_NUMBER: _ClassVar[int]
+    BATCH_CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     id: str
     model: str
     draft_model: str
@@ -198,7 +204,9 @@ class Placement(_message.Message):
     ranks: _containers.RepeatedCompositeFieldContainer[PlacementRank]
     state: PlacementState
     jobs_served: int
-    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., draft_model: _Optional[str] = ..., mode: _Optional[str] = ..., ranks: _Optional[_Iterable[_Union[PlacementRank, _Mapping]]] = ..., state: _Optional[_Union[PlacementState, str]] = ..., jobs_served: _Optional[int] = ...) -> None: ...
+    batch_capacity: int
+    batch_size: int
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., draft_model: _Optional[str] = ..., mode: _Optional[str] = ..., ranks: _Optional[_Iterable[_Union[PlacementRank, _Mapping]]] = ..., state: _Optional[_Union[PlacementState, str]] = ..., jobs_served: _Optional[int] = ..., batch_capacity: _Optional[int] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class ListPlacementsRequest(_message.Message):
     __slots__ = ()
@@ -215,7 +223,7 @@ class GetClusterStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ClusterStatus(_message.Message):
-    __slots__ = ("version", "ready_nodes", "lost_nodes", "placements", "queued_jobs", "running_jobs", "memory_bytes", "used_bytes")
+    __slots__ = ("version", "ready_nodes", "lost_nodes", "placements", "queued_jobs", "running_jobs", "memory_bytes", "used_bytes", "coordinator_id", "batch_size")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     READY_NODES_FIELD_NUMBER: _ClassVar[int]
     LOST_NODES_FIELD_NUMBER: _ClassVar[int]
@@ -224,6 +232,8 @@ class ClusterStatus(_message.Message):
     RUNNING_JOBS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    COORDINATOR_ID_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     version: str
     ready_nodes: int
     lost_nodes: int
@@ -232,4 +242,6 @@ class ClusterStatus(_message.Message):
     running_jobs: int
     memory_bytes: int
     used_bytes: int
-    def __init__(self, version: _Optional[str] = ..., ready_nodes: _Optional[int] = ..., lost_nodes: _Optional[int] = ..., placements: _Optional[int] = ..., queued_jobs: _Optional[int] = ..., running_jobs: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ...) -> None: ...
+    coordinator_id: str
+    batch_size: int
+    def __init__(self, version: _Optional[str] = ..., ready_nodes: _Optional[int] = ..., lost_nodes: _Optional[int] = ..., placements: _Optional[int] = ..., queued_jobs: _Optional[int] = ..., running_jobs: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., coordinator_id: _Optional[str] = ..., batch_size: _Optional[int] = ...) -> None: ...

@@ -26,7 +26,12 @@ if _version_not_supported:
 
 
 class InferenceStub:
-    """The public API of a coordinator.
+    """The public API of a coordinator. Every call proves the cluster key (metadata
+    "x-exo-spec-signature", exo_spec/auth/signature.py) or brings one of the
+    coordinator's API keys ("authorization: Bearer KEY"), else it is
+    UNAUTHENTICATED. A caller with the cluster key is the admin and sees every
+    job; one with an API key sees only the jobs it submitted: GetJob and CancelJob
+    of another's job are NOT_FOUND, and ListJobs leaves them out.
     """
 
     def __init__(self, channel):
@@ -73,14 +78,19 @@ class InferenceStub:
 
 
 class InferenceServicer:
-    """The public API of a coordinator.
+    """The public API of a coordinator. Every call proves the cluster key (metadata
+    "x-exo-spec-signature", exo_spec/auth/signature.py) or brings one of the
+    coordinator's API keys ("authorization: Bearer KEY"), else it is
+    UNAUTHENTICATED. A caller with the cluster key is the admin and sees every
+    job; one with an API key sees only the jobs it submitted: GetJob and CancelJob
+    of another's job are NOT_FOUND, and ListJobs leaves them out.
     """
 
     def Generate(self, request, context):
         """Submit a job and stream it: the first event is the accepted job (its id
-        lets another caller get or cancel it), then progress while it waits for a
-        placement, token chunks as rounds are accepted, and the finished result.
-        Cancelling the call cancels the job.
+        lets its owner, or the admin, get or cancel it in another call), then
+        progress while it waits for a placement, token chunks as rounds are
+        accepted, and the finished result. Cancelling the call cancels the job.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -170,7 +180,12 @@ def add_InferenceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Inference:
-    """The public API of a coordinator.
+    """The public API of a coordinator. Every call proves the cluster key (metadata
+    "x-exo-spec-signature", exo_spec/auth/signature.py) or brings one of the
+    coordinator's API keys ("authorization: Bearer KEY"), else it is
+    UNAUTHENTICATED. A caller with the cluster key is the admin and sees every
+    job; one with an API key sees only the jobs it submitted: GetJob and CancelJob
+    of another's job are NOT_FOUND, and ListJobs leaves them out.
     """
 
     @staticmethod

@@ -23,43 +23,50 @@ _sym_db = _symbol_database.Default()
 
 
 from exo_spec.v1 import common_pb2 as exo__spec_dot_v1_dot_common__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x65xo_spec/v1/worker.proto\x12\x0b\x65xo_spec.v1\x1a\x18\x65xo_spec/v1/common.proto\"\x10\n\x0eGetInfoRequest\"\x96\x01\n\nWorkerInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x0c\n\x04port\x18\x04 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x04\x12\x0c\n\x04\x63hip\x18\x06 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x07 \x01(\t\x12\x15\n\rplacement_ids\x18\x08 \x03(\t\"^\n\x13InspectModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0b\x64raft_model\x18\x02 \x01(\t\x12#\n\x04spec\x18\x03 \x01(\x0e\x32\x15.exo_spec.v1.SpecMode\"\x9c\x01\n\tModelInfo\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x13\n\x0b\x64raft_model\x18\x02 \x01(\t\x12\x12\n\nnum_layers\x18\x03 \x01(\r\x12\x14\n\x0cweight_bytes\x18\x04 \x01(\x04\x12\x13\n\x0b\x64raft_bytes\x18\x05 \x01(\x04\x12\x16\n\x0e\x63ontext_length\x18\x06 \x01(\r\x12\x15\n\rsplit_refusal\x18\x07 \x01(\t\"\x14\n\x12ReservePortRequest\"#\n\x13ReservePortResponse\x12\x0c\n\x04port\x18\x01 \x01(\r\"\xa1\x01\n\x14LoadPlacementRequest\x12\x14\n\x0cplacement_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x13\n\x0b\x64raft_model\x18\x03 \x01(\t\x12#\n\x04spec\x18\x04 \x01(\x0e\x32\x15.exo_spec.v1.SpecMode\x12\x0c\n\x04rank\x18\x05 \x01(\r\x12\r\n\x05hosts\x18\x06 \x03(\t\x12\r\n\x05split\x18\x07 \x03(\r\">\n\tLoadEvent\x12\x12\n\x08progress\x18\x01 \x01(\tH\x00\x12\x14\n\nready_mode\x18\x02 \x01(\tH\x00\x42\x07\n\x05\x65vent\"v\n\rRunJobRequest\x12\x14\n\x0cplacement_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12#\n\x06\x64\x65\x63ode\x18\x03 \x01(\x0b\x32\x13.exo_spec.v1.Decode\x12\x1a\n\x12\x64\x65\x66\x61ult_max_tokens\x18\x04 \x01(\r\"i\n\x08RunEvent\x12)\n\x06tokens\x18\x01 \x01(\x0b\x32\x17.exo_spec.v1.TokenChunkH\x00\x12)\n\x08\x66inished\x18\x02 \x01(\x0b\x32\x15.exo_spec.v1.FinishedH\x00\x42\x07\n\x05\x65vent\"/\n\x17ReleasePlacementRequest\x12\x14\n\x0cplacement_id\x18\x01 \x01(\t\"\x1a\n\x18ReleasePlacementResponse\"\x13\n\x11ListModelsRequest\"$\n\x12ListModelsResponse\x12\x0e\n\x06models\x18\x01 \x03(\t2\xa9\x04\n\rWorkerControl\x12?\n\x07GetInfo\x12\x1b.exo_spec.v1.GetInfoRequest\x1a\x17.exo_spec.v1.WorkerInfo\x12H\n\x0cInspectModel\x12 .exo_spec.v1.InspectModelRequest\x1a\x16.exo_spec.v1.ModelInfo\x12P\n\x0bReservePort\x12\x1f.exo_spec.v1.ReservePortRequest\x1a .exo_spec.v1.ReservePortResponse\x12L\n\rLoadPlacement\x12!.exo_spec.v1.LoadPlacementRequest\x1a\x16.exo_spec.v1.LoadEvent0\x01\x12=\n\x06RunJob\x12\x1a.exo_spec.v1.RunJobRequest\x1a\x15.exo_spec.v1.RunEvent0\x01\x12_\n\x10ReleasePlacement\x12$.exo_spec.v1.ReleasePlacementRequest\x1a%.exo_spec.v1.ReleasePlacementResponse\x12M\n\nListModels\x12\x1e.exo_spec.v1.ListModelsRequest\x1a\x1f.exo_spec.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x65xo_spec/v1/worker.proto\x12\x0b\x65xo_spec.v1\x1a\x18\x65xo_spec/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"(\n\x0eGetInfoRequest\x12\x16\n\x0e\x63oordinator_id\x18\x01 \x01(\t\"B\n\x05Lease\x12\x0e\n\x06holder\x18\x01 \x01(\t\x12)\n\x05until\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xce\x01\n\nWorkerInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x0c\n\x04port\x18\x04 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x04\x12\x0c\n\x04\x63hip\x18\x06 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x07 \x01(\t\x12\x15\n\rplacement_ids\x18\x08 \x03(\t\x12!\n\x05lease\x18\t \x01(\x0b\x32\x12.exo_spec.v1.Lease\x12\x13\n\x0binstance_id\x18\n \x01(\t\"^\n\x13InspectModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0b\x64raft_model\x18\x02 \x01(\t\x12#\n\x04spec\x18\x03 \x01(\x0e\x32\x15.exo_spec.v1.SpecMode\"\x9c\x01\n\tModelInfo\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x13\n\x0b\x64raft_model\x18\x02 \x01(\t\x12\x12\n\nnum_layers\x18\x03 \x01(\r\x12\x14\n\x0cweight_bytes\x18\x04 \x01(\x04\x12\x13\n\x0b\x64raft_bytes\x18\x05 \x01(\x04\x12\x16\n\x0e\x63ontext_length\x18\x06 \x01(\r\x12\x15\n\rsplit_refusal\x18\x07 \x01(\t\"\x14\n\x12ReservePortRequest\"#\n\x13ReservePortResponse\x12\x0c\n\x04port\x18\x01 \x01(\r\"\xb9\x01\n\x14LoadPlacementRequest\x12\x14\n\x0cplacement_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x13\n\x0b\x64raft_model\x18\x03 \x01(\t\x12#\n\x04spec\x18\x04 \x01(\x0e\x32\x15.exo_spec.v1.SpecMode\x12\x0c\n\x04rank\x18\x05 \x01(\r\x12\r\n\x05hosts\x18\x06 \x03(\t\x12\r\n\x05split\x18\x07 \x03(\r\x12\x16\n\x0e\x63oordinator_id\x18\x08 \x01(\t\"V\n\tLoadEvent\x12\x12\n\x08progress\x18\x01 \x01(\tH\x00\x12\x14\n\nready_mode\x18\x02 \x01(\tH\x00\x12\x16\n\x0e\x62\x61tch_capacity\x18\x03 \x01(\rB\x07\n\x05\x65vent\"\xab\x01\n\rRunJobRequest\x12\x14\n\x0cplacement_id\x18\x01 \x01(\t\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12#\n\x06\x64\x65\x63ode\x18\x03 \x01(\x0b\x32\x13.exo_spec.v1.Decode\x12\x1a\n\x12\x64\x65\x66\x61ult_max_tokens\x18\x04 \x01(\r\x12\x16\n\x0e\x63oordinator_id\x18\x05 \x01(\t\x12\x1b\n\x13generated_token_ids\x18\x06 \x03(\r\"i\n\x08RunEvent\x12)\n\x06tokens\x18\x01 \x01(\x0b\x32\x17.exo_spec.v1.TokenChunkH\x00\x12)\n\x08\x66inished\x18\x02 \x01(\x0b\x32\x15.exo_spec.v1.FinishedH\x00\x42\x07\n\x05\x65vent\"G\n\x17ReleasePlacementRequest\x12\x14\n\x0cplacement_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63oordinator_id\x18\x02 \x01(\t\"\x1a\n\x18ReleasePlacementResponse\")\n\x0f\x45ndLeaseRequest\x12\x16\n\x0e\x63oordinator_id\x18\x01 \x01(\t\"\x12\n\x10\x45ndLeaseResponse\"\x13\n\x11ListModelsRequest\"$\n\x12ListModelsResponse\x12\x0e\n\x06models\x18\x01 \x03(\t2\xf2\x04\n\rWorkerControl\x12?\n\x07GetInfo\x12\x1b.exo_spec.v1.GetInfoRequest\x1a\x17.exo_spec.v1.WorkerInfo\x12H\n\x0cInspectModel\x12 .exo_spec.v1.InspectModelRequest\x1a\x16.exo_spec.v1.ModelInfo\x12P\n\x0bReservePort\x12\x1f.exo_spec.v1.ReservePortRequest\x1a .exo_spec.v1.ReservePortResponse\x12L\n\rLoadPlacement\x12!.exo_spec.v1.LoadPlacementRequest\x1a\x16.exo_spec.v1.LoadEvent0\x01\x12=\n\x06RunJob\x12\x1a.exo_spec.v1.RunJobRequest\x1a\x15.exo_spec.v1.RunEvent0\x01\x12_\n\x10ReleasePlacement\x12$.exo_spec.v1.ReleasePlacementRequest\x1a%.exo_spec.v1.ReleasePlacementResponse\x12G\n\x08\x45ndLease\x12\x1c.exo_spec.v1.EndLeaseRequest\x1a\x1d.exo_spec.v1.EndLeaseResponse\x12M\n\nListModels\x12\x1e.exo_spec.v1.ListModelsRequest\x1a\x1f.exo_spec.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'exo_spec.v1.worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETINFOREQUEST']._serialized_start=67
-  _globals['_GETINFOREQUEST']._serialized_end=83
-  _globals['_WORKERINFO']._serialized_start=86
-  _globals['_WORKERINFO']._serialized_end=236
-  _globals['_INSPECTMODELREQUEST']._serialized_start=238
-  _globals['_INSPECTMODELREQUEST']._serialized_end=332
-  _globals['_MODELINFO']._serialized_start=335
-  _globals['_MODELINFO']._serialized_end=491
-  _globals['_RESERVEPORTREQUEST']._serialized_start=493
-  _globals['_RESERVEPORTREQUEST']._serialized_end=513
-  _globals['_RESERVEPORTRESPONSE']._serialized_start=515
-  _globals['_RESERVEPORTRESPONSE']._serialized_end=550
-  _globals['_LOADPLACEMENTREQUEST']._serialized_start=553
-  _globals['_LOADPLACEMENTREQUEST']._serialized_end=714
-  _globals['_LOADEVENT']._serialized_start=716
-  _globals['_LOADEVENT']._serialized_end=778
-  _globals['_RUNJOBREQUEST']._serialized_start=780
-  _globals['_RUNJOBREQUEST']._serialized_end=898
-  _globals['_RUNEVENT']._serialized_start=900
-  _globals['_RUNEVENT']._serialized_end=1005
-  _globals['_RELEASEPLACEMENTREQUEST']._serialized_start=1007
-  _globals['_RELEASEPLACEMENTREQUEST']._serialized_end=1054
-  _globals['_RELEASEPLACEMENTRESPONSE']._serialized_start=1056
-  _globals['_RELEASEPLACEMENTRESPONSE']._serialized_end=1082
-  _globals['_LISTMODELSREQUEST']._serialized_start=1084
-  _globals['_LISTMODELSREQUEST']._serialized_end=1103
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1105
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1141
-  _globals['_WORKERCONTROL']._serialized_start=1144
-  _globals['_WORKERCONTROL']._serialized_end=1697
+  _globals['_GETINFOREQUEST']._serialized_start=100
+  _globals['_GETINFOREQUEST']._serialized_end=140
+  _globals['_LEASE']._serialized_start=142
+  _globals['_LEASE']._serialized_end=208
+  _globals['_WORKERINFO']._serialized_start=211
+  _globals['_WORKERINFO']._serialized_end=417
+  _globals['_INSPECTMODELREQUEST']._serialized_start=419
+  _globals['_INSPECTMODELREQUEST']._serialized_end=513
+  _globals['_MODELINFO']._serialized_start=516
+  _globals['_MODELINFO']._serialized_end=672
+  _globals['_RESERVEPORTREQUEST']._serialized_start=674
+  _globals['_RESERVEPORTREQUEST']._serialized_end=694
+  _globals['_RESERVEPORTRESPONSE']._serialized_start=696
+  _globals['_RESERVEPORTRESPONSE']._serialized_end=731
+  _globals['_LOADPLACEMENTREQUEST']._serialized_start=734
+  _globals['_LOADPLACEMENTREQUEST']._serialized_end=919
+  _globals['_LOADEVENT']._serialized_start=921
+  _globals['_LOADEVENT']._serialized_end=1007
+  _globals['_RUNJOBREQUEST']._serialized_start=1010
+  _globals['_RUNJOBREQUEST']._serialized_end=1181
+  _globals['_RUNEVENT']._serialized_start=1183
+  _globals['_RUNEVENT']._serialized_end=1288
+  _globals['_RELEASEPLACEMENTREQUEST']._serialized_start=1290
+  _globals['_RELEASEPLACEMENTREQUEST']._serialized_end=1361
+  _globals['_RELEASEPLACEMENTRESPONSE']._serialized_start=1363
+  _globals['_RELEASEPLACEMENTRESPONSE']._serialized_end=1389
+  _globals['_ENDLEASEREQUEST']._serialized_start=1391
+  _globals['_ENDLEASEREQUEST']._serialized_end=1432
+  _globals['_ENDLEASERESPONSE']._serialized_start=1434
+  _globals['_ENDLEASERESPONSE']._serialized_end=1452
+  _globals['_LISTMODELSREQUEST']._serialized_start=1454
+  _globals['_LISTMODELSREQUEST']._serialized_end=1473
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1475
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1511
+  _globals['_WORKERCONTROL']._serialized_start=1514
+  _globals['_WORKERCONTROL']._serialized_end=2140
 # @@protoc_insertion_point(module_scope)

@@ -33,6 +33,20 @@ class WorkerControlStub:
     OUT_OF_RANGE for a prompt longer than the model's context or a max_tokens
     that does not fit in what it leaves, UNAVAILABLE when a rank of the
     placement is gone.
+
+    A worker serves one coordinator at a time: the first that loads, runs or
+    releases on a free worker takes its lease, and every call it makes renews it
+    (its GetInfo heartbeats too). While the lease holds, LoadPlacement, RunJob,
+    ReleasePlacement and EndLease from any other coordinator_id are
+    FAILED_PRECONDITION ("held by coordinator X until T"); GetInfo,
+    InspectModel, ReservePort and ListModels answer any coordinator. When the holder has
+    not called for the worker's --lease-timeout, the lease lapses: its
+    placements are released and the worker is free. A call that names no
+    coordinator_id counts as one more coordinator (a tool's direct calls).
+
+    Every call proves the cluster key (metadata "x-exo-spec-signature",
+    exo_spec/auth/signature.py), else it is UNAUTHENTICATED before anything is
+    read, loaded or run; API keys are not taken here.
     """
 
     def __init__(self, channel):
@@ -71,6 +85,11 @@ class WorkerControlStub:
                 request_serializer=exo__spec_dot_v1_dot_worker__pb2.ReleasePlacementRequest.SerializeToString,
                 response_deserializer=exo__spec_dot_v1_dot_worker__pb2.ReleasePlacementResponse.FromString,
                 _registered_method=True)
+        self.EndLease = channel.unary_unary(
+                '/exo_spec.v1.WorkerControl/EndLease',
+                request_serializer=exo__spec_dot_v1_dot_worker__pb2.EndLeaseRequest.SerializeToString,
+                response_deserializer=exo__spec_dot_v1_dot_worker__pb2.EndLeaseResponse.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/exo_spec.v1.WorkerControl/ListModels',
                 request_serializer=exo__spec_dot_v1_dot_worker__pb2.ListModelsRequest.SerializeToString,
@@ -86,6 +105,20 @@ class WorkerControlServicer:
     OUT_OF_RANGE for a prompt longer than the model's context or a max_tokens
     that does not fit in what it leaves, UNAVAILABLE when a rank of the
     placement is gone.
+
+    A worker serves one coordinator at a time: the first that loads, runs or
+    releases on a free worker takes its lease, and every call it makes renews it
+    (its GetInfo heartbeats too). While the lease holds, LoadPlacement, RunJob,
+    ReleasePlacement and EndLease from any other coordinator_id are
+    FAILED_PRECONDITION ("held by coordinator X until T"); GetInfo,
+    InspectModel, ReservePort and ListModels answer any coordinator. When the holder has
+    not called for the worker's --lease-timeout, the lease lapses: its
+    placements are released and the worker is free. A call that names no
+    coordinator_id counts as one more coordinator (a tool's direct calls).
+
+    Every call proves the cluster key (metadata "x-exo-spec-signature",
+    exo_spec/auth/signature.py), else it is UNAUTHENTICATED before anything is
+    read, loaded or run; API keys are not taken here.
     """
 
     def GetInfo(self, request, context):
@@ -132,6 +165,14 @@ class WorkerControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EndLease(self, request, context):
+        """The coordinator leaves: its placements are released and the worker is free
+        for another at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListModels(self, request, context):
         """The models this worker can load: Hugging Face ids in its hub cache and
         checkpoints in its --model-dir folders.
@@ -173,6 +214,11 @@ def add_WorkerControlServicer_to_server(servicer, server):
                     request_deserializer=exo__spec_dot_v1_dot_worker__pb2.ReleasePlacementRequest.FromString,
                     response_serializer=exo__spec_dot_v1_dot_worker__pb2.ReleasePlacementResponse.SerializeToString,
             ),
+            'EndLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.EndLease,
+                    request_deserializer=exo__spec_dot_v1_dot_worker__pb2.EndLeaseRequest.FromString,
+                    response_serializer=exo__spec_dot_v1_dot_worker__pb2.EndLeaseResponse.SerializeToString,
+            ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
                     request_deserializer=exo__spec_dot_v1_dot_worker__pb2.ListModelsRequest.FromString,
@@ -194,6 +240,20 @@ class WorkerControl:
     OUT_OF_RANGE for a prompt longer than the model's context or a max_tokens
     that does not fit in what it leaves, UNAVAILABLE when a rank of the
     placement is gone.
+
+    A worker serves one coordinator at a time: the first that loads, runs or
+    releases on a free worker takes its lease, and every call it makes renews it
+    (its GetInfo heartbeats too). While the lease holds, LoadPlacement, RunJob,
+    ReleasePlacement and EndLease from any other coordinator_id are
+    FAILED_PRECONDITION ("held by coordinator X until T"); GetInfo,
+    InspectModel, ReservePort and ListModels answer any coordinator. When the holder has
+    not called for the worker's --lease-timeout, the lease lapses: its
+    placements are released and the worker is free. A call that names no
+    coordinator_id counts as one more coordinator (a tool's direct calls).
+
+    Every call proves the cluster key (metadata "x-exo-spec-signature",
+    exo_spec/auth/signature.py), else it is UNAUTHENTICATED before anything is
+    read, loaded or run; API keys are not taken here.
     """
 
     @staticmethod
@@ -348,6 +408,33 @@ class WorkerControl:
             '/exo_spec.v1.WorkerControl/ReleasePlacement',
             exo__spec_dot_v1_dot_worker__pb2.ReleasePlacementRequest.SerializeToString,
             exo__spec_dot_v1_dot_worker__pb2.ReleasePlacementResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EndLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/exo_spec.v1.WorkerControl/EndLease',
+            exo__spec_dot_v1_dot_worker__pb2.EndLeaseRequest.SerializeToString,
+            exo__spec_dot_v1_dot_worker__pb2.EndLeaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -16,22 +16,42 @@ the job ends at once, finish_reason "stop"; its token ids run up to and includin
 token that completed the match, its text stops before the match. Its stats count
 those tokens as generation_tokens; the rates (tokens per round, decode tok/s, drafts)
 are the decoder's, over every token it decoded.
+
+Resuming (``Job.generated``: what the job emitted on a placement that was lost): the
+prompt is encoded as at first (a chat template applied once, to the request) and the
+emitted tokens follow it as the decoder's prompt. The job goes on as if it had
+generated them here: the penalties' history is prompt then tokens either way, they
+count toward the token budget, and they pass through ``OutputText`` first, unsent, so
+the detokenizer and the stop-string matcher hold what they held when the text before
+was streamed. Only what follows is sent; ``Finished`` has the whole output, its stats
+count the emitted tokens in generation_tokens and resumed_tokens, prompt_tokens is
+the request's prompt, and the rates are this decoder's. Greedy decoding continues
+with the tokens an uninterrupted run emits; sampled decoding draws the rest afresh
+(a seed seeds the resumed draws, not a replay of the lost ones).
+
+A ``JobStream`` is one job's output wherever it decodes: alone (``decode_alone``), in
+a batch with other jobs (``batch``), or alone first and then in a batch, when
+``decode_alone``'s ``move`` says so between two rounds. Moving is resuming without
+the loss: the batch goes on from the prompt and the tokens emitted, the stream and its
+matcher as they were; ``Finished``'s stats count both decoders' rounds and drafts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+from collections.abc import Callable, Sequence
 from contextlib import closing
 
 import mlx.core as mx
 from grpc import StatusCode
 
+from ...engine.stats import Stats
 from ...prompt import encode_messages, encode_prompt
 from ...sampling import mlx_seed
 from ...status import StatusError
 from ...stop_strings import OutputText
 from ..messages import Finished, Job, Logprob, RunnerMessage, Tokens
-from .targets import Target
+from .targets import GroupLeader, Local, Target
 
 Send = Callable[[RunnerMessage], None]  # to the worker; any thread may call it
 
@@ -48,11 +68,79 @@ def prompt_ids(job: Job, target: Target) -> list[int]:
 
 
 def run_job(job: Job, target: Target, send: Send, cancelled: Callable[[], bool]) -> None:
-    prompt = prompt_ids(job, target)
-    max_tokens = job.token_budget(len(prompt), target.context_length)
-    if cancelled():  # cancelled while it waited behind another job
-        send(Finished(job.job_id, "cancelled", "", [], {}))
-        return
+    """Decode ``job`` alone, from start to end."""
+    stream = JobStream(job, target)
+    if not stream.end_early(cancelled(), send):
+        decode_alone(stream, target, send, cancelled)
+
+
+class JobStream:
+    """One job's output as it streams, wherever it decodes (alone, or in a batch:
+    ``runner.batch``): the prompt, the token budget, the tokens and text so far."""
+
+    def __init__(self, job: Job, target: Target):
+        """StatusError when the model cannot take the job (see ``prompt_ids``,
+        ``Job.token_budget``)."""
+        self.job = job
+        self.prompt = prompt_ids(job, target)
+        self.max_tokens = job.token_budget(len(self.prompt), target.context_length)
+        self.tokens = list(job.generated)
+        # Its own copy: jobs in a batch stream at once, and mlx-lm builds one per tokenizer.
+        self.output = OutputText(copy.copy(target.tokenizer.detokenizer), job.stop)
+        self.output.add(self.tokens)  # streamed before the job resumed here
+        self.decode = target.tokenizer.decode
+        self.carried: Stats | None = None  # a decoder's that it left for a batch
+        self.batch_size = 1  # the most jobs it decoded together with
+
+    @property
+    def left(self) -> int:
+        """Tokens it may still generate."""
+        return self.max_tokens - len(self.tokens)
+
+    def end_early(self, cancelled: bool, send: Send) -> bool:
+        """Finish a job cancelled while it waited, or one that ended where it was lost,
+        at once; whether it was one."""
+        if cancelled:
+            send(Finished(self.job.job_id, "cancelled", self.output.text, self.tokens, {}))
+            return True
+        if self.output.stopped or not self.left:
+            send(self.result("stop" if self.output.stopped else "length", {}))
+            return True
+        return False
+
+    def add(self, chunk: list[int], send: Send, logprobs: Sequence[Logprob] = ()) -> list[int]:
+        """Stream one round's tokens, cut at a stop string; those kept."""
+        kept, text = self.output.add(chunk)
+        self.tokens.extend(kept)
+        send(Tokens(self.job.job_id, kept, text, list(logprobs[: len(kept)])))
+        return kept
+
+    def finish(self, reason: str, stats: dict, send: Send) -> None:
+        if tail := self.output.finish():  # bytes held back for a character, text for a stop
+            send(Tokens(self.job.job_id, [], tail))
+        send(self.result(reason, stats))
+
+    def result(self, reason: str, stats: dict) -> Finished:
+        """The job's ``Finished``: its whole output, its stats counting every token of
+        it (the rates stay the decoder's)."""
+        job = self.job
+        text = self.output.text if self.output.stopped else self.decode(self.tokens)
+        if self.output.stopped or job.generated:
+            stats["generation_tokens"] = len(self.tokens)
+        if job.generated:
+            stats.update(prompt_tokens=len(self.prompt), resumed_tokens=len(job.generated),
+                         cached_prompt_tokens=min(stats.get("cached_prompt_tokens", 0),
+                                                  len(self.prompt)))
+        return Finished(job.job_id, reason, text, self.tokens, stats)
+
+
+def decode_alone(stream: JobStream, target: Target, send: Send, cancelled: Callable[[], bool],
+                 move: Callable[[], bool] = lambda: False) -> bool:
+    """Decode the job on a decoder of its own until it ends, or until ``move()`` says
+    between two rounds that it should go on in a batch (``runner.batch``): then it
+    stops there, unfinished, its decoder's stats in ``stream.carried``. Whether it
+    moved."""
+    job = stream.job
     try:
         decoder = target.decoder(job.sampling, job.num_draft, penalties=job.penalties,
                                  logprobs=job.top_logprobs)
@@ -60,31 +148,35 @@ def run_job(job: Job, target: Target, send: Send, cancelled: Callable[[], bool])
         raise StatusError(StatusCode.INVALID_ARGUMENT, str(e)) from None
     if job.seed is not None:
         mx.random.seed(mlx_seed(job.seed))  # negative seeds too
-    tokens: list[int] = []
-    output = OutputText(target.tokenizer.detokenizer, job.stop)
-    reason = None
-    with closing(decoder.generate(prompt, max_tokens)) as rounds:
+    reason, start = None, len(stream.tokens)
+    with closing(decoder.generate(stream.prompt + stream.tokens, stream.left)) as rounds:
         for chunk in rounds:
-            kept, text = output.add(chunk)
-            logprobs = _logprobs(decoder, len(tokens), len(kept), target) \
-                if job.top_logprobs is not None else []
-            tokens.extend(kept)
-            send(Tokens(job.job_id, kept, text, logprobs))
-            if output.stopped:
+            logprobs = _logprobs(decoder, len(stream.tokens) - start, len(chunk), target) \
+                if job.top_logprobs is not None else ()
+            stream.add(chunk, send, logprobs)
+            if stream.output.stopped:
+                reason = "stop"
                 break
             if cancelled():
                 reason = "cancelled"
                 break
-    if tail := output.finish():  # bytes held back for a character, text for a stop string
-        send(Tokens(job.job_id, [], tail))
-    if output.stopped:
-        reason, text = "stop", output.text
-    else:
-        text = target.tokenizer.decode(tokens)
-    stats = {**decoder.stats.to_dict(), **target.extra_stats(decoder)}
-    if output.stopped:  # the tokens of the output; the rates stay the decoder's
-        stats["generation_tokens"] = len(tokens)
-    send(Finished(job.job_id, reason or decoder.finish.reason, text, tokens, stats))
+            if decoder.finish is None and move():
+                stream.carried = decoder.stats
+                return True
+    stats = {**decoder.stats.to_dict(), **target.extra_stats(decoder), "batch_size": 1}
+    stream.finish(reason or decoder.finish.reason, stats, send)
+    return False
+
+
+def job_failure(e: Exception, target: Local | GroupLeader) -> StatusError:
+    """What a job that failed inside the runner is told (and, with it, the coordinator)."""
+    if isinstance(target, Local):
+        return StatusError(StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
+    if isinstance(e, RuntimeError):  # the ring backend's "peer was lost"
+        return StatusError(StatusCode.UNAVAILABLE, f"a rank of the group is gone: {e}")
+    # Its ranks may now disagree on where they are: the group stops, and the placement
+    # with it (UNAVAILABLE: the coordinator places the model again).
+    return StatusError(StatusCode.UNAVAILABLE, f"{type(e).__name__}: {e} (the group is stopped)")
 
 
 def _logprobs(decoder, start: int, count: int, target: Target) -> list[Logprob]:

@@ -4,8 +4,10 @@ LOAD_JSON is a ``worker.messages.LoadConfig``. The runner talks to its worker in
 frames (``exo_spec.frames``) over stdin and stdout; the real stdout is kept for
 frames and fd 1 is pointed at stderr, so nothing any library prints can corrupt
 them. It loads its weights once (``Progress``, then ``Ready`` with the proposer
-mode, or an ``Error``), then serves jobs one after the other until stdin closes,
-which is how the worker releases it, or dies. A placement keeps the caches
+mode and how many jobs it decodes together, or an ``Error``), then serves jobs until
+stdin closes, which is how the worker releases it, or dies: one node's runner decodes
+the jobs it can together (``batch``, up to ``LoadConfig.max_batch``), any other one
+after the other. A placement keeps the caches
 of its recent prompts (``LoadConfig.prefix_cache_bytes``, ``engine.prefix_cache``), so a
 conversation's next turn prefills only its new tokens (a group: every rank its own
 stage's, ``group.prefix_cache``).
@@ -49,7 +51,8 @@ from ..messages import (
     from_frame,
     to_frame,
 )
-from .job import Send, run_job
+from .batch import BatchedJobs, batch_limits
+from .job import Send, job_failure, run_job
 from .targets import GroupLeader, Local
 from .watchdog import Watchdog
 
@@ -120,16 +123,6 @@ def load_failure(e: Exception) -> StatusError:
     return StatusError(StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
 
 
-def job_failure(e: Exception, target: Local | GroupLeader) -> StatusError:
-    if isinstance(target, Local):
-        return StatusError(StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
-    if isinstance(e, RuntimeError):  # the ring backend's "peer was lost"
-        return StatusError(StatusCode.UNAVAILABLE, f"a rank of the group is gone: {e}")
-    # Its ranks may now disagree on where they are: the group stops, and the placement
-    # with it (UNAVAILABLE: the coordinator places the model again).
-    return StatusError(StatusCode.UNAVAILABLE, f"{type(e).__name__}: {e} (the group is stopped)")
-
-
 def serve(target: Local | GroupLeader, commands: Commands, send: Send, timeout_s: float) -> int:
     watchdog = None
     if isinstance(target, GroupLeader):
@@ -184,6 +177,9 @@ def main(load_json: str) -> int:
     commands = Commands(sys.stdin.buffer)
     try:
         target = load(config, send)
+        # Only one node's jobs are batched: a group decodes one job at a time.
+        limits = batch_limits(target.models, config.max_batch, config.kv_budget_bytes) \
+            if isinstance(target, Local) else None
     except Exception as e:
         failure = load_failure(e)
         send(Error.of(failure))
@@ -191,5 +187,7 @@ def main(load_json: str) -> int:
     if isinstance(target, Rank):  # a follower: only rank 0 holds a proposer
         send(Ready(ProposerKind.NONE))
         return follow(target, send)
-    send(Ready(target.mode))
+    send(Ready(target.mode, limits.max_batch if limits else 1))
+    if limits is not None:
+        BatchedJobs(target, limits, commands, send).serve()
     return serve(target, commands, send, config.group_timeout_s)

@@ -5,62 +5,100 @@ column per draft; the last draft is never fed."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import mlx.core as mx
 import mlx.nn as nn
 
 from ..proposer import MAX_CATCH_UP
 from ..sampling import Sampling, draw
-from .batch_cache import BatchCache
+from .batch_cache import BatchCache, PromptFeed
+
+# What a row's draft logits (1, V) go through before its draw, given its drafts so far:
+# the row's penalties over its history and those drafts (None: none).
+RowProcess = Callable[[mx.array, list[mx.array]], mx.array] | None
+
+
+class DraftColumns:
+    """Draws the drafts of a batch column by column: row b draws its j-th draft with
+    ``keys[b, j]`` after its own processing; drafts past its own k are the argmax (it
+    ignores them)."""
+
+    def __init__(self, ks: list[int], samplings: list[Sampling], keys: mx.array,
+                 processes: list[RowProcess]):
+        self.ks, self.samplings, self.keys, self.processes = ks, samplings, keys, processes
+        self.columns: list[mx.array] = []
+        self._dists: list[list[mx.array]] = [[] for _ in ks]
+        self._rows: list[list[mx.array]] = [[] for _ in ks]  # each row's drafts so far
+
+    def draw(self, logits: mx.array) -> mx.array:
+        """The next column (B,) uint32 from the proposer's ``logits`` (B, V)."""
+        j = len(self.columns) + 1
+        column = []
+        for b, (k, sampling, process) in enumerate(
+                zip(self.ks, self.samplings, self.processes, strict=True)):
+            row = logits[b : b + 1]
+            if j > k:
+                column.append(mx.argmax(row, axis=-1).astype(mx.uint32))
+                continue
+            if process is not None:
+                row = process(row, self._rows[b])
+            token, dist = draw(row, sampling, self.keys[b, j])
+            column.append(token)
+            self._rows[b].append(token)
+            if dist is not None:
+                self._dists[b].append(dist)
+        self.columns.append(mx.concatenate(column))
+        return self.columns[-1]
+
+    def result(self) -> tuple[mx.array, list[mx.array | None]]:
+        """Tokens (B, max k) uint32, and per row the distributions (k_b, V) of its own
+        first k_b drafts unless it samples greedily."""
+        return mx.stack(self.columns, axis=1), [mx.concatenate(d) if d else None
+                                                for d in self._dists]
 
 
 class BatchDrafter:
     mode = "draft"
+    needs_hidden = False
 
     def __init__(self, model: nn.Module):
-        self.lm = BatchCache(model)
+        self.lm = BatchCache(model, recurrent=False)
         self.unfed: list[list[int]] = []  # per row, committed tokens not in its cache yet
         self._width = 0  # slots the open proposal wrote per row
         self._catch_up = 0  # of those, the unfed columns it started with
 
-    def add(self, prompts: list[list[int]], firsts: list[int]) -> None:
-        """New last rows: their prompts, then ``firsts``, the target's first tokens."""
-        self.lm.add(prompts)
+    def read(self, prompts: list[list[int]]) -> PromptFeed:
+        return self.lm.read(prompts)
+
+    def prefill(self, feed: PromptFeed, columns: int, hidden: mx.array | None) -> None:
+        self.lm.prefill(feed, columns)
+
+    def join(self, feed: PromptFeed, firsts: list[int], hidden: mx.array | None) -> None:
+        """New last rows: their prompts fed, then ``firsts``, the target's first tokens."""
+        self.lm.join(feed)
         self.unfed += [[t] for t in firsts]
 
     def filter(self, rows: list[int]) -> None:
         self.lm.filter(rows)
         self.unfed = [self.unfed[i] for i in rows]
 
-    def propose(self, ks: list[int], samplings: list[Sampling], keys: mx.array
-                ) -> tuple[mx.array, list[mx.array | None]]:
-        """max(ks) drafts for every row: tokens (B, max k) uint32, and per row the
-        distributions (k_b, V) of its own first ks[b] drafts unless it samples greedily.
-        Row b draws its j-th draft with ``keys[b, j]``; drafts past its own k are the
-        argmax (it ignores them). Lazy."""
+    def propose(self, ks: list[int], samplings: list[Sampling], keys: mx.array,
+                processes: list[RowProcess]) -> tuple[mx.array, list[mx.array | None]]:
+        """max(ks) drafts for every row (``DraftColumns``). Lazy."""
         k_max = max(ks)
         self._catch_up = max(map(len, self.unfed))
         pads = [self._catch_up - len(u) for u in self.unfed]
         self.lm.pad(pads)
         fed = mx.array([[0] * p + u for p, u in zip(pads, self.unfed, strict=True)], mx.uint32)
-        drafts, dists = [], [[] for _ in ks]
-        for j in range(1, k_max + 1):
-            logits = self.lm.last_logits(fed)
-            column = []
-            for b, (k, sampling) in enumerate(zip(ks, samplings, strict=True)):
-                if j > k:
-                    column.append(mx.argmax(logits[b : b + 1], axis=-1).astype(mx.uint32))
-                    continue
-                token, dist = draw(logits[b : b + 1], sampling, keys[b, j])
-                column.append(token)
-                dists[b].append(dist)
-            drafts.append(mx.concatenate(column))
-            fed = drafts[-1][:, None]
+        columns = DraftColumns(ks, samplings, keys, processes)
+        for _ in range(k_max):
+            fed = columns.draw(self.lm.last_logits(fed))[:, None]
         self._width = self._catch_up + k_max - 1
-        return mx.stack(drafts, axis=1), [
-            None if s.greedy else (mx.concatenate(d) if d else None)
-            for s, d in zip(samplings, dists, strict=True)]
+        return columns.result()
 
-    def commit(self, accepted: list[int] | None, emitted: list[list[int]]) -> None:
+    def commit(self, accepted: list[int] | None, emitted: list[list[int]],
+               hidden: mx.array | None) -> None:
         """Rows moved on by ``emitted`` (their kept drafts, then the target's token),
         after the open proposal (``accepted`` drafts of each kept) or after a plain step
         (``accepted`` None: nothing was proposed)."""

@@ -146,16 +146,3 @@ class RaggedKVCache(BatchKVCache):
 
 def _shifted(holes: mx.array, by: int) -> mx.array:
     return mx.pad(holes, [(0, 0), (by, 0)]) if by else holes
-
-
-def make_ragged_cache(model, left_padding: list[int] = (0,)) -> list[RaggedKVCache]:
-    """Empty ragged caches for every layer of ``model``, their rows to be left-padded
-    by ``left_padding``, or a clear refusal where a
-    layer's cache is not a plain ``KVCache`` (sliding-window, recurrent or quantized
-    layers have no ragged rewind here yet)."""
-    kinds = {type(c).__name__ for c in model.make_cache()} if hasattr(model, "make_cache") \
-        else {"KVCache"}
-    if kinds != {"KVCache"}:
-        raise ValueError("batched decoding supports full-attention KVCache layers only; "
-                         f"this model's layers use {', '.join(sorted(kinds))}")
-    return [RaggedKVCache(list(left_padding)) for _ in model.layers]
