@@ -112,15 +112,20 @@ def make_decoder(
 
 
 def make_batch_decoder(models: ModelSet) -> BatchDecoder:
-    """A ``BatchDecoder`` on ``models``, drafting with their drafter model (or plain);
-    ValueError or TypeError where a batch cannot hold them: another proposer, prompt
-    lookup, or layers whose caches ``engine.batch`` cannot rewind row by row."""
-    if models.lookup or models.mode not in (ProposerKind.NONE, ProposerKind.DRAFT):
-        raise ValueError("batched decoding drafts with a drafter model or not at all, not "
-                         f"with {'prompt lookup' if models.lookup else models.mode}")
+    """A ``BatchDecoder`` on ``models``, drafting with their drafter model or MTP head
+    (or plain); ValueError or TypeError where a batch cannot hold them: another
+    proposer, prompt lookup, or layers whose caches ``engine.batch`` cannot rewind row
+    by row."""
+    batchable = (ProposerKind.NONE, ProposerKind.DRAFT, ProposerKind.MTP)
+    if models.lookup or models.mode not in batchable:
+        raise ValueError("batched decoding drafts with a drafter model, an MTP head or not "
+                         f"at all, not with {'prompt lookup' if models.lookup else models.mode}")
     eos = set(models.target.tokenizer.eos_token_ids)
     if models.mode == ProposerKind.NONE:
         return BatchDecoder(models.target.model, eos_token_ids=eos)
+    if models.mode == ProposerKind.MTP:
+        return BatchDecoder(models.target.model, Mtp(models.mtp, models.target.model),
+                            eos_token_ids=eos, cost_prior=MTP_COST_PRIOR)
     return BatchDecoder(models.target.model, models.drafter.model, eos_token_ids=eos,
                         cost_prior=_parameter_ratio(models.drafter, models.target))
 

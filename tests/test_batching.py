@@ -1,6 +1,6 @@
 """Continuous batching on a placement, through a real local cluster (a coordinator and
 one worker): concurrent greedy jobs decode together with a drafter, each emitting
-exactly mlx-lm's greedy tokens for its prompt; a job with penalties runs alone and is
+exactly mlx-lm's greedy tokens for its prompt; a job with penalties goes on in the batch and is
 exact; a cancel and a stop string end their own rows and leave the others intact; a
 job joins a running batch; a lone job moves into a batch when another comes; the
 limits a batch is admitted by. And a measurement: 20 concurrent 64-token jobs against
@@ -118,11 +118,11 @@ def test_jobs_decode_together_and_each_is_exact(cluster, checkpoints, greedy):
             (placement,) = await client.placements()
             assert placement.batch_capacity == MAX_BATCH
 
-            # A job with penalties cannot join a batch: it runs alone, and the jobs that
-            # come meanwhile wait behind it, then start together.
-            alone = Run(client, checkpoints, PROMPTS[1], 300,
-                        penalties=Penalties(repetition_penalty=PENALTY["repetition_penalty"]))
-            await alone.started.wait()
+            # A job with penalties starts alone on the idle placement and goes on in the
+            # batch the others start, its penalties applied there as alone.
+            penalized = Run(client, checkpoints, PROMPTS[1], 300,
+                            penalties=Penalties(repetition_penalty=PENALTY["repetition_penalty"]))
+            await penalized.started.wait()
             batched = [Run(client, checkpoints, p, n)
                        for p, n in zip(PROMPTS[:8], LENGTHS, strict=True)]
             cancelled = Run(client, checkpoints, PROMPTS[8], 400)
@@ -133,14 +133,14 @@ def test_jobs_decode_together_and_each_is_exact(cluster, checkpoints, greedy):
             status = await client.status()
             await client.cancel_job(cancelled.id)
             late = Run(client, checkpoints, PROMPTS[2], 24)  # joins the running batch
-            runs = await asyncio.gather(alone.task, *(r.task for r in batched),
+            runs = await asyncio.gather(penalized.task, *(r.task for r in batched),
                                         cancelled.task, stopped.task, late.task)
             assert all(r.error is None for r in runs if r is not cancelled)
             return runs, status, text, stop
 
-    (alone, *batched, cancelled, stopped, late), status, text, stop = asyncio.run(main())
-    assert alone.tokens == greedy(PROMPTS[1], 300, **PENALTY)
-    assert alone.result.stats.batch_size == 1
+    (penalized, *batched, cancelled, stopped, late), status, text, stop = asyncio.run(main())
+    assert penalized.tokens == greedy(PROMPTS[1], 300, **PENALTY)
+    assert penalized.result.stats.batch_size > 1
     for run in [*batched, late]:
         assert run.tokens == greedy(run.prompt, run.max_tokens), run.prompt
         assert run.result.token_ids == run.tokens
@@ -176,6 +176,31 @@ def test_a_lone_job_moves_into_a_batch(cluster, checkpoints, greedy):
         encode_prompt(loaded(checkpoints.llama).tokenizer, PROMPTS[3]))
 
 
+def test_a_hybrid_target_batches_with_its_mtp_head(cluster, checkpoints):
+    """A GatedDeltaNet hybrid drafting with its MTP head batches too, each job exact."""
+    local, address = cluster
+    model = loaded(checkpoints.qwen3_5)
+
+    async def one(client, prompt: str, max_tokens: int):
+        finished = await client.complete(str(checkpoints.qwen3_5), prompt,
+                                         max_tokens=max_tokens, spec="mtp")
+        return prompt, max_tokens, finished
+
+    async def main():
+        async with AsyncClient(address, key=local.key) as client:
+            return await asyncio.gather(*(one(client, p, n)
+                                          for p, n in zip(PROMPTS[:4], LENGTHS, strict=False)))
+
+    results = asyncio.run(main())
+    eos = set(model.tokenizer.eos_token_ids)
+    for prompt, max_tokens, finished in results:
+        want = greedy_reference(model.model, encode_prompt(model.tokenizer, prompt), max_tokens)
+        want = next((want[:i] for i, t in enumerate(want) if t in eos), want)
+        assert list(finished.token_ids) == want, prompt
+        assert finished.stats.mode == "mtp"
+    assert max(f.stats.batch_size for *_, f in results) > 1
+
+
 def test_twenty_concurrent_jobs_against_one_at_a_time(cluster, checkpoints):
     """Printed, with -s: the total time of 20 concurrent 64-token greedy jobs over 20
     times one such job alone (a job alone is timed three times, the fastest kept)."""
@@ -201,7 +226,8 @@ def test_twenty_concurrent_jobs_against_one_at_a_time(cluster, checkpoints):
           f"20 x one: {20 * one:.2f}s; ratio {ratio:.2f} (batch sizes {sizes[0]}-{sizes[-1]})")
     assert sizes[-1] > 1 and ratio < 1
     (placement,) = [p for p in (asyncio.run(_placements(address, local.key)))
-                    if p.state == inference_pb2.PLACEMENT_STATE_READY]
+                    if p.state == inference_pb2.PLACEMENT_STATE_READY
+                    and p.model == str(checkpoints.llama)]
     assert placement.batch_size == 0  # nothing left on it
 
 

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import mlx.core as mx
 import mlx.nn as nn
+from grpc import StatusCode
 from mlx_lm.models.cache import make_prompt_cache
 
 from ...decoder_factory import make_batch_decoder
@@ -46,7 +47,7 @@ from ...model_set import ModelSet
 from ...spec_mode import ProposerKind
 from ...status import StatusError
 from ..messages import Error, Job
-from .job import JobStream, Send, decode_alone, job_failure
+from .job import JobStream, Send, decode_alone, job_failure, named_logprobs
 from .targets import Local
 
 if TYPE_CHECKING:
@@ -95,10 +96,12 @@ def batch_limits(models: ModelSet, max_batch: int, kv_budget_bytes: int) -> Batc
 
 def kv_bytes_per_token(model: nn.Module) -> int:
     """What one token takes in ``model``'s KV caches, read from the shapes a one-token
-    pass gives them (nothing is evaluated)."""
+    pass gives them (nothing is evaluated). A recurrent layer's state does not grow
+    with the tokens (a few MB per row at most), so it is not counted."""
     caches = make_prompt_cache(model)
     model(mx.array([[0]]), cache=caches)
-    return sum((c.keys.nbytes + c.values.nbytes) // c.keys.shape[2] for c in caches)
+    return sum((c.keys.nbytes + c.values.nbytes) // c.keys.shape[2]
+               for c in caches if getattr(c, "keys", None) is not None)
 
 
 @dataclass
@@ -156,8 +159,7 @@ class BatchedJobs:
 
     def _batchable(self, stream: JobStream) -> bool:
         job = stream.job
-        return (not job.penalties.active and job.top_logprobs is None
-                and (job.num_draft is None or self.batch.drafter is not None))
+        return job.num_draft is None or self.batch.drafter is not None
 
     def _fits(self, streams: list[JobStream]) -> bool:
         return self.limits.fit([len(s.prompt) + s.max_tokens for s in streams])
@@ -196,9 +198,13 @@ class BatchedJobs:
         job = stream.job
 
         def add() -> None:
-            sequence = self.batch.add(BatchRequest(
-                prompt=stream.prompt + stream.tokens, max_tokens=stream.left,
-                sampling=job.sampling, seed=job.seed, num_draft=job.num_draft))
+            try:
+                sequence = self.batch.add(BatchRequest(
+                    prompt=stream.prompt + stream.tokens, max_tokens=stream.left,
+                    sampling=job.sampling, seed=job.seed, num_draft=job.num_draft,
+                    penalties=job.penalties, logprobs=job.top_logprobs))
+            except ValueError as e:  # a logit bias on a token outside the vocabulary
+                raise StatusError(StatusCode.INVALID_ARGUMENT, str(e)) from None
             self.rows[sequence] = _Row(stream, time.perf_counter())
 
         self._guarded(job, add)
@@ -220,7 +226,8 @@ class BatchedJobs:
             stream = row.stream
             stream.batch_size = max(stream.batch_size, size)
             row.first_at = row.first_at or now
-            stream.add(e.tokens, self.send)
+            stream.add(e.tokens, self.send,
+                       named_logprobs(e.logprobs, self.target) if e.logprobs else ())
             if e.finish is not None:
                 self._end(e.sequence, "stop" if stream.output.stopped else e.finish.reason,
                           e.stats)

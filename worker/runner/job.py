@@ -45,6 +45,7 @@ from contextlib import closing
 import mlx.core as mx
 from grpc import StatusCode
 
+from ...engine.logprobs import TokenLogprob
 from ...engine.stats import Stats
 from ...prompt import encode_messages, encode_prompt
 from ...sampling import mlx_seed
@@ -151,7 +152,8 @@ def decode_alone(stream: JobStream, target: Target, send: Send, cancelled: Calla
     reason, start = None, len(stream.tokens)
     with closing(decoder.generate(stream.prompt + stream.tokens, stream.left)) as rounds:
         for chunk in rounds:
-            logprobs = _logprobs(decoder, len(stream.tokens) - start, len(chunk), target) \
+            first = len(stream.tokens) - start  # the decoder's logprobs: one per token
+            logprobs = named_logprobs(decoder.logprobs[first : first + len(chunk)], target) \
                 if job.top_logprobs is not None else ()
             stream.add(chunk, send, logprobs)
             if stream.output.stopped:
@@ -179,10 +181,10 @@ def job_failure(e: Exception, target: Local | GroupLeader) -> StatusError:
     return StatusError(StatusCode.UNAVAILABLE, f"{type(e).__name__}: {e} (the group is stopped)")
 
 
-def _logprobs(decoder, start: int, count: int, target: Target) -> list[Logprob]:
-    """The logprobs of emitted tokens ``start`` to ``start + count`` (the decoder keeps
-    one per emitted token), with each token's bytes."""
+def named_logprobs(entries: Sequence[TokenLogprob], target: Target) -> list[Logprob]:
+    """A decoder's logprobs of emitted tokens, as the runner sends them: with each
+    token's bytes."""
     name = target.token_bytes
     return [Logprob(e.token_id, e.logprob, name(e.token_id),
                     [Logprob(t, lp, name(t)) for t, lp in e.top])
-            for e in decoder.logprobs[start : start + count]]
+            for e in entries]
