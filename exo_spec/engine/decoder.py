@@ -45,7 +45,7 @@ from .logits_processing import LogitsProcessing
 from .pipelining import RoundPipelining
 from .prefix_cache import PrefixCache
 from .prompt_lookup import PromptLookup, one_hot
-from .proposer import Process, Proposer
+from .proposer import Proposer
 from .sampling import Sampling, log_probs
 from .stats import Stats
 from .target import Target
@@ -304,20 +304,6 @@ class SpecDecoder:
             else mx.concatenate([history, drafts])
         return self._processing(logits, tokens)
 
-    def _draft_process(self, history: mx.array | None) -> Process | None:
-        """What the proposer's logits go through: the penalties over ``history`` and the
-        drafts before each one, as the target's verify rows will see them."""
-        processing = self._processing
-        if processing is None:
-            return None
-
-        def process(logits: mx.array, drafts: list[mx.array]) -> mx.array:
-            tokens = history if not drafts or history is None \
-                else mx.concatenate([history, *drafts])
-            return processing(logits, tokens)
-
-        return process
-
     def _log_probs(self, logits: mx.array) -> mx.array:
         """The target's log-probabilities (R, V) at processed ``logits``: of the
         distribution tokens are drawn from; at temperature 0 the log-softmax."""
@@ -364,7 +350,7 @@ class SpecDecoder:
         # The history ends with ``last``: the round before, if still unread, kept all.
         history = self._history if after is None or self._processing is None \
             else self._processing.extend(self._history, after.tokens)
-        process = self._draft_process(history)
+        process = None if self._processing is None else self._processing.for_drafts(history)
         if copied:
             k = len(copied)
             drafts, draft_probs = mx.array(copied, dtype=mx.uint32), None

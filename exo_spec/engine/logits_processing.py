@@ -76,6 +76,17 @@ class LogitsProcessing:
             return None
         return self.tail(mx.concatenate([history, tokens]))
 
+    def for_drafts(self, history: mx.array | None):
+        """What a proposer's logits go through: these penalties over ``history`` and the
+        drafts before each one, as the target's verify rows will see them."""
+
+        def process(logits: mx.array, drafts: list[mx.array]) -> mx.array:
+            tokens = history if not drafts or history is None \
+                else mx.concatenate([history, *drafts])
+            return self(logits, tokens)
+
+        return process
+
     def __call__(self, logits: mx.array, tokens: mx.array | None) -> mx.array:
         """Process ``logits`` (R, V): row j's history is ``tokens[: len(tokens) - R + 1 + j]``
         (``tokens`` may be None where no penalty reads history)."""

@@ -50,10 +50,9 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 from mlx_lm.models.qwen3 import MLP
 from mlx_lm.models.rope_utils import initialize_rope
-from mlx_lm.utils import load_model, load_tokenizer
 
 from .heads import language_model
-from .load import LoadedModel, ModelLoadError, check_checkpoint, check_same_vocabulary
+from .load import LoadedModel, ModelLoadError, load_target_reader, load_with_classes
 
 ARCHITECTURE = "DFlashDraftModel"
 ARCHITECTURES = (ARCHITECTURE, "DFlash2DraftModel")
@@ -218,27 +217,13 @@ class Model(nn.Module):
 
 
 def load(path: Path) -> tuple[Model, dict]:
-    """The drafter at ``path`` (mlx-lm's loader with these classes: on-disk quantization
-    is applied wherever ``.scales`` are stored)."""
-    model, config = load_model(path, get_model_classes=lambda config: (Model, ModelArgs))
-    model.eval()
-    return model, config
+    """The drafter at ``path``."""
+    return load_with_classes(path, Model, ModelArgs)
 
 
 def load_for(path: Path, target: LoadedModel) -> LoadedModel:
-    """Load the DFlash drafter at ``path`` and refuse it unless it fits ``target``."""
-    check_checkpoint(path, tokenizer=False)
-    try:
-        model, config = load(path)
-    except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
-        raise ModelLoadError(f"cannot load DFlash drafter {path}: {e}") from e
-    check_pair(model.args, target)
-    has_tokenizer = any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
-    tokenizer = load_tokenizer(path) if has_tokenizer else target.tokenizer
-    loaded = LoadedModel(model, tokenizer, path, config)
-    if has_tokenizer:
-        check_same_vocabulary(target, loaded)
-    return loaded
+    """Load the drafter at ``path`` and refuse it unless it fits ``target``."""
+    return load_target_reader(path, target, Model, ModelArgs, "DFlash drafter", check_pair)
 
 
 def check_pair(args: ModelArgs, target: LoadedModel) -> None:

@@ -51,10 +51,9 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models import gemma4_text
-from mlx_lm.utils import load_model, load_tokenizer
 
 from .heads import language_model
-from .load import LoadedModel, ModelLoadError, check_checkpoint, check_same_vocabulary
+from .load import LoadedModel, ModelLoadError, load_target_reader, load_with_classes
 
 MODEL_TYPE = "gemma4_assistant"
 
@@ -203,27 +202,13 @@ def is_assistant(config: dict[str, Any]) -> bool:
 
 
 def load(path: Path) -> tuple[Model, dict]:
-    """The assistant at ``path`` (mlx-lm's loader, with our classes: on-disk
-    quantization is applied wherever ``.scales`` are stored)."""
-    model, config = load_model(path, get_model_classes=lambda config: (Model, ModelArgs))
-    model.eval()
-    return model, config
+    """The assistant at ``path``."""
+    return load_with_classes(path, Model, ModelArgs)
 
 
 def load_for(path: Path, target: LoadedModel) -> LoadedModel:
     """Load the assistant at ``path`` and refuse it unless it was made for ``target``."""
-    check_checkpoint(path, tokenizer=False)  # its config and weight files, or one line
-    try:
-        model, config = load(path)
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        raise ModelLoadError(f"cannot load Gemma 4 assistant {path}: {e}") from e
-    check_pair(model.args, target)
-    has_tokenizer = any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
-    tokenizer = load_tokenizer(path) if has_tokenizer else target.tokenizer
-    loaded = LoadedModel(model, tokenizer, path, config)
-    if has_tokenizer:
-        check_same_vocabulary(target, loaded)
-    return loaded
+    return load_target_reader(path, target, Model, ModelArgs, "Gemma 4 assistant", check_pair)
 
 
 def check_pair(args: ModelArgs, target: LoadedModel) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -262,3 +263,32 @@ def check_same_vocabulary(target: LoadedModel, drafter: LoadedModel) -> None:
             f"target {target.path} has {len(t)} tokens, drafter has {len(d)} "
             f"({only_t} only in the target, {only_d} only in the drafter, {moved} with other ids)"
         )
+
+
+def load_with_classes(path: Path, model_class: type, args_class: type) -> tuple[nn.Module, dict]:
+    """The checkpoint at ``path`` as ``model_class`` (mlx-lm's loader: on-disk
+    quantization is applied wherever ``.scales`` are stored)."""
+    model, config = load_model(path, get_model_classes=lambda config: (model_class, args_class))
+    model.eval()
+    return model, config
+
+
+def load_target_reader(path: Path, target: LoadedModel, model_class: type, args_class: type,
+                       what: str, check_pair: Callable[[object, LoadedModel], None]
+                       ) -> LoadedModel:
+    """A drafter that reads ``target``'s embeddings, LM head and inner states (a Gemma 4
+    assistant, a DFlash drafter), loaded as ``model_class`` and refused in one line
+    unless ``check_pair(its args, target)`` accepts it. It may come without a
+    tokenizer: it has the target's then, and with one of its own the same vocabulary."""
+    check_checkpoint(path, tokenizer=False)  # its config and weight files, or one line
+    try:
+        model, config = load_with_classes(path, model_class, args_class)
+    except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
+        raise ModelLoadError(f"cannot load {what} {path}: {e}") from e
+    check_pair(model.args, target)
+    has_tokenizer = any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
+    tokenizer = load_tokenizer(path) if has_tokenizer else target.tokenizer
+    loaded = LoadedModel(model, tokenizer, path, config)
+    if has_tokenizer:
+        check_same_vocabulary(target, loaded)
+    return loaded

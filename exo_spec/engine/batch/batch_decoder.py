@@ -121,16 +121,7 @@ class _Sequence:
     def draft_process(self) -> RowProcess:
         """What its drafts' logits go through: its penalties over its history and the
         drafts before each, as its verify rows will see them."""
-        processing, history = self.processing, self.history
-        if processing is None:
-            return None
-
-        def process(logits: mx.array, drafts: list[mx.array]) -> mx.array:
-            tokens = history if not drafts or history is None \
-                else mx.concatenate([history, *drafts])
-            return processing(logits, tokens)
-
-        return process
+        return None if self.processing is None else self.processing.for_drafts(self.history)
 
     def log_probs(self, logits: mx.array) -> mx.array:
         """Of the distribution it draws from at processed ``logits``; at temperature 0
